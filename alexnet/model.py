@@ -1,0 +1,248 @@
+"""The network of section 3 and figure 2, and the initialisation of section 5.
+
+    layer  kernels (paper)                      output for a 224x224x3 input
+    conv1  96 x 11x11x3, stride 4, ReLU, LRN, max-pool 3/2   55x55x96 -> 27x27x96
+    conv2  256 x 5x5x48 (2 towers), pad 2, ReLU, LRN, pool   27x27x256 -> 13x13x256
+    conv3  384 x 3x3x256 (crosses towers), pad 1, ReLU       13x13x384
+    conv4  384 x 3x3x192 (2 towers), pad 1, ReLU             13x13x384
+    conv5  256 x 3x3x192 (2 towers), pad 1, ReLU, pool       13x13x256 -> 6x6x256
+    fc6    4096, ReLU, dropout 0.5
+    fc7    4096, ReLU, dropout 0.5
+    fc8    num_classes (softmax in the loss)
+
+60,965,224 parameters at 1000 classes.
+
+Choices where the paper is silent or inconsistent, listed here once:
+
+* 224 does not divide: (224 - 11) / 4 + 1 is not whole. Like the original code, conv1 pads
+  the right and bottom edges with zeros up to the next whole stride (3 pixels for 224), so a
+  224 crop gives 55x55x96. A 227 crop (Caffe's choice) needs no padding and gives the same.
+* The two towers are grouped convolutions (``groups=towers``) in conv2, conv4 and conv5. Each
+  GPU of the paper normalised its own maps, so LRN works per tower as well.
+* Dropout acts on the outputs of fc6 and fc7, scaled at training time (inverted dropout), which
+  equals the paper's "multiply by 0.5 at test time".
+
+Switches for ablations and for small images are keyword arguments; the defaults are the paper.
+The module is pure: no I/O, no device or precision choices.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from alexnet.lrn import LocalResponseNorm
+
+PAPER_CONV_CHANNELS = (96, 256, 384, 384, 256)
+PAPER_FC_UNITS = 4096
+ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}
+STEMS = {
+    # name: (kernel, stride, padding); padding None = pad right/bottom up to a whole stride
+    "paper": (11, 4, None),
+    # 28-64 px images: a 3x3 stride-1 conv1 keeps every later layer and pool of the paper.
+    "small": (3, 1, 1),
+}
+INIT_SCHEMES = ("paper", "original", "he")
+
+
+class StridePad(nn.Module):
+    """Zero-pads right and bottom so that a (kernel, stride) convolution covers the image whole."""
+
+    def __init__(self, kernel: int, stride: int) -> None:
+        super().__init__()
+        self.kernel, self.stride = kernel, stride
+
+    def extra_pixels(self, size: int) -> int:
+        return (-(size - self.kernel)) % self.stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        return nn.functional.pad(x, (0, self.extra_pixels(w), 0, self.extra_pixels(h)))
+
+
+def _divisible(channels: float, towers: int) -> int:
+    return max(towers, int(round(channels / towers)) * towers)
+
+
+class AlexNet(nn.Module):
+    """AlexNet; the defaults build the paper's two-tower network for 224x224x3 inputs.
+
+    Args:
+        num_classes: outputs of fc8.
+        towers: 2 (the paper's two GPUs, as grouped convolutions) or 1 (a single column).
+        lrn: local response normalisation after conv1 and conv2.
+        lrn_convention: ``"paper"`` (alpha as written) or ``"caffe"`` (alpha / n).
+        lrn_before_relu: conv1's LRN before its ReLU, as the original code did.
+        overlapping_pool: max-pool 3/2 (paper) or 2/2 (the non-overlapping ablation).
+        activation: ``"relu"`` or ``"tanh"`` after every learnable layer but fc8.
+        dropout: dropout probability on the outputs of fc6 and fc7 (0 turns it off).
+        in_channels: 3 for RGB, 1 for grayscale data sets.
+        input_size: the side of the square crops fed to the network (sets fc6's fan-in).
+        width: multiplier on every layer's kernel and unit count (1.0 is the paper).
+        stem: ``"paper"`` (11x11 stride 4) or ``"small"`` (3x3 stride 1, for 28-64 px images).
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 1000,
+        *,
+        towers: int = 2,
+        lrn: bool = True,
+        lrn_convention: str = "paper",
+        lrn_before_relu: bool = False,
+        overlapping_pool: bool = True,
+        activation: str = "relu",
+        dropout: float = 0.5,
+        in_channels: int = 3,
+        input_size: int = 224,
+        width: float = 1.0,
+        stem: str = "paper",
+    ) -> None:
+        super().__init__()
+        if towers not in (1, 2):
+            raise ValueError(f"towers must be 1 or 2, got {towers}")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
+        if stem not in STEMS:
+            raise ValueError(f"stem must be one of {sorted(STEMS)}, got {stem!r}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        if width <= 0:
+            raise ValueError(f"width must be positive, got {width}")
+        self.towers, self.num_classes, self.input_size = towers, num_classes, input_size
+        c1, c2, c3, c4, c5 = (_divisible(c * width, towers) for c in PAPER_CONV_CHANNELS)
+        fc = max(1, int(round(PAPER_FC_UNITS * width)))
+        self.channels = (c1, c2, c3, c4, c5)
+        self.fc_units = fc
+        act = ACTIVATIONS[activation]
+        pool_kernel = 3 if overlapping_pool else 2
+
+        def pool() -> nn.Module:
+            return nn.MaxPool2d(kernel_size=pool_kernel, stride=2)
+
+        def norm() -> nn.Module:
+            if not lrn:
+                return nn.Identity()
+            return LocalResponseNorm(5, 1e-4, 0.75, 2.0, convention=lrn_convention, groups=towers)
+
+        k1, s1, p1 = STEMS[stem]
+        stem_layers: list[tuple[str, nn.Module]] = []
+        if p1 is None:
+            stem_layers.append(("pad1", StridePad(k1, s1)))
+        stem_layers.append(("conv1", nn.Conv2d(in_channels, c1, k1, stride=s1, padding=p1 or 0)))
+        block1 = [("lrn1", norm()), ("act1", act())] if lrn_before_relu else [("act1", act()), ("lrn1", norm())]
+        self.features = nn.Sequential(
+            OrderedDict(
+                stem_layers
+                + block1
+                + [
+                    ("pool1", pool()),
+                    ("conv2", nn.Conv2d(c1, c2, 5, padding=2, groups=towers)),
+                    ("act2", act()),
+                    ("lrn2", norm()),
+                    ("pool2", pool()),
+                    ("conv3", nn.Conv2d(c2, c3, 3, padding=1)),
+                    ("act3", act()),
+                    ("conv4", nn.Conv2d(c3, c4, 3, padding=1, groups=towers)),
+                    ("act4", act()),
+                    ("conv5", nn.Conv2d(c4, c5, 3, padding=1, groups=towers)),
+                    ("act5", act()),
+                    ("pool5", pool()),
+                ]
+            )
+        )
+        side = feature_map_size(input_size, stem, overlapping_pool)
+        if side < 1:
+            raise ValueError(
+                f"input_size {input_size} is too small for stem {stem!r}: "
+                "use stem='small' for images under 64 px, or larger crops"
+            )
+        self.classifier = nn.Sequential(
+            OrderedDict(
+                [
+                    ("flatten", nn.Flatten()),
+                    ("fc6", nn.Linear(c5 * side * side, fc)),
+                    ("act6", act()),
+                    ("drop6", nn.Dropout(dropout)),
+                    ("fc7", nn.Linear(fc, fc)),
+                    ("act7", act()),
+                    ("drop7", nn.Dropout(dropout)),
+                    ("fc8", nn.Linear(fc, num_classes)),
+                ]
+            )
+        )
+        init_weights_(self, "paper")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+    def fc7_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The 4096-d activations of fc7 (after its nonlinearity, before dropout), as figure 4 uses."""
+        h = self.features(x)
+        for name, layer in self.classifier.named_children():
+            if name.startswith("drop"):
+                continue  # features are taken as at test time
+            h = layer(h)
+            if name == "act7":
+                return h
+        raise AssertionError("classifier has no act7")
+
+    def learnable_layers(self) -> "OrderedDict[str, nn.Module]":
+        """conv1..conv5, fc6..fc8 by name."""
+        layers = OrderedDict()
+        for part in (self.features, self.classifier):
+            for name, m in part.named_children():
+                if isinstance(m, (nn.Conv2d, nn.Linear)):
+                    layers[name] = m
+        return layers
+
+
+def feature_map_size(input_size: int, stem: str = "paper", overlapping_pool: bool = True) -> int:
+    """Side of conv5's pooled output for a square input (6 for the paper's 224)."""
+    k, s, p = STEMS[stem]
+    if p is None:
+        side = -(-(input_size - k) // s) + 1  # padded up to a whole stride
+    else:
+        side = (input_size + 2 * p - k) // s + 1
+    z = 3 if overlapping_pool else 2
+    for _ in range(3):  # pool1, pool2, pool5; conv2-5 keep the size
+        side = (side - z) // 2 + 1
+    return side
+
+
+# Section 5: "We initialized the weights in each layer from a zero-mean Gaussian distribution
+# with standard deviation 0.01. We initialized the neuron biases in the second, fourth, and
+# fifth convolutional layers, as well as in the fully-connected hidden layers, with the
+# constant 1. ... the remaining layers with the constant 0." The text says "fully-connected
+# hidden layers"; the usual reading, followed here, sets fc8's bias to 1 as well, which shifts
+# every logit equally and so changes neither the softmax nor any gradient.
+PAPER_BIAS_ONE = ("conv2", "conv4", "conv5", "fc6", "fc7", "fc8")
+
+
+def init_weights_(model: AlexNet, scheme: str = "paper") -> AlexNet:
+    """Initialise in place.
+
+    * ``"paper"``: weights N(0, 0.01); biases 1 in conv2, conv4, conv5, fc6-fc8, 0 in conv1, conv3.
+    * ``"original"``: as ``"paper"`` but std 0.03 in conv3-conv5 (the released configs).
+    * ``"he"``: weights N(0, 2/fan_in) (fan-in scaled), biases 0.1 after ReLUs, 0 in fc8. Not
+      the paper's; it avoids the long stall at loss ln(classes) on small data sets.
+    """
+    if scheme not in INIT_SCHEMES:
+        raise ValueError(f"init scheme must be one of {INIT_SCHEMES}, got {scheme!r}")
+    with torch.no_grad():
+        for name, layer in model.learnable_layers().items():
+            if scheme == "he":
+                nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
+                layer.bias.fill_(0.0 if name == "fc8" else 0.1)
+                continue
+            std = 0.03 if scheme == "original" and name in ("conv3", "conv4", "conv5") else 0.01
+            layer.weight.normal_(0.0, std)
+            layer.bias.fill_(1.0 if name in PAPER_BIAS_ONE else 0.0)
+    return model
+
+
+def count_parameters(model: nn.Module, names: Sequence[str] | None = None) -> int:
+    return sum(p.numel() for n, p in model.named_parameters() if names is None or n in names)

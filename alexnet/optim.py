@@ -1,0 +1,180 @@
+"""Learning (section 5): the paper's SGD rule and its learning-rate schedule.
+
+Section 5 writes the update with the learning rate *inside* the velocity:
+
+    v <- 0.9 v - 0.0005 eps w - eps dL/dw
+    w <- w + v
+
+``torch.optim.SGD`` keeps eps outside (v <- m v + g + wd w; w <- w - eps v). The two agree while
+eps is constant and differ after every change of eps: with the paper's rule the velocity built
+up at the old rate keeps its size and decays, with torch's it is rescaled at once.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+from torch import nn
+from torch.optim import Optimizer
+
+
+class PaperSGD(Optimizer):
+    """Stochastic gradient descent with momentum and weight decay exactly as section 5 writes it.
+
+    Per parameter group: ``lr`` (eps), ``momentum`` (0.9), ``weight_decay`` (0.0005).
+    The velocity is kept in ``state[p]["velocity"]`` and starts at zero.
+    """
+
+    def __init__(
+        self,
+        params: Iterable,
+        lr: float = 0.01,
+        momentum: float = 0.9,
+        weight_decay: float = 5e-4,
+    ) -> None:
+        if lr < 0:
+            raise ValueError(f"learning rate must be >= 0, got {lr}")
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"momentum must be in [0, 1), got {momentum}")
+        if weight_decay < 0:
+            raise ValueError(f"weight decay must be >= 0, got {weight_decay}")
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            if any(p.grad.is_sparse for p in params):
+                raise RuntimeError("PaperSGD does not support sparse gradients")
+            velocities = []
+            for p in params:
+                state = self.state[p]
+                if "velocity" not in state:
+                    state["velocity"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                velocities.append(state["velocity"])
+            grads = [p.grad for p in params]
+            lr, m, wd = group["lr"], group["momentum"], group["weight_decay"]
+            # v <- m v - wd lr w - lr g ; w <- w + v   (one fused pass per group)
+            torch._foreach_mul_(velocities, m)
+            if wd != 0:
+                torch._foreach_add_(velocities, params, alpha=-wd * lr)
+            torch._foreach_add_(velocities, grads, alpha=-lr)
+            torch._foreach_add_(params, velocities)
+        return loss
+
+
+def parameter_groups(model: nn.Module, lr: float, weight_decay: float, scheme: str = "paper") -> list[dict]:
+    """Parameter groups for :class:`PaperSGD`.
+
+    * ``"paper"``: one group, every parameter with the same lr and weight decay.
+    * ``"original"``: as the released cuda-convnet configs, biases at twice the weights' lr and
+      with no weight decay. A schedule divides every group's lr alike, so the ratio stays 2.
+    """
+    if scheme == "paper":
+        return [dict(params=list(model.parameters()), lr=lr, weight_decay=weight_decay)]
+    if scheme != "original":
+        raise ValueError(f"parameter group scheme must be 'paper' or 'original', got {scheme!r}")
+    weights = [p for n, p in model.named_parameters() if not n.endswith("bias")]
+    biases = [p for n, p in model.named_parameters() if n.endswith("bias")]
+    return [
+        dict(params=weights, lr=lr, weight_decay=weight_decay),
+        dict(params=biases, lr=2 * lr, weight_decay=0.0),
+    ]
+
+
+class PlateauSchedule:
+    """Divide the learning rate by ``1/factor`` when validation error stops improving.
+
+    Section 5: "divide the learning rate by 10 when the validation error rate stopped improving
+    with the current learning rate ... reduced three times prior to termination".
+
+    Call :meth:`step` once per epoch with that epoch's validation error. An epoch improves when
+    its error is below the best so far by more than ``threshold`` (absolute, in error units).
+    After ``patience_epochs`` epochs without improvement every group's lr is multiplied by
+    ``factor``, at most ``max_reductions`` times. Returns True on the epochs it reduces.
+    """
+
+    def __init__(
+        self,
+        optimizer: Optimizer,
+        *,
+        factor: float = 0.1,
+        patience_epochs: int = 5,
+        threshold: float = 1e-3,
+        max_reductions: int = 3,
+    ) -> None:
+        if not 0 < factor < 1:
+            raise ValueError(f"factor must be in (0, 1), got {factor}")
+        if patience_epochs < 1:
+            raise ValueError(f"patience must be at least 1 epoch, got {patience_epochs}")
+        self.optimizer = optimizer
+        self.factor, self.patience_epochs = factor, patience_epochs
+        self.threshold, self.max_reductions = threshold, max_reductions
+        self.best = float("inf")
+        self.epochs_without_improvement = 0
+        self.reductions = 0
+
+    def step(self, val_error: float) -> bool:
+        if val_error < self.best - self.threshold:
+            self.best = val_error
+            self.epochs_without_improvement = 0
+            return False
+        self.best = min(self.best, val_error)
+        self.epochs_without_improvement += 1
+        if self.epochs_without_improvement < self.patience_epochs or self.reductions >= self.max_reductions:
+            return False
+        scale_lr_(self.optimizer, self.factor)
+        self.reductions += 1
+        self.epochs_without_improvement = 0
+        return True
+
+    def state_dict(self) -> dict:
+        return dict(
+            best=self.best,
+            epochs_without_improvement=self.epochs_without_improvement,
+            reductions=self.reductions,
+        )
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best = float(state["best"])
+        self.epochs_without_improvement = int(state["epochs_without_improvement"])
+        self.reductions = int(state["reductions"])
+
+
+class MilestoneSchedule:
+    """Multiply the learning rate by ``factor`` after each epoch listed in ``milestones``.
+
+    Call :meth:`step` once at the end of every epoch (the validation error is ignored).
+    ``milestones=(30, 60, 80)`` gives three reductions in 90 epochs, as the paper's run had.
+    """
+
+    def __init__(self, optimizer: Optimizer, milestones: Iterable[int] = (30, 60, 80), *, factor: float = 0.1) -> None:
+        self.optimizer = optimizer
+        self.milestones = tuple(sorted(int(m) for m in milestones))
+        self.factor = factor
+        self.epochs_done = 0
+
+    def step(self, val_error: float | None = None) -> bool:
+        self.epochs_done += 1
+        if self.epochs_done in self.milestones:
+            scale_lr_(self.optimizer, self.factor)
+            return True
+        return False
+
+    def state_dict(self) -> dict:
+        return dict(epochs_done=self.epochs_done)
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epochs_done = int(state["epochs_done"])
+
+
+def scale_lr_(optimizer: Optimizer, factor: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] *= factor
