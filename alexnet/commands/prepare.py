@@ -1,0 +1,65 @@
+"""``alexnet prepare SOURCE OUT``: decode a data set into a store (see :mod:`alexnet.data.prepare`)."""
+
+from __future__ import annotations
+
+import argparse
+
+from alexnet.data.images import DEFAULT_MAX_PIXELS
+from alexnet.errors import UserError
+
+BUILTIN = "builtin:fashion-mnist"
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "prepare",
+        help="decode images once into a store of SxS uint8 arrays for training",
+        description=(
+            "Rescale every image so its shorter side is S, keep the central SxS patch (section 2), and write "
+            "the images, labels, the training set's mean image and pixel PCA into the folder OUT. Reads an "
+            "image-folder tree (SOURCE/train/<class>/, SOURCE/val/<class>/, or SOURCE/<class>/), the ILSVRC-2012 "
+            f"layout, or Fashion-MNIST IDX files; '{BUILTIN}' is the subset shipped with the package. An "
+            "interrupted run resumes when rerun with the same arguments."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("source", metavar="SOURCE", help=f"folder holding the data set, or {BUILTIN}")
+    p.add_argument("out", metavar="OUT", help="folder to write the store to")
+    p.add_argument("--image-size", type=int, default=256, metavar="S", help="side of the stored square images, in pixels (paper: 256)")
+    p.add_argument(
+        "--val-fraction",
+        type=float,
+        default=None,
+        help="fraction of each class held out for validation when SOURCE has no val/ folder (default 0.1 then)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed choosing the held-out images")
+    p.add_argument("--channels", choices=("auto", "1", "3"), default="auto", help="1 (gray) or 3 (RGB); auto: 1 when every image is grayscale")
+    p.add_argument("--workers", type=int, default=None, help="decoding processes (default: one per core; 0: decode in this process)")
+    p.add_argument("--max-image-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="refuse larger images as possible decompression bombs (width x height)")
+    p.add_argument("--force", action="store_true", help="rebuild OUT even if it already holds a complete store")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from alexnet.data import builtin_fashion_mnist, prepare_store
+
+    source = builtin_fashion_mnist() if args.source == BUILTIN else args.source
+    if args.workers is not None and args.workers < 0:
+        raise UserError(f"--workers must be 0 or more, got {args.workers}")
+    result = prepare_store(
+        source,
+        args.out,
+        image_size=args.image_size,
+        val_fraction=args.val_fraction,
+        seed=args.seed,
+        force=args.force,
+        workers=args.workers,
+        channels=args.channels,
+        max_pixels=args.max_image_pixels,
+        progress_bar=not args.quiet,
+    )
+    for note in result.notes:
+        print(f"note: {note}")
+    print(result.summary)
+    return 0

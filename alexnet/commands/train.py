@@ -1,0 +1,40 @@
+"""``alexnet train DATA --out RUN``: section 5's recipe, every choice a flag."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from alexnet import config as cfg
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train on a prepared data set (the paper's recipe by default)",
+        description="Train AlexNet on a store made by 'alexnet prepare'. Defaults are the paper's recipe; "
+        "every flag below overrides one choice. Under torchrun every process runs this same command.",
+    )
+    p.add_argument("data", metavar="DATA", help="prepared data set (a folder made by 'alexnet prepare')")
+    p.add_argument("--out", metavar="RUN", required=True, help="run directory for config, metrics, checkpoints and plots")
+    p.add_argument("--config", metavar="FILE", help="JSON or TOML file of recipe keys (flags given here override it)")
+    p.add_argument("--resume", action="store_true", help="continue the run in RUN from its last checkpoint")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    cfg.add_arguments(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from alexnet.train import train
+
+    base = None
+    saved = Path(args.out) / "config.json"
+    if args.resume and saved.is_file():
+        base = cfg.from_dict(cfg.load_file(saved))  # the run's own recipe; flags may change e.g. --epochs
+    config = cfg.from_args(args, base)
+    metrics = train(config, args.data, args.out, resume=args.resume, show_progress=not args.quiet)
+    if metrics:
+        last = metrics[-1]
+        print(f"done: {last['epoch']} epochs, val top-1 error {last['val_top1_error']:.2%}, "
+              f"top-5 {last['val_top5_error']:.2%}; run directory {args.out}")
+    return 0

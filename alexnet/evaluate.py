@@ -1,0 +1,131 @@
+"""Testing (section 4.1): centre crop or ten crops, single nets or averaged ensembles.
+
+"At test time, the network makes a prediction by extracting five 224x224 patches (the four corner
+patches and the center patch) as well as their horizontal reflections (hence ten patches in all),
+and averaging the predictions made by the network's softmax layer on the ten patches."
+Ensembles (section 6: "averaging the predictions of five similar CNNs") average softmax too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from alexnet import checkpoint
+from alexnet.data.augment import EvalPreprocess, ten_crop_probabilities
+from alexnet.errors import UserError
+from alexnet.faults import kill_point
+from alexnet.model import AlexNet
+
+
+@dataclass
+class Member:
+    """One network of an ensemble with the preprocessing it was trained for."""
+
+    model: nn.Module
+    preprocess: EvalPreprocess
+    classes: list[str]
+    source: str = ""
+    image_size: int = 0  # side of the stored images the network was trained from
+    channels: int = 3
+
+
+def autocast_for(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def preprocess_for(payload: dict, device: torch.device) -> EvalPreprocess:
+    data, config = payload["data"], payload["config"]
+    mean = data["mean_image"].cpu().numpy()
+    return EvalPreprocess(
+        mean,
+        crop_size=int(config["crop_size"]),
+        subtract_mean=bool(config["subtract_mean"]),
+        input_scale=float(config["input_scale"]),
+    ).to(device)
+
+
+def load_member(path: str, device: torch.device) -> Member:
+    """A trained network from a checkpoint, in eval mode on ``device``."""
+    payload = checkpoint.load(path)
+    model = AlexNet(**payload["model_args"])
+    checkpoint.load_model_state(model, payload["model"], str(path))
+    model.to(device).eval()
+    data = payload["data"]
+    return Member(model, preprocess_for(payload, device), list(data["classes"]), str(path),
+                  int(data["image_size"]), int(data["channels"]))
+
+
+def check_compatible(members: Sequence[Member], classes: Sequence[str] | None = None) -> None:
+    first = members[0]
+    for m in members[1:]:
+        if m.classes != first.classes:
+            raise UserError(f"{m.source} was trained on other classes than {first.source}; an ensemble needs the same classes")
+    if classes is not None and list(classes) != first.classes:
+        raise UserError(f"{first.source} was trained on other classes than this data set's ({len(classes)} classes)")
+
+
+@torch.no_grad()
+def probabilities(members: Sequence[Member], images_u8: torch.Tensor, *, ten_crop: bool, precision: str = "fp32") -> torch.Tensor:
+    """Mean softmax over the members (and over the ten crops when asked), float32 (N, classes)."""
+    total = None
+    for m in members:
+        device = next(m.model.parameters()).device
+        x = images_u8.to(device, non_blocking=True)
+        with autocast_for(device, precision):
+            if ten_crop:
+                p = ten_crop_probabilities(m.model, m.preprocess.ten_crops(x))
+            else:
+                p = torch.softmax(m.model(m.preprocess.center(x)).float(), dim=1)
+        p = p.float()
+        total = p if total is None else total + p.to(total.device)
+    return total / len(members)
+
+
+def topk_correct(probs: torch.Tensor, labels: torch.Tensor, k: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
+    """Counts of top-1 and top-k hits, as 0-d tensors on probs' device (no host sync)."""
+    k = min(k, probs.shape[1])
+    top = probs.topk(k, dim=1).indices
+    hits = top == labels.to(probs.device)[:, None]
+    return hits[:, 0].sum(), hits.any(dim=1).sum()
+
+
+def evaluate(
+    members: Sequence[Member],
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    *,
+    ten_crop: bool = False,
+    precision: str = "fp32",
+    reduce: Callable[[torch.Tensor], torch.Tensor] = lambda t: t,
+    progress: Callable[[Iterable], Iterable] = lambda it: it,
+) -> dict:
+    """Top-1 and top-5 error of the (averaged) members over ``batches`` of uint8 images.
+
+    ``reduce`` sums the counts across ranks in a distributed run.
+    """
+    for m in members:
+        m.model.eval()
+    counts = torch.zeros(3, dtype=torch.float64)
+    for images, labels in progress(batches):
+        kill_point("evaluate")
+        probs = probabilities(members, images, ten_crop=ten_crop, precision=precision)
+        top1, top5 = topk_correct(probs, labels)
+        counts += torch.stack([top1.cpu().double(), top5.cpu().double(), torch.tensor(float(len(labels)), dtype=torch.float64)])
+    counts = reduce(counts)
+    top1, top5, seen = counts.tolist()
+    if seen == 0:
+        raise UserError("the evaluation split has no images")
+    return {"top1_error": 1 - top1 / seen, "top5_error": 1 - top5 / seen, "images": int(seen)}
+
+
+def top5_table(probs: np.ndarray, classes: Sequence[str], k: int = 5) -> list[list[tuple[str, float]]]:
+    """For each row of ``probs``, the k most probable (class, probability) pairs."""
+    order = np.argsort(-probs, axis=1)[:, :k]
+    return [[(classes[j], float(row[j])) for j in idx] for row, idx in zip(probs, order)]

@@ -1,0 +1,27 @@
+"""Fault injection for crash tests: die by SIGKILL at a named point of the code.
+
+``ALEXNET_KILL_AT="checkpoint-write:2"`` kills the process the 2nd time it reaches the point
+``checkpoint-write``. Unset (always, outside tests) this costs one dictionary lookup.
+Points: ``step`` (after backward, before the update), ``evaluate`` (inside validation),
+``checkpoint-write`` (half of a checkpoint's bytes written), ``metrics-append``, ``prepare-chunk``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections import Counter
+
+_reached: Counter = Counter()
+
+
+def kill_point(name: str) -> None:
+    spec = os.environ.get("ALEXNET_KILL_AT")
+    if not spec:
+        return
+    point, _, count = spec.partition(":")
+    if point != name:
+        return
+    _reached[name] += 1
+    if _reached[name] == int(count or 1):
+        os.kill(os.getpid(), signal.SIGKILL)

@@ -1,0 +1,132 @@
+"""Process-group helpers: the single-process fallback, and real gloo groups of 2 and 4 CPU processes."""
+
+from __future__ import annotations
+
+import os
+import socket
+from datetime import timedelta
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from alexnet.distributed import (
+    all_reduce_sum,
+    barrier,
+    broadcast_object,
+    cleanup,
+    init_from_env,
+    make_process_groups,
+    rank_layout,
+    resolve_device,
+)
+from alexnet.errors import UserError
+
+
+# Imported once by the forkserver that forks every rank (DDP's first use imports torch._dynamo).
+PRELOAD = ["torch", "torch.distributed", "torch._dynamo", "alexnet.distributed", "alexnet.towers"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _entry(rank: int, fn, world_size: int, port: int, args: tuple) -> None:
+    torch.set_num_threads(1)
+    os.environ.update(
+        RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
+    if "lo" in {name for _, name in socket.if_nameindex()}:
+        os.environ["GLOO_SOCKET_IFNAME"] = "lo"  # keep gloo on the loopback interface
+    d = init_from_env(device="cpu", timeout=timedelta(seconds=60))
+    try:
+        fn(d, *args)
+    finally:
+        cleanup()
+
+
+def run_ranks(fn, world_size: int, *args) -> None:
+    """Run ``fn(dist, *args)`` on ``world_size`` CPU processes joined by torchrun's variables.
+
+    A forkserver that has imported torch once forks the ranks, so each start is cheap; an
+    assertion that fails in a rank fails the test with that rank's traceback.
+    """
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(PRELOAD)
+    mp.start_processes(
+        _entry, args=(fn, world_size, _free_port(), args), nprocs=world_size, join=True, start_method="forkserver"
+    )
+
+
+def test_single_process_without_torchrun(monkeypatch):
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    d = init_from_env(device="cpu")
+    assert (d.rank, d.world_size, d.local_rank, d.backend) == (0, 1, 0, None)
+    assert d.is_main and not d.is_distributed and d.device == torch.device("cpu")
+    t = torch.tensor([1.0, 2.0])
+    assert all_reduce_sum(t) is t and t.tolist() == [1.0, 2.0]
+    assert broadcast_object({"a": 1}) == {"a": 1}
+    barrier()
+    groups = make_process_groups(1, 1)
+    assert (groups.replica, groups.tower, groups.replicas, groups.towers) == (0, 0, 1, 1)
+    assert groups.tower_group is None and groups.data_parallel_group is None
+    cleanup()
+
+
+def test_rank_layout():
+    assert rank_layout(4, 2) == ([[0, 1], [2, 3]], [[0, 2], [1, 3]])
+    assert rank_layout(2, 2) == ([[0, 1]], [[0], [1]])
+    assert rank_layout(4, 1) == ([[0], [1], [2], [3]], [[0, 1, 2, 3]])
+    assert rank_layout(6, 2)[1] == [[0, 2, 4], [1, 3, 5]]
+    with pytest.raises(UserError, match="multiple of 2"):
+        rank_layout(3, 2)
+
+
+def test_devices():
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto") == torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+    if torch.cuda.is_available():
+        assert resolve_device("cuda", local_rank=1) == torch.device("cuda", 1)
+        with pytest.raises(UserError, match="LOCAL_RANK"):
+            resolve_device("cuda:0", local_rank=1, world_size=2)
+    else:
+        with pytest.raises(UserError, match="CUDA is not available"):
+            resolve_device("cuda")
+
+
+def _helpers(d) -> None:
+    assert (d.world_size, d.local_rank, d.backend, d.device.type) == (2, d.rank, "gloo", "cpu")
+    assert d.is_main == (d.rank == 0) and d.is_distributed
+    t = torch.tensor([d.rank + 1.0, 10.0 * (d.rank + 1)])
+    assert all_reduce_sum(t) is t
+    assert t.tolist() == [3.0, 30.0]
+    assert broadcast_object({"from": d.rank}) == {"from": 0}
+    assert broadcast_object(f"rank {d.rank}", src=1) == "rank 1"
+    barrier()
+
+
+def test_two_processes_sum_and_broadcast():
+    run_ranks(_helpers, 2)
+
+
+def _layout(d) -> None:
+    groups = make_process_groups(4, 2)
+    assert (groups.replica, groups.tower) == (d.rank // 2, d.rank % 2)
+    assert (groups.replicas, groups.towers) == (2, 2)
+    assert groups.tower_ranks == ((0, 1), (0, 1), (2, 3), (2, 3))[d.rank]
+    assert groups.data_parallel_ranks == ((0, 2), (1, 3), (0, 2), (1, 3))[d.rank]
+    # Each group sums exactly its members: rank r contributes 2^r.
+    pairs = ((groups.tower_group, groups.tower_ranks), (groups.data_parallel_group, groups.data_parallel_ranks))
+    for group, members in pairs:
+        total = all_reduce_sum(torch.tensor([2.0**d.rank]), group=group)
+        assert total.item() == sum(2.0**r for r in members)
+    plain = make_process_groups(4, 1)  # data parallel only
+    assert plain.tower_ranks == (d.rank,) and plain.data_parallel_ranks == (0, 1, 2, 3)
+    assert all_reduce_sum(torch.ones(1), group=plain.data_parallel_group).item() == 4.0
+
+
+def test_four_ranks_form_two_replicas_of_two_towers():
+    run_ranks(_layout, 4)

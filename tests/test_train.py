@@ -1,0 +1,170 @@
+"""Train, evaluate, predict end to end (section 5 and the testing of section 4.1)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from alexnet import checkpoint
+from alexnet.cli import main
+from alexnet.config import TrainConfig
+from alexnet.data import open_store
+from alexnet.data.loader import Loader
+from alexnet.data.prepare import prepare_store
+from alexnet.evaluate import evaluate, load_member, probabilities
+from alexnet.train import StallWatch, train
+
+SMALL = dict(stem="small", width=0.125, crop_size=28, batch_size_per_device=16, loader_workers=1, epochs=2)
+
+
+def write_image_folder(root: Path, classes: int = 3, per_class: int = 16, size: int = 40, seed: int = 0) -> Path:
+    """Classes that differ in colour and in a stripe's orientation, with noise."""
+    rng = np.random.default_rng(seed)
+    palette = [(200, 40, 40), (40, 200, 40), (40, 40, 200), (200, 200, 40)]
+    for c in range(classes):
+        for i in range(per_class):
+            img = rng.integers(0, 60, (size, size, 3)).astype(np.uint8) + np.array(palette[c], np.uint8) // 2
+            if c % 2:
+                img[:, size // 3 : size // 2] = 255
+            else:
+                img[size // 3 : size // 2, :] = 255
+            split = "val" if i % 4 == 0 else "train"
+            d = root / split / f"class_{c}"
+            d.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(img).save(d / f"{i}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def store_dir(tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("data")
+    src = write_image_folder(tmp / "src")
+    out = tmp / "store"
+    prepare_store(src, out, image_size=32, progress_bar=False, log=lambda s: None)
+    return out
+
+
+def test_cli_end_to_end(store_dir, tmp_path, capsys):
+    run = tmp_path / "run"
+    flags = ["--stem", "small", "--width", "0.125", "--crop-size", "28", "--batch-size-per-device", "16",
+             "--epochs", "2", "--loader-workers", "1", "--quiet"]
+    assert main(["train", str(store_dir), "--out", str(run), *flags]) == 0
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in lines] == [1, 2]
+    for key in ("train_loss", "train_top1_error", "val_top1_error", "val_top5_error", "lr", "images_per_s"):
+        assert all(math.isfinite(m[key]) for m in lines), key
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["width"] == 0.125 and saved["momentum"] == 0.9
+    assert (run / "curves.png").stat().st_size > 0
+    capsys.readouterr()
+    assert main(["evaluate", str(run / "last.pt"), str(store_dir), "--ten-crop", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["images"] == len(open_store(store_dir).split("val"))
+    assert 0 <= result["top1_error"] <= 1 and result["top5_error"] <= result["top1_error"]
+    image = next((store_dir.parent / "src" / "val" / "class_1").glob("*.png"))
+    assert main(["predict", str(run), str(image), "--json"]) == 0
+    pred = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    probs = [t["probability"] for t in pred["top"]]
+    assert len(probs) == 3 and probs == sorted(probs, reverse=True) and abs(sum(probs) - 1) < 1e-4
+
+
+def test_unknown_flag_and_existing_run_are_clear_errors(store_dir, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["train", str(store_dir), "--out", str(tmp_path / "r"), "--no-such-flag"])
+    run = tmp_path / "r2"
+    args = ["train", str(store_dir), "--out", str(run), "--stem", "small", "--width", "0.125", "--crop-size", "28",
+            "--epochs", "1", "--batch-size-per-device", "16", "--quiet"]
+    assert main(args) == 0
+    capsys.readouterr()
+    assert main(args) == 2
+    assert "--resume" in capsys.readouterr().err
+
+
+def test_paper_recipe_reaches_zero_training_error(store_dir, tmp_path):
+    """PaperSGD, momentum 0.9, weight decay 5e-4, dropout 0.5: a small net fits a tiny set exactly."""
+    config = TrainConfig(**{**SMALL, "epochs": 25, "batch_size_per_device": 8, "init": "he", "input_scale": 1 / 64,
+                            "schedule": "milestones", "milestones_epochs": (20,)})
+    train(config, store_dir, tmp_path / "run", show_progress=False, log=lambda s: None)
+    member = load_member(str(tmp_path / "run" / "last.pt"), torch.device("cpu"))
+    loader = Loader(open_store(store_dir).split("train"), 64, shuffle=False, seed=0, drop_last=False)
+    loader.set_epoch(0)
+    assert evaluate([member], loader)["top1_error"] == 0.0
+
+
+def test_resume_from_epoch_checkpoint_matches_uninterrupted(store_dir, tmp_path):
+    config = TrainConfig(**{**SMALL, "epochs": 3})
+    quiet = dict(show_progress=False, log=lambda s: None)
+    train(config, store_dir, tmp_path / "a", **quiet)
+    train(config.replace(epochs=1), store_dir, tmp_path / "b", **quiet)
+    train(config, store_dir, tmp_path / "b", resume=True, **quiet)
+    a = checkpoint.load(tmp_path / "a" / "last.pt")
+    b = checkpoint.load(tmp_path / "b" / "last.pt")
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
+    lines_a = (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()
+    lines_b = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
+    assert len(lines_a) == len(lines_b) == 3
+
+
+def _views_by_hand(image: np.ndarray, mean: np.ndarray, crop: int, scale: float) -> list[np.ndarray]:
+    """The ten crops of section 4.1 cut with plain slicing: corners, centre, then reflections."""
+    s = image.shape[0]
+    centred = (image.astype(np.float32) - mean) * scale
+    c = (s - crop) // 2
+    corners = [(0, 0), (0, s - crop), (s - crop, 0), (s - crop, s - crop), (c, c)]
+    views = [centred[y : y + crop, x : x + crop] for y, x in corners]
+    views += [v[:, ::-1] for v in views]
+    return [np.ascontiguousarray(v.transpose(2, 0, 1)) for v in views]
+
+
+def test_ten_crop_is_mean_of_ten_softmaxes_by_hand(store_dir, tmp_path):
+    train(TrainConfig(**{**SMALL, "epochs": 1}), store_dir, tmp_path / "run", show_progress=False, log=lambda s: None)
+    member = load_member(str(tmp_path / "run" / "last.pt"), torch.device("cpu"))
+    store = open_store(store_dir)
+    images = np.asarray(store.split("val").images[:4])
+    got = probabilities([member], torch.from_numpy(images), ten_crop=True)
+    for n, image in enumerate(images):
+        views = torch.from_numpy(np.stack(_views_by_hand(image, store.mean_image, 28, 1.0)))
+        with torch.no_grad():
+            expected = torch.softmax(member.model(views), dim=1).mean(0)
+        torch.testing.assert_close(got[n], expected, rtol=1e-4, atol=1e-6)
+
+
+def test_ensemble_is_mean_of_members_softmax(store_dir, tmp_path):
+    quiet = dict(show_progress=False, log=lambda s: None)
+    for seed in (1, 2):
+        train(TrainConfig(**{**SMALL, "epochs": 1, "seed": seed}), store_dir, tmp_path / f"r{seed}", **quiet)
+    members = [load_member(str(tmp_path / f"r{s}" / "last.pt"), torch.device("cpu")) for s in (1, 2)]
+    images = torch.from_numpy(np.asarray(open_store(store_dir).split("val").images[:6]))
+    each = [probabilities([m], images, ten_crop=False) for m in members]
+    both = probabilities(members, images, ten_crop=False)
+    torch.testing.assert_close(both, (each[0] + each[1]) / 2)
+    assert not torch.allclose(each[0], each[1])
+
+
+def test_stall_watch_fires_on_chance_loss_only():
+    chance = math.log(10)
+    watch = StallWatch(10, patience_steps=100)
+    assert not any(watch.observe(step, chance + 0.01) for step in range(0, 100, 10))
+    assert watch.observe(100, chance)
+    interrupted = StallWatch(10, patience_steps=100)
+    assert not any(interrupted.observe(step, chance) for step in range(0, 60, 10))
+    assert not interrupted.observe(60, chance * 1.2)  # progress resets the count
+    assert not any(interrupted.observe(step, chance) for step in range(70, 160, 10))
+    assert interrupted.observe(170, chance)
+    learning = StallWatch(10, patience_steps=100)
+    assert not any(learning.observe(step, 1.2) for step in range(0, 300, 10))
+
+
+def test_paper_init_stall_is_reported(store_dir, tmp_path):
+    """The trap of PAPER.md: N(0, 0.01) weights, biases 1, raw pixels and a tiny lr sit at ln(C)."""
+    messages = []
+    config = TrainConfig(**{**SMALL, "epochs": 4, "lr": 1e-7, "dropout": 0.0, "flip": False, "pca_lighting_std": 0.0})
+    train(config, store_dir, tmp_path / "run", show_progress=False, log=messages.append)
+    assert any("ln(classes)" in m and "--init he" in m for m in messages)
