@@ -10,12 +10,18 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import tomllib
+import math
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from alexnet.errors import UserError
+from alexnet.model import feature_map_size
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: JSON config files only
+    tomllib = None
 
 
 def _f(default, help: str, choices: tuple | None = None):
@@ -72,28 +78,42 @@ class TrainConfig:
     tower_parallel: bool = _f(False, "put the two towers on two ranks (section 3.2) instead of grouped convolutions")
 
     def __post_init__(self) -> None:
-        checks = [
-            (self.epochs >= 1, "epochs must be at least 1"),
-            (self.batch_size_per_device >= 1, "batch size must be at least 1"),
-            (self.lr > 0, "lr must be positive"),
-            (0 <= self.momentum < 1, "momentum must be in [0, 1)"),
-            (self.weight_decay >= 0, "weight decay must be >= 0"),
-            (0 <= self.dropout < 1, "dropout must be in [0, 1)"),
-            (self.width > 0, "width must be positive"),
-            (self.crop_size >= 8, "crop size must be at least 8 pixels"),
-            (self.pca_lighting_std >= 0, "pca lighting std must be >= 0"),
-            (0 < self.lr_factor < 1, "lr factor must be in (0, 1)"),
-            (self.loader_workers >= 0, "loader workers must be >= 0"),
-            (not (self.tower_parallel and self.towers != 2), "tower parallelism needs towers=2"),
-        ]
         for field_ in fields(self):
             choices = field_.metadata.get("choices")
             value = getattr(self, field_.name)
             if choices is not None and value not in choices:
                 raise UserError(f"{field_.name} must be one of {', '.join(map(str, choices))}; got {value!r}")
-        for ok, message in checks:
+        ranges = [
+            ("epochs", self.epochs >= 1, "at least 1"),
+            ("batch_size_per_device", self.batch_size_per_device >= 1, "at least 1"),
+            ("lr", self.lr > 0, "positive"),
+            ("momentum", 0 <= self.momentum < 1, "in [0, 1)"),
+            ("weight_decay", self.weight_decay >= 0, ">= 0"),
+            ("dropout", 0 <= self.dropout < 1, "in [0, 1)"),
+            ("width", self.width > 0, "positive"),
+            ("pca_lighting_std", self.pca_lighting_std >= 0, ">= 0"),
+            ("input_scale", self.input_scale > 0, "positive"),
+            ("plateau_patience_epochs", self.plateau_patience_epochs >= 1, "at least 1"),
+            ("plateau_threshold", self.plateau_threshold >= 0, ">= 0"),
+            ("max_lr_reductions", self.max_lr_reductions >= 0, ">= 0"),
+            ("milestones_epochs", all(m >= 1 for m in self.milestones_epochs), "epochs >= 1"),
+            ("lr_factor", 0 < self.lr_factor < 1, "in (0, 1)"),
+            ("loader_workers", self.loader_workers >= 0, ">= 0"),
+            ("checkpoint_every_steps", self.checkpoint_every_steps >= 0, ">= 0 (0: only at epoch ends)"),
+            ("max_steps_per_epoch", self.max_steps_per_epoch >= 0, ">= 0 (0: the whole training set)"),
+        ]
+        for name, ok, rule in ranges:
             if not ok:
-                raise UserError(message)
+                raise UserError(f"{name} must be {rule}; got {getattr(self, name)!r}")
+        if self.tower_parallel and self.towers != 2:
+            raise UserError(f"tower_parallel needs towers=2; got towers={self.towers}")
+        if feature_map_size(self.crop_size, self.stem, self.overlapping_pool) < 1:
+            smallest = next(s for s in range(1, 1024) if feature_map_size(s, self.stem, self.overlapping_pool) >= 1)
+            hint = "; use stem 'small' for 28-64 px images" if self.stem == "paper" else ""
+            raise UserError(
+                f"crop_size {self.crop_size} is too small for stem {self.stem!r} "
+                f"(needs at least {smallest} px){hint}"
+            )
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -112,6 +132,8 @@ def _base_type(tp):
 def _coerce(name: str, tp, value):
     base, item = _base_type(tp)
     try:
+        if isinstance(value, bool) and base is not bool:
+            raise ValueError  # JSON true is not the number 1
         if base is tuple:
             if isinstance(value, str):
                 value = [v for v in value.replace(",", " ").split() if v]
@@ -126,8 +148,11 @@ def _coerce(name: str, tp, value):
             raise ValueError
         if base is int and isinstance(value, float) and not value.is_integer():
             raise ValueError
-        return base(value)
-    except (TypeError, ValueError):
+        result = base(value)
+        if base is float and not math.isfinite(result):
+            raise ValueError
+        return result
+    except (TypeError, ValueError, OverflowError):
         raise UserError(f"config key {name!r} wants a {getattr(base, '__name__', base)}, got {value!r}") from None
 
 
@@ -148,12 +173,21 @@ def load_file(path: str | Path) -> dict:
     if not path.is_file():
         raise UserError(f"config file {path} does not exist")
     text = path.read_text()
-    try:
-        if path.suffix == ".toml":
-            return tomllib.loads(text)
-        return json.loads(text)
-    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as e:
-        raise UserError(f"config file {path} is not valid {path.suffix.lstrip('.') or 'JSON'}: {e}") from None
+    if path.suffix == ".toml":
+        if tomllib is None:
+            raise UserError(f"config file {path}: TOML needs Python 3.11 or later; use a JSON file")
+        try:
+            values = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            raise UserError(f"config file {path} is not valid TOML: {e}") from None
+    else:
+        try:
+            values = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise UserError(f"config file {path} is not valid JSON: {e}") from None
+    if not isinstance(values, dict):
+        raise UserError(f"config file {path} must hold a table of recipe keys, not a {type(values).__name__}")
+    return values
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -94,6 +94,8 @@ class LocalResponseNorm(nn.Module):
         super().__init__()
         if size < 1:
             raise ValueError(f"LRN size must be at least 1, got {size}")
+        if groups < 1:
+            raise ValueError(f"LRN groups must be at least 1, got {groups}")
         effective_alpha(alpha, size, convention)  # validates the convention
         self.size, self.alpha, self.beta, self.k = size, alpha, beta, k
         self.convention, self.groups = convention, groups

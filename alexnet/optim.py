@@ -96,7 +96,9 @@ class PlateauSchedule:
     with the current learning rate ... reduced three times prior to termination".
 
     Call :meth:`step` once per epoch with that epoch's validation error. An epoch improves when
-    its error is below the best so far by more than ``threshold`` (absolute, in error units).
+    its error is below ``best`` by more than ``threshold`` (absolute, in error units); ``best``
+    moves only on such epochs, so gains smaller than ``threshold`` accumulate until they count
+    and a slow, steady improvement is not taken for a plateau (as in torch's ReduceLROnPlateau).
     After ``patience_epochs`` epochs without improvement every group's lr is multiplied by
     ``factor``, at most ``max_reductions`` times. Returns True on the epochs it reduces.
     """
@@ -114,6 +116,10 @@ class PlateauSchedule:
             raise ValueError(f"factor must be in (0, 1), got {factor}")
         if patience_epochs < 1:
             raise ValueError(f"patience must be at least 1 epoch, got {patience_epochs}")
+        if threshold < 0:
+            raise ValueError(f"threshold must be >= 0, got {threshold}")
+        if max_reductions < 0:
+            raise ValueError(f"max_reductions must be >= 0, got {max_reductions}")
         self.optimizer = optimizer
         self.factor, self.patience_epochs = factor, patience_epochs
         self.threshold, self.max_reductions = threshold, max_reductions
@@ -126,7 +132,6 @@ class PlateauSchedule:
             self.best = val_error
             self.epochs_without_improvement = 0
             return False
-        self.best = min(self.best, val_error)
         self.epochs_without_improvement += 1
         if self.epochs_without_improvement < self.patience_epochs or self.reductions >= self.max_reductions:
             return False
@@ -156,6 +161,8 @@ class MilestoneSchedule:
     """
 
     def __init__(self, optimizer: Optimizer, milestones: Iterable[int] = (30, 60, 80), *, factor: float = 0.1) -> None:
+        if not 0 < factor < 1:
+            raise ValueError(f"factor must be in (0, 1), got {factor}")
         self.optimizer = optimizer
         self.milestones = tuple(sorted(int(m) for m in milestones))
         self.factor = factor
