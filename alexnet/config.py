@@ -52,7 +52,7 @@ class TrainConfig:
 
     # --- learning (section 5) ---
     epochs: int = _f(90, "passes over the training set")
-    batch_size_per_device: int = _f(128, "images per device per step; global batch = devices x this")
+    batch_size_per_device: int = _f(128, "images per process per step; global batch = replicas x this (replicas = processes, or processes / 2 with --tower-parallel)")
     lr: float = _f(0.01, "initial learning rate eps of the update rule (paper: 0.01 at global batch 128)")
     momentum: float = _f(0.9, "momentum of the update rule")
     weight_decay: float = _f(5e-4, "weight decay of the update rule")

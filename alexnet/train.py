@@ -96,6 +96,8 @@ def train(
     store = open_store(data)
     check_data(config, store, data)
     d = init_from_env(device=config.device)
+    if not d.is_main:  # rank 0 speaks for the run; what it logs is reduced over the ranks
+        log = _silent
     groups = make_process_groups(d.world_size, 2 if config.tower_parallel else 1)
     rt = resolve_runtime(config, d.device)
     files = RunFiles(Path(run_dir), write=d.is_main)
@@ -146,10 +148,15 @@ def train(
             group["lr"] = lr
         schedule.load_state_dict(saved["schedule"])
         pos = Position(**saved["progress"])
-        states = saved["rng"]
-        if len(states) == d.world_size:
+        if groups.replica > 0:  # the saved partial sums of the epoch cover every replica: count them once
+            pos.loss_sum = pos.correct = pos.seen = 0.0
+        states, old = saved["rng"], saved["config"]
+        old_replicas = len(states) // (2 if old.get("tower_parallel") else 1)
+        pos.step_in_epoch = _resumed_step(pos.step_in_epoch, old["batch_size_per_device"] * old_replicas,
+                                          config.batch_size_per_device * groups.replicas, files.last)
+        if len(states) == d.world_size and old_replicas == groups.replicas:
             set_rng_state(states[d.rank], rt.device, generator)
-        else:  # another number of ranks: reseed from where the run stands
+        else:  # another layout of the ranks: reseed from where the run stands
             generator.manual_seed(config.seed * 1000 + groups.replica + 7919 * pos.global_step)
             torch.manual_seed(config.seed * 1000 + d.rank + 7919 * pos.global_step)
         log(f"resuming {run_dir} at epoch {pos.epoch + 1}, step {pos.step_in_epoch} (global step {pos.global_step})")
@@ -194,11 +201,14 @@ def train(
         else:
             states = [mine]
         weights, velocity = grouped(model.state_dict()), grouped(velocities(model, optimizer))
+        progress = asdict(pos)  # the epoch's partial sums over all replicas, not rank 0's alone
+        sums = reduce_replicas(torch.tensor([pos.loss_sum, pos.correct, pos.seen], dtype=torch.float64))
+        progress.update(zip(("loss_sum", "correct", "seen"), sums.tolist()))
         if d.is_main:
             checkpoint.save(files.last, dict(
                 model_args=args, data=data_info(store), config=config.to_dict(), model=weights, velocity=velocity,
                 lrs=[g["lr"] for g in optimizer.param_groups], schedule=schedule.state_dict(), rng=states,
-                progress=asdict(pos)))
+                progress=progress))
 
     metrics = files.read_metrics() if d.is_main else []
     for epoch in range(pos.epoch, config.epochs):
@@ -230,6 +240,10 @@ def train(
             every = config.checkpoint_every_steps
             save_now = bool(every) and pos.global_step % every == 0 and pos.step_in_epoch < steps_per_epoch
             synced = pos.step_in_epoch % sync_every == 0 or pos.step_in_epoch == steps_per_epoch or save_now
+            if synced and d.world_size > 1:  # every rank stops or skips together
+                flag = pending_nonfinite.to(torch.int32)
+                torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+                pending_nonfinite = flag.bool()
             if synced and bool(pending_nonfinite):
                 if config.on_nonfinite == "stop":
                     raise NonFiniteError(
@@ -299,6 +313,25 @@ def train(
 
             plot_curves(metrics, files.dir / "curves.png")
     return metrics
+
+
+def _resumed_step(step: int, old_global_batch: int, new_global_batch: int, source: Path) -> int:
+    """Where a checkpoint taken ``step`` steps of ``old_global_batch`` images into an epoch stands in
+    steps of ``new_global_batch`` (another number of replicas or batch per device).
+
+    Step k of an epoch takes positions [kB, (k+1)B) of the epoch's order over all replicas
+    together (B the global batch; loader.py's strided shards), so the count of images is what carries over.
+    """
+    images = step * old_global_batch
+    if images % new_global_batch:
+        raise UserError(f"{source} stands {images} images into its epoch, not a whole number of global batches of "
+                        f"{new_global_batch}; resume with a global batch (ranks x batch per device) that divides "
+                        f"{images}, e.g. the run's own {old_global_batch}")
+    return images // new_global_batch
+
+
+def _silent(message: str) -> None:
+    pass
 
 
 def _fold(pos: Position, loss_sum: torch.Tensor, correct: torch.Tensor) -> None:

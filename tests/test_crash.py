@@ -62,7 +62,7 @@ def test_user_errors_are_one_line(store_dir, tmp_path):
         (["train", str(tmp_path / "nope"), "--out", str(tmp_path / "r")], "prepare"),
         (["train", str(store_dir), "--out", str(tmp_path / "r"), "--lr", "abc"], "lr"),
         (["train", str(store_dir), "--out", str(tmp_path / "r"), "--towers", "3"], "towers"),
-        (["train", str(store_dir), "--out", str(tmp_path / "r2"), "--resume"], "nothing to resume"),
+        (["train", str(store_dir), "--out", str(tmp_path / "r2"), "--resume", *FLAGS[:6]], "nothing to resume"),
         (["evaluate", str(tmp_path / "missing.pt"), str(store_dir)], "does not exist"),
         (["predict", str(store_dir / "manifest.json"), "x.png"], "checkpoint"),
     ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from alexnet import config as cfg
@@ -25,6 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from alexnet.distributed import cleanup
     from alexnet.train import train
 
     base = None
@@ -32,8 +34,11 @@ def run(args: argparse.Namespace) -> int:
     if args.resume and saved.is_file():
         base = cfg.from_dict(cfg.load_file(saved))  # the run's own recipe; flags may change e.g. --epochs
     config = cfg.from_args(args, base)
-    metrics = train(config, args.data, args.out, resume=args.resume, show_progress=not args.quiet)
-    if metrics:
+    try:
+        metrics = train(config, args.data, args.out, resume=args.resume, show_progress=not args.quiet)
+    finally:
+        cleanup()
+    if metrics and int(os.environ.get("RANK", "0")) == 0:
         last = metrics[-1]
         print(f"done: {last['epoch']} epochs, val top-1 error {last['val_top1_error']:.2%}, "
               f"top-5 {last['val_top5_error']:.2%}; run directory {args.out}")
