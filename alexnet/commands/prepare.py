@@ -21,21 +21,20 @@ def register(subparsers) -> None:
             f"layout, or Fashion-MNIST IDX files; '{BUILTIN}' is the subset shipped with the package. An "
             "interrupted run resumes when rerun with the same arguments."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("source", metavar="SOURCE", help=f"folder holding the data set, or {BUILTIN}")
     p.add_argument("out", metavar="OUT", help="folder to write the store to")
-    p.add_argument("--image-size", type=int, default=256, metavar="S", help="side of the stored square images, in pixels (paper: 256)")
+    p.add_argument("--image-size", type=int, default=256, metavar="S", help="side of the stored square images, in pixels (default and paper: 256)")
     p.add_argument(
         "--val-fraction",
         type=float,
         default=None,
-        help="fraction of each class held out for validation when SOURCE has no val/ folder (default 0.1 then)",
+        help="fraction of each class held out for validation when SOURCE has no val/ folder (default: 0.1 then)",
     )
-    p.add_argument("--seed", type=int, default=0, help="seed choosing the held-out images")
-    p.add_argument("--channels", choices=("auto", "1", "3"), default="auto", help="1 (gray) or 3 (RGB); auto: 1 when every image is grayscale")
+    p.add_argument("--seed", type=int, default=0, help="seed choosing the held-out images (default: 0)")
+    p.add_argument("--channels", choices=("auto", "1", "3"), default="auto", help="1 (gray) or 3 (RGB); auto (default): 1 when every image is grayscale")
     p.add_argument("--workers", type=int, default=None, help="decoding processes (default: one per core; 0: decode in this process)")
-    p.add_argument("--max-image-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="refuse larger images as possible decompression bombs (width x height)")
+    p.add_argument("--max-image-pixels", type=int, default=DEFAULT_MAX_PIXELS, help=f"refuse images of more pixels (width x height) as possible decompression bombs (default: {DEFAULT_MAX_PIXELS})")
     p.add_argument("--force", action="store_true", help="rebuild OUT even if it already holds a complete store")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)

@@ -1,0 +1,432 @@
+"""``alexnet prepare``: decode a source data set once into a store (section 2).
+
+Every image is rescaled so that its shorter side is S and centre-cropped to S x S
+(:mod:`alexnet.data.images`), then written as uint8 into memory-mapped ``.npy`` files
+(:mod:`alexnet.data.store`). Training then reads pixels, never files.
+
+How the work is done:
+
+* The splits are cut into chunks of consecutive images. A process pool (all cores) decodes
+  chunks (:mod:`alexnet.data.pool`); each worker writes its rows straight into the
+  memory-mapped output and returns only failures, conversion notes and integer sums of the
+  pixels, so memory does not grow with the data set.
+* The mean image and the pixel covariance come from those sums, accumulated exactly in int64
+  (the float64 covariance is formed once at the end), so they do not depend on the order in
+  which chunks finish or on interruptions.
+* A progress record (``prepare-progress.npz``: which chunks are done, the sums, the failures)
+  is replaced atomically every ``checkpoint_seconds`` (10), after the image files are fsynced. A rerun after
+  any interruption, SIGKILL included, redoes only the chunks not recorded; a rerun with a
+  different source listing or size starts again cleanly.
+* A file that cannot be used is skipped and listed with its reason; the run never stops on
+  one file. Its row is filled by the last good image of the split before the file is
+  truncated, so row order is file order except at those rows.
+* ``manifest.json`` is written last, atomically; until then :func:`open_store` refuses the folder.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+from tqdm import tqdm
+
+from alexnet.data.images import DEFAULT_MAX_PIXELS, is_grayscale_file
+from alexnet.data.pool import ChunkResult, Task, clear_caches, run_tasks
+from alexnet.data.sources import Plan, read_source
+from alexnet.data.store import (
+    FORMAT,
+    FORMAT_VERSION,
+    MANIFEST,
+    REPORT,
+    STATS,
+    Store,
+    atomic_save_npy,
+    atomic_savez,
+    atomic_write_json,
+    fsync_dir,
+    images_file,
+    labels_file,
+    npy_shape,
+    open_store,
+    set_npy_rows,
+)
+from alexnet.errors import UserError
+
+PROGRESS = "prepare-progress.npz"
+FILE_CHUNK = 64  # images per task when decoding files
+IDX_CHUNK = 1024  # rows per task for IDX sources (tiny images)
+
+
+@dataclass
+class PrepareResult:
+    store: Store
+    skipped: list[dict]
+    resumed_chunks: int
+    summary: str
+    notes: list[str] = field(default_factory=list)
+
+# --- preparing -------------------------------------------------------------------------------
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _choose_channels(plan: Plan, channels: str) -> int:
+    """1 when every image of the set is grayscale, else 3. Only the headers are read, and the
+    scan stops at the first colour image; palette images count as colour."""
+    if channels in ("1", "3"):
+        return int(channels)
+    if plan.grayscale is not None:
+        return 1 if plan.grayscale else 3
+    readable = 0
+    for split in plan.splits.values():
+        for path in split.paths:
+            gray = is_grayscale_file(path)
+            if gray is False:
+                return 3
+            readable += gray is True
+    return 1 if readable else 3
+
+
+def _tasks(plan: Plan, out: Path, size: int, channels: int, max_pixels: int, chunk_size: int, done: dict[str, np.ndarray]) -> list[Task]:
+    tasks = []
+    for name, split in plan.splits.items():
+        for chunk, start in enumerate(range(0, len(split), chunk_size)):
+            if done[name][chunk]:
+                continue
+            stop = min(start + chunk_size, len(split))
+            task = Task(name, chunk, start, str(out / images_file(name)), size, channels, max_pixels, name == "train")
+            if split.idx_file:
+                task.idx_file, task.rows = split.idx_file, split.rows[start:stop]
+            else:
+                task.paths = split.paths[start:stop]
+            tasks.append(task)
+    return tasks
+
+
+class Progress:
+    """The resumable state of one prepare run, saved as ``prepare-progress.npz``."""
+
+    def __init__(self, fingerprint: str, channels: int, chunk_size: int, chunks: dict[str, int], size: int) -> None:
+        self.fingerprint, self.channels, self.chunk_size = fingerprint, channels, chunk_size
+        self.done = {name: np.zeros(n, bool) for name, n in chunks.items()}
+        self.sum_image = np.zeros((size, size, channels), np.int64)
+        self.sum_outer = np.zeros((channels, channels), np.int64)
+        self.count = 0
+        self.failures: list[tuple[str, int, str]] = []
+        self.notes: Counter = Counter()
+        self.state = "decoding"
+
+    def add(self, r: ChunkResult) -> None:
+        self.done[r.split][r.chunk] = True
+        self.failures += [(r.split, i, reason) for i, reason in r.failures]
+        self.notes.update(r.notes)
+        if r.sum_image is not None:
+            self.sum_image += r.sum_image
+            self.sum_outer += r.sum_outer
+            self.count += r.count
+
+    def save(self, path: Path) -> None:
+        arrays = {f"done_{k}": v for k, v in self.done.items()}
+        meta = dict(fingerprint=self.fingerprint, channels=self.channels, chunk_size=self.chunk_size, count=self.count, state=self.state, failures=self.failures, notes=dict(self.notes))
+        atomic_savez(path, meta=np.array(json.dumps(meta)), sum_image=self.sum_image, sum_outer=self.sum_outer, **arrays)
+
+    @classmethod
+    def load(cls, path: Path) -> "Progress | None":
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                meta = json.loads(str(z["meta"]))
+                done = {k[len("done_") :]: z[k] for k in z.files if k.startswith("done_")}
+                p = cls(meta["fingerprint"], meta["channels"], meta["chunk_size"], {k: len(v) for k, v in done.items()}, z["sum_image"].shape[0])
+                p.done, p.sum_image, p.sum_outer = done, z["sum_image"], z["sum_outer"]
+        except Exception:  # unreadable or from another version: start afresh
+            return None
+        p.count, p.state, p.notes = meta["count"], meta["state"], Counter(meta["notes"])
+        p.failures = [tuple(f) for f in meta["failures"]]
+        return p
+
+
+def _store_files(splits: Iterable[str]) -> list[str]:
+    names = [MANIFEST, STATS, REPORT, PROGRESS]
+    for s in splits:
+        names += [images_file(s), labels_file(s)]
+    return names
+
+
+def _clear(out: Path) -> None:
+    """Remove a previous store's files (manifest first, so no step leaves a complete-looking store)."""
+    for name in _store_files(["train", "val"]):
+        try:
+            os.unlink(out / name)
+        except FileNotFoundError:
+            pass
+        if name == MANIFEST:
+            fsync_dir(out)
+    for name in _store_files(["train", "val"]):
+        for stale in out.glob(f".{name}.*.tmp"):  # left by an interrupted atomic write
+            stale.unlink()
+
+
+def _reserve_disk(path: Path) -> None:
+    """Allocate the file's blocks now: a full disk is then one clear error here, not a worker
+    killed by SIGBUS when it writes into a memory-mapped hole."""
+    if not hasattr(os, "posix_fallocate"):
+        return
+    with open(path, "rb+") as f:
+        try:
+            os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+        except OSError as e:
+            if e.errno == errno.ENOSPC:
+                gib = os.fstat(f.fileno()).st_size / 2**30
+                raise UserError(f"not enough free disk space in {path.parent} for {path.name} ({gib:.1f} GiB); free some or choose another OUT") from None
+            # file systems without fallocate: the space is taken as the rows are written
+
+
+def _can_resume(progress: Progress | None, plan: Plan, out: Path, size: int, fingerprint: str, chunk_size: int, channels: str) -> bool:
+    if progress is None or progress.fingerprint != fingerprint or progress.chunk_size != chunk_size:
+        return False
+    if channels != "auto" and int(channels) != progress.channels:
+        return False
+    for name, split in plan.splits.items():
+        expected = (len(split), size, size, progress.channels)
+        try:
+            shape = npy_shape(out / images_file(name))
+        except (OSError, ValueError):
+            return False
+        if shape != expected and not (progress.state == "filled" and shape[1:] == expected[1:]):
+            return False
+    return set(progress.done) == set(plan.splits)
+
+
+def prepare_store(
+    source: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    image_size: int = 256,
+    val_fraction: float | None = None,
+    seed: int = 0,
+    force: bool = False,
+    workers: int | None = None,
+    channels: str = "auto",
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    chunk_size: int | None = None,
+    progress_bar: bool = True,
+    checkpoint_seconds: float = 10.0,
+    log: Callable[[str], None] = _say,
+) -> PrepareResult:
+    """Decode ``source`` into a store at ``out`` (see the module docstring); returns the opened store."""
+    if image_size < 1:
+        raise UserError(f"--image-size must be a positive number of pixels, got {image_size}")
+    if str(channels) not in ("auto", "1", "3"):
+        raise UserError(f"--channels must be auto, 1 or 3, got {channels}")
+    channels = str(channels)
+    if workers is None:
+        workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    out = Path(out).expanduser()
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out} is a file; give a folder for the store")
+    if (out / MANIFEST).exists() and not force:
+        raise UserError(f"{out} already holds a prepared store; add --force to rebuild it, or choose another folder")
+    plan = read_source(source, val_fraction=val_fraction, seed=seed)
+    out.mkdir(parents=True, exist_ok=True)
+    if (out / MANIFEST).exists():
+        _clear(out)
+    size = image_size
+    chunk_size = chunk_size or (IDX_CHUNK if plan.kind == "idx" else FILE_CHUNK)
+    fingerprint = f"{plan.fingerprint(size)}:{max_pixels}"
+    chunks = {name: -(-len(split) // chunk_size) for name, split in plan.splits.items()}
+
+    progress = Progress.load(out / PROGRESS)
+    resumed = 0
+    if _can_resume(progress, plan, out, size, fingerprint, chunk_size, channels):
+        resumed = int(sum(d.sum() for d in progress.done.values()))
+        log(f"resuming an interrupted prepare of {out}: {resumed} of {sum(chunks.values())} chunks already done")
+    else:
+        if progress is not None or any((out / images_file(s)).exists() for s in ("train", "val")):
+            log(f"starting {out} afresh (the previous, unfinished run was for other data or settings)")
+        _clear(out)
+        c = _choose_channels(plan, channels)
+        progress = Progress(fingerprint, c, chunk_size, chunks, size)
+        for name, split in plan.splits.items():
+            np.lib.format.open_memmap(out / images_file(name), mode="w+", dtype=np.uint8, shape=(len(split), size, size, c))
+            _reserve_disk(out / images_file(name))
+        progress.save(out / PROGRESS)
+    c = progress.channels
+
+    if progress.state == "decoding":
+        _decode_all(plan, out, size, c, max_pixels, chunk_size, workers, progress, progress_bar, checkpoint_seconds)
+        missing = sum(int((~d).sum()) for d in progress.done.values())
+        if missing:
+            raise RuntimeError(f"{missing} chunks were not decoded")
+    store, skipped = _finish(plan, out, size, c, progress)
+    summary = _summary(store, skipped, out)
+    return PrepareResult(store, skipped, resumed, summary, list(plan.notes))
+
+
+def _decode_all(plan, out, size, c, max_pixels, chunk_size, workers, progress: Progress, progress_bar, checkpoint_seconds) -> None:
+    tasks = _tasks(plan, out, size, c, max_pixels, chunk_size, progress.done)
+    total = sum(len(s) for s in plan.splits.values())
+    files = [open(out / images_file(name), "rb+") for name in plan.splits]
+    last_save = time.monotonic()
+
+    def checkpoint() -> None:
+        for f in files:
+            os.fsync(f.fileno())  # the workers' rows reach the disk before the record says so
+        progress.save(out / PROGRESS)
+
+    bar = None
+
+    def on_result(result: ChunkResult) -> None:
+        nonlocal last_save, bar
+        if bar is None:  # made once the workers exist: tqdm starts a thread, and they are forked
+            bar = tqdm(total=total, initial=total - remaining, unit="img", desc="prepare", file=sys.stderr, disable=not progress_bar, dynamic_ncols=True)
+        progress.add(result)
+        bar.update(min(chunk_size, len(plan.splits[result.split]) - result.start))
+        if time.monotonic() - last_save >= checkpoint_seconds:
+            checkpoint()
+            last_save = time.monotonic()
+
+    remaining = sum(len(t) for t in tasks)
+    try:
+        run_tasks(tasks, workers, max_pixels, on_result)
+    finally:
+        if bar is not None:
+            bar.close()
+        checkpoint()
+        for f in files:
+            f.close()
+        clear_caches()
+
+
+def _finish(plan: Plan, out: Path, size: int, c: int, progress: Progress) -> tuple[Store, list[dict]]:
+    """Check the classes, fill the skipped rows, write labels, statistics, report, then the manifest."""
+    bad = {name: {} for name in plan.splits}
+    for split, i, reason in progress.failures:
+        bad[split][i] = reason
+    skipped = list(plan.skipped)
+    for name, split in plan.splits.items():
+        for i, reason in sorted(bad[name].items()):
+            item = split.paths[i] if split.paths else f"{os.path.basename(split.idx_file)}[{split.rows[i]}]"
+            skipped.append({"split": name, "path": _relative(item, plan.source), "reason": reason})
+    report = {"source": str(plan.source), "skipped": skipped, "conversions": dict(sorted(progress.notes.items()))}
+    atomic_write_json(out / REPORT, report)
+
+    keep = {}
+    for name, split in plan.splits.items():
+        mask = np.ones(len(split), bool)
+        mask[list(bad[name])] = False
+        keep[name] = mask
+    train_counts = np.bincount(plan.splits["train"].labels[keep["train"]], minlength=len(plan.class_ids))
+    if train_counts.sum() == 0:
+        raise UserError(f"none of the images in {plan.source} could be read; the reasons are in {out / REPORT}")
+    empty = [plan.class_ids[i] for i in np.flatnonzero(train_counts == 0)]
+    if empty:
+        raise UserError(
+            f"class {empty[0]!r}{f' (and {len(empty) - 1} more)' if len(empty) > 1 else ''} has no usable training image: "
+            f"every file was skipped (reasons in {out / REPORT}); fix or remove those files, or remove the class folder"
+        )
+
+    moves = {}
+    for name in plan.splits:
+        holes = np.flatnonzero(~keep[name])
+        n_good = int(keep[name].sum())
+        holes_in = holes[holes < n_good]
+        sources = np.flatnonzero(keep[name][n_good:]) + n_good
+        moves[name] = (n_good, holes_in, sources)
+    if progress.state == "decoding":
+        for name, (n_good, holes_in, sources) in moves.items():
+            if len(holes_in):
+                images = np.load(out / images_file(name), mmap_mode="r+")
+                for k in range(0, len(holes_in), 256):  # a bounded number of rows in memory at a time
+                    images[holes_in[k : k + 256]] = images[sources[k : k + 256]]
+                images.flush()
+                del images
+        progress.state = "filled"  # rows below n_good are final; the sources above are never written again
+        progress.save(out / PROGRESS)
+
+    splits_info = {}
+    for name, split in plan.splits.items():
+        n_good, holes_in, sources = moves[name]
+        set_npy_rows(out / images_file(name), n_good)
+        labels = split.labels.copy()
+        labels[holes_in] = split.labels[sources]
+        labels = labels[:n_good]
+        atomic_save_npy(out / labels_file(name), labels)
+        splits_info[name] = {"count": n_good, "per_class": np.bincount(labels, minlength=len(plan.class_ids)).tolist()}
+
+    mean_image, eigenvalues, eigenvectors, covariance = pixel_statistics(progress.sum_image, progress.sum_outer, progress.count)
+    atomic_savez(out / STATS, mean_image=mean_image, pca_eigenvalues=eigenvalues, pca_eigenvectors=eigenvectors, pixel_covariance=covariance)
+
+    from alexnet import __version__
+
+    manifest = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "complete": True,
+        "created_by": f"alexnet {__version__}",
+        "source": str(plan.source),
+        "source_kind": plan.kind,
+        "image_size": size,
+        "channels": c,
+        "classes": plan.class_names,
+        "class_ids": plan.class_ids,
+        "splits": splits_info,
+        "skipped": len(skipped),
+        "preprocessing": (
+            f"shorter side rescaled to {size} (Lanczos), central {size}x{size} kept; "
+            "transparency composited on white; 16-bit scaled to 8-bit; EXIF orientation applied"
+        ),
+        "notes": plan.notes,
+    }
+    atomic_write_json(out / MANIFEST, manifest)  # last: from here on the store is complete
+    os.unlink(out / PROGRESS)
+    return open_store(out), skipped
+
+
+def pixel_statistics(sum_image: np.ndarray, sum_outer: np.ndarray, count: int) -> tuple[np.ndarray, ...]:
+    """Mean image, and the eigen-decomposition of the C x C covariance of all pixel values.
+
+    Section 2's mean image is ``sum_image / count``. Section 4.1's PCA is over every pixel of the
+    training set, as (unbiased) np.cov of the (count * S * S, C) pixel matrix would give; it is
+    formed here in exact integer arithmetic from the sums and only then converted to float.
+    Eigenvalues come largest first; each eigenvector (a column) has its largest component positive.
+    """
+    c = sum_outer.shape[0]
+    mean_image = (sum_image / count).astype(np.float32)
+    pixels = count * sum_image.shape[0] * sum_image.shape[1]
+    sx = [int(v) for v in sum_image.sum(axis=(0, 1), dtype=np.int64)]
+    sxx = [[int(v) for v in row] for row in sum_outer]
+    covariance = np.array([[(pixels * sxx[i][j] - sx[i] * sx[j]) / (pixels * (pixels - 1)) for j in range(c)] for i in range(c)])
+    eigenvalues, eigenvectors = np.linalg.eigh(covariance)
+    order = np.argsort(eigenvalues)[::-1]
+    eigenvalues, eigenvectors = np.clip(eigenvalues[order], 0, None), eigenvectors[:, order]
+    signs = np.sign(eigenvectors[np.abs(eigenvectors).argmax(axis=0), np.arange(c)])
+    eigenvectors = eigenvectors * np.where(signs == 0, 1, signs)
+    return mean_image, eigenvalues.astype(np.float32), eigenvectors.astype(np.float32), covariance
+
+
+def _relative(path: str, source: Path) -> str:
+    try:
+        return str(Path(path).relative_to(source))
+    except ValueError:
+        return path
+
+
+def _summary(store: Store, skipped: list[dict], out: Path) -> str:
+    counts = ", ".join(f"{len(store.split(s))} {s}" for s in store.splits)
+    s = store.image_size
+    line = f"prepared {out}: {counts} images of {store.num_classes} classes, {s}x{s}x{store.channels}"
+    if not skipped:
+        return line + "; no file skipped"
+    kinds = Counter(item["reason"].split(":")[0].split(" (")[0] for item in skipped)
+    listed = ", ".join(f"{n} {k}" for k, n in kinds.most_common())
+    return f"{line}; skipped {len(skipped)} files ({listed}), listed with reasons in {out / REPORT}"
