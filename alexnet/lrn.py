@@ -17,9 +17,9 @@ With two towers each GPU of the paper normalised over its own maps only, so the 
 never crosses from one tower to the other. ``groups`` reproduces that on one device: the
 channels are split into ``groups`` equal blocks and each block is normalised on its own.
 
-The computation itself lives in :mod:`alexnet.kernels` (a fused forward/backward that keeps
-the normaliser for the backward pass); :func:`lrn_reference` is the plain formula, kept for
-tests and as the fallback.
+The computation itself lives in :mod:`alexnet.kernels` (fused forward and backward kernels:
+C on the CPU, Triton on CUDA, an eager closed-form fallback elsewhere); :func:`lrn_reference` is
+the plain formula, kept for tests.
 """
 
 from __future__ import annotations

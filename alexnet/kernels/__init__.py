@@ -1,17 +1,67 @@
 """Fast kernels behind the paper's operations.
 
 ``local_response_norm(x, size, alpha, beta, k, groups)`` takes the *effective* alpha (the one
-that multiplies the plain sum of squares; see :func:`alexnet.lrn.effective_alpha`).
+that multiplies the plain sum of squares; see :func:`alexnet.lrn.effective_alpha`) and picks
+the fastest implementation that handles ``x``:
+
+========  ======================================================  ===================
+backend   used for                                                module
+========  ======================================================  ===================
+triton    float32/bf16/fp16 CUDA tensors when triton is installed  :mod:`.lrn_triton`
+cpu       float32/bf16/fp16 CPU tensors when a C compiler exists   :mod:`.lrn_cpu`
+eager     everything else (float64, other devices)                :mod:`.lrn_autograd`
+========  ======================================================  ===================
+
+All three compute the formula in float32 or better with a closed-form backward;
+``tests/test_kernels.py`` checks each against the formula in NumPy and against torch's LRN.
 """
 
 from __future__ import annotations
 
 import torch
 
-from alexnet.lrn import window_sum_of_squares
+from alexnet.kernels import lrn_autograd, lrn_cpu
+
+BACKENDS = ("triton", "cpu", "eager")
+
+
+@torch.compiler.assume_constant_result
+def _triton_available() -> bool:
+    from alexnet.kernels import lrn_triton  # imported on first use: importing triton takes ~1 s
+
+    return lrn_triton.available()
+
+
+def backend_for(x: torch.Tensor) -> str:
+    """The backend :func:`local_response_norm` uses for ``x``."""
+    if x.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        return "eager"  # float64 stays exact; the fast kernels compute in float32
+    if x.device.type == "cuda" and _triton_available():
+        return "triton"
+    if x.device.type == "cpu" and lrn_cpu.available():
+        return "cpu"
+    return "eager"
+
+
+def _check(x: torch.Tensor, size: int, groups: int) -> None:
+    if x.dim() < 2:
+        raise ValueError(f"LRN needs an input of shape (N, C, ...), got {tuple(x.shape)}")
+    if size < 1:
+        raise ValueError(f"LRN size must be at least 1, got {size}")
+    if groups < 1 or x.shape[1] % groups:
+        raise ValueError(f"{x.shape[1]} channels do not split into {groups} LRN groups")
 
 
 def local_response_norm(
     x: torch.Tensor, size: int, alpha: float, beta: float, k: float, groups: int = 1
 ) -> torch.Tensor:
-    return x / (k + alpha * window_sum_of_squares(x, size, groups)).pow(beta)
+    """``x / (k + alpha * window_sum(x^2)) ** beta`` over channel windows, per channel group."""
+    _check(x, size, groups)
+    backend = backend_for(x)
+    if backend == "triton":
+        from alexnet.kernels import lrn_triton
+
+        return lrn_triton.local_response_norm(x, size, alpha, beta, k, groups)
+    if backend == "cpu":
+        return lrn_cpu.local_response_norm(x, size, alpha, beta, k, groups)
+    return lrn_autograd.local_response_norm(x, size, alpha, beta, k, groups)
