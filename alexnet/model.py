@@ -227,16 +227,21 @@ def init_weights_(model: AlexNet, scheme: str = "paper") -> AlexNet:
 
     * ``"paper"``: weights N(0, 0.01); biases 1 in conv2, conv4, conv5, fc6-fc8, 0 in conv1, conv3.
     * ``"original"``: as ``"paper"`` but std 0.03 in conv3-conv5 (the released configs).
-    * ``"he"``: weights N(0, 2/fan_in) (fan-in scaled), biases 0.1 after ReLUs, 0 in fc8. Not
-      the paper's; it avoids the long stall at loss ln(classes) on small data sets.
+    * ``"he"``: weights N(0, 2/fan_in) (fan-in scaled) and biases 0.1 in conv1-fc7; fc8 weights
+      N(0, 0.01) and bias 0, so the loss starts at ln(classes). Not the paper's; it avoids the
+      long stall at loss ln(classes) on small data sets.
     """
     if scheme not in INIT_SCHEMES:
         raise ValueError(f"init scheme must be one of {INIT_SCHEMES}, got {scheme!r}")
     with torch.no_grad():
         for name, layer in model.learnable_layers().items():
             if scheme == "he":
-                nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
-                layer.bias.fill_(0.0 if name == "fc8" else 0.1)
+                if name == "fc8":  # small logits: the loss starts at ln(classes), as with the paper's init
+                    layer.weight.normal_(0.0, 0.01)
+                    layer.bias.zero_()
+                else:
+                    nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
+                    layer.bias.fill_(0.1)
                 continue
             std = 0.03 if scheme == "original" and name in ("conv3", "conv4", "conv5") else 0.01
             layer.weight.normal_(0.0, std)

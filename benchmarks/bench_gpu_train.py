@@ -71,7 +71,7 @@ def synthetic_rate(config, store, device, steps: int, warmup: int) -> float:
                            crop_size=config.crop_size).to(device)
     gen = torch.Generator(device).manual_seed(0)
     b = config.batch_size_per_device
-    images = torch.from_numpy(np.asarray(store.split("train").images[:b])).to(device)
+    images = torch.from_numpy(np.array(store.split("train").images[:b])).to(device)
     labels = torch.from_numpy(np.asarray(store.split("train").labels[:b])).to(device)
     flag = torch.zeros((), dtype=torch.bool, device=device)
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every GPU check and benchmark of the kernels, in one run of under 8 minutes on one H200
-# (the step limits add up to 470 s).
+# (the step limits add up to 480 s).
 #
 #   OUT=./gpu-results PYTHON=python benchmarks/gpu_checks.sh
 #
@@ -70,7 +70,7 @@ step 03-bench-lrn-fp32 45 "$PYTHON" benchmarks/bench_lrn.py --device cuda --batc
 step 04-bench-lrn-bf16-nhwc 45 "$PYTHON" benchmarks/bench_lrn.py --device cuda --batch 128 --repeats 20 --warmup 5 --amp --channels-last
 
 # 4. Full training steps: ours vs torch's LRN vs no LRN, bf16 autocast, channels_last.
-step 05-bench-step-bf16-nhwc 120 "$PYTHON" benchmarks/bench_step.py --device cuda --batch 128 --steps 30 --warmup 5 --amp --channels-last
+step 05-bench-step-bf16-nhwc 90 "$PYTHON" benchmarks/bench_step.py --device cuda --batch 128 --steps 30 --warmup 5 --amp --channels-last
 
 # 5. ---------------------------------------------------------------- HOOK: data path end to end
 #    benchmarks/bench_gpu_train.py (training throughput with data loading) runs here when it
@@ -78,7 +78,7 @@ step 05-bench-step-bf16-nhwc 120 "$PYTHON" benchmarks/bench_step.py --device cud
 #    $OUT/bench-gpu-train.json. 110 s keeps the whole script under 8 minutes.
 if [ -f benchmarks/bench_gpu_train.py ]; then
     # shellcheck disable=SC2086  # BENCH_GPU_TRAIN_ARGS is a list of flags
-    step 06-bench-gpu-train 110 "$PYTHON" benchmarks/bench_gpu_train.py --json "$OUT/bench-gpu-train.json" ${BENCH_GPU_TRAIN_ARGS:-}
+    step 06-bench-gpu-train 150 "$PYTHON" benchmarks/bench_gpu_train.py --json "$OUT/bench-gpu-train.json" ${BENCH_GPU_TRAIN_ARGS:---images 10000 --steps 100 --batch 256}
 else
     printf '%-28s %s\n' "06-bench-gpu-train" "skipped: benchmarks/bench_gpu_train.py not present" | tee -a "$SUMMARY"
 fi
