@@ -281,8 +281,8 @@ def test_variant_builds_runs_and_learns(kwargs):
     # a few steps of the paper's SGD on the fixed batch lower the loss (no dropout: no noise)
     model = init_weights_(small(dropout=0.0, **kwargs), "he")
     before = F.cross_entropy(model(x), y).item()
-    opt = PaperSGD(model.parameters(), lr=0.001)
-    for _ in range(6):
+    opt = PaperSGD(model.parameters(), lr=0.01)
+    for _ in range(8):
         opt.zero_grad()
         F.cross_entropy(model(x), y).backward()
         opt.step()
