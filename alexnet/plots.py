@@ -76,11 +76,18 @@ def filter_grid(weight: torch.Tensor, towers: int = 2, columns: int = 12, scale:
     return grid
 
 
+def filter_image(weight: torch.Tensor, towers: int = 2) -> np.ndarray:
+    """:func:`filter_grid` with a layout for viewing: each kernel about 48 px, gaps in proportion,
+    at most 12 kernels a row and no empty columns."""
+    scale = max(1, 48 // weight.shape[-1])
+    columns = min(12, max(1, weight.shape[0] // towers))
+    return filter_grid(weight, towers=towers, columns=columns, scale=scale, gap_px=max(1, scale // 8))
+
+
 def save_filters(weight: torch.Tensor, path: str | Path, towers: int = 2) -> Path:
     from PIL import Image
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    scale = max(1, 48 // weight.shape[-1])
-    Image.fromarray(filter_grid(weight, towers=towers, scale=scale)).save(path)
+    Image.fromarray(filter_image(weight, towers=towers)).save(path)
     return path

@@ -1,0 +1,109 @@
+"""``alexnet show filters|neighbours``: figures 3 and 4 of the paper from a trained network."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "show",
+        help="draw the paper's figures from a checkpoint: conv1 kernels (figure 3), nearest neighbours (figure 4)",
+        description="Figures of a trained network: 'filters' (figure 3) and 'neighbours' (figure 4).",
+    )
+    kinds = p.add_subparsers(dest="figure", metavar="FIGURE", required=True)
+
+    f = kinds.add_parser(
+        "filters",
+        help="figure 3: conv1's kernels as an image grid, one block per tower",
+        description="Figure 3: conv1's kernels, each stretched to the full 0-255 range, one block per tower "
+        "(the paper's first tower learned largely colour-agnostic kernels, the second colour-specific ones).",
+    )
+    f.add_argument("checkpoint", metavar="CHECKPOINT", help="checkpoint file or run directory")
+    f.add_argument("--out", metavar="PNG", help="image to write (default: filters.png beside the checkpoint)")
+    f.set_defaults(func=run_filters)
+
+    n = kinds.add_parser(
+        "neighbours",
+        help="figure 4: validation images, their top-5 predictions and the 6 nearest training images in fc7 space",
+        description="Figure 4: for K validation images (spread evenly over the split), the image, its top-5 "
+        "predictions (centre crop), and the training images whose fc7 features (the last hidden layer) are "
+        "nearest in Euclidean distance. Training features are computed in batches and never all held in memory.",
+    )
+    n.add_argument("checkpoint", metavar="CHECKPOINT", help="checkpoint file or run directory")
+    n.add_argument("data", metavar="DATA", help="the prepared data set the network was trained on")
+    n.add_argument("--images", type=int, default=5, metavar="K", help="validation images, one row each (default 5)")
+    n.add_argument("--neighbours", type=int, default=6, metavar="N", help="training images per row (default 6, as the paper)")
+    n.add_argument("--max-train", type=int, metavar="N",
+                   help="search only N training images spread evenly over the split (default: all of them)")
+    n.add_argument("--split", default="val", help="split the query images come from (default: val)")
+    n.add_argument("--batch-size", type=int, default=256, help="images per forward pass (default 256)")
+    n.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda' or 'cuda:N'")
+    n.add_argument("--out", metavar="PNG", help="image to write (default: neighbours.png beside the checkpoint)")
+    n.add_argument("--quiet", action="store_true", help="no progress bar")
+    n.set_defaults(func=run_neighbours)
+
+
+def _default_out(checkpoint: str, name: str) -> Path:
+    path = Path(checkpoint)
+    return (path if path.is_dir() else path.parent) / name
+
+
+def run_filters(args: argparse.Namespace) -> int:
+    from alexnet import checkpoint
+    from alexnet.errors import UserError
+    from alexnet.plots import save_filters
+
+    payload = checkpoint.load(args.checkpoint)
+    weight = payload["model"].get("features.conv1.weight")
+    if weight is None:
+        raise UserError(f"{args.checkpoint} holds no conv1 weights (features.conv1.weight); is it an AlexNet checkpoint?")
+    towers = int(payload.get("model_args", {}).get("towers", 1))
+    out = save_filters(weight, args.out or _default_out(args.checkpoint, "filters.png"), towers=towers)
+    print(f"{weight.shape[0]} conv1 kernels ({towers} tower(s)) in {out}")
+    return 0
+
+
+def run_neighbours(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+
+    from alexnet.data import open_store
+    from alexnet.errors import UserError
+    from alexnet.evaluate import check_compatible, load_member, probabilities
+    from alexnet.figures import features, nearest_training_images, plot_neighbours, spread_indices
+    from alexnet.inference import pick_device, progress_bar
+
+    for flag, value in (("--images", args.images), ("--neighbours", args.neighbours), ("--batch-size", args.batch_size)):
+        if value < 1:
+            raise UserError(f"{flag} must be at least 1")
+    if args.max_train is not None and args.max_train < args.neighbours:
+        raise UserError(f"--max-train must be at least --neighbours ({args.neighbours})")
+    device = pick_device(args.device)
+    store = open_store(args.data)
+    member = load_member(args.checkpoint, device)
+    check_compatible([member], store.classes)
+    if (member.image_size, member.channels) != (store.image_size, store.channels):
+        raise UserError(f"{args.checkpoint} was trained on {member.image_size} px images with {member.channels} "
+                        f"channel(s), {args.data} has {store.image_size} px with {store.channels}; give its own data set")
+    queries = store.split(args.split)
+    train = store.split("train")
+    q_idx = spread_indices(len(queries), args.images)
+    images = torch.from_numpy(np.ascontiguousarray(queries.images[q_idx]))
+    probs = probabilities([member], images, ten_crop=False).cpu().numpy()
+    q_features = features(member, images)
+    t_idx = spread_indices(len(train), args.max_train)
+    nn_idx, nn_dist = nearest_training_images(
+        member, train, q_features, k=min(args.neighbours, len(t_idx)), batch_size=args.batch_size, indices=t_idx,
+        progress=lambda it, total: progress_bar(it, total, "training features", enabled=not args.quiet))
+    top = np.argsort(-probs, axis=1)[:, : min(5, store.num_classes)]
+    rows = []
+    for r, qi in enumerate(q_idx):
+        rows.append(dict(image=np.asarray(queries.images[qi]), label=int(queries.labels[qi]),
+                         top=[(int(c), float(probs[r, c])) for c in top[r]],
+                         neighbours=[(np.asarray(train.images[j]), int(train.labels[j]), float(d))
+                                     for j, d in zip(nn_idx[r], nn_dist[r]) if j >= 0]))
+    out = plot_neighbours(rows, store.classes, args.out or _default_out(args.checkpoint, "neighbours.png"))
+    print(f"{len(rows)} {args.split} images and their {nn_idx.shape[1]} nearest of {len(t_idx)} training images in {out}")
+    return 0

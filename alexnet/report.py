@@ -1,0 +1,236 @@
+"""One page per run: the recipe, the metrics, the curves, conv1's kernels and any evaluation results.
+
+The page is a single self-contained HTML file (the PNGs are embedded as base64), so it opens in
+any browser, can be mailed or archived on its own, and never points at files that have moved.
+By default it is written into the run directory as ``report.html``.
+
+What it gathers from a run directory (``alexnet train --out RUN``):
+
+* ``config.json``: every recipe key beside the paper's default; keys that differ are highlighted.
+* ``metrics.jsonl``: one table row per epoch; ``curves.png`` (drawn again if missing).
+* ``best.pt`` (else ``last.pt``): the data set (classes, image size), the parameter count and
+  conv1's kernels (figure 3, one block per tower).
+* Evaluation results, when present: any ``*.json`` file in the run directory holding
+  ``top1_error`` and ``top5_error`` (e.g. ``alexnet evaluate RUN DATA --json > RUN/eval.json``, or
+  the ``result.json`` that ``alexnet experiment ablations`` writes), and any other PNG in it
+  (e.g. ``alexnet show neighbours ... --out RUN/neighbours.png``).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+from dataclasses import fields
+from pathlib import Path
+
+from alexnet.config import TrainConfig
+from alexnet.errors import UserError
+
+# Settings of how a run executes rather than what it learns: shown, never highlighted.
+RUNTIME_KEYS = ("device", "precision", "channels_last", "compile", "loader_workers", "checkpoint_every_steps",
+                "on_nonfinite", "deterministic", "tower_parallel")
+
+
+def paper_differences(values: dict) -> dict[str, tuple]:
+    """{key: (paper's default, this value)} for the recipe keys of ``values`` that differ from the paper."""
+    paper = TrainConfig()
+    changed = {}
+    for f in fields(TrainConfig):
+        if f.name in values and f.name not in RUNTIME_KEYS:
+            value = values[f.name]
+            value = tuple(value) if isinstance(value, list) else value
+            if value != getattr(paper, f.name):
+                changed[f.name] = (getattr(paper, f.name), value)
+    return changed
+
+
+def _png(data: bytes, alt: str) -> str:
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(data).decode()}">'
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return str(value)
+        return f"{value:.4g}"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_fmt(v) for v in value)
+    return str(value)
+
+
+def _raw(value) -> str:
+    """A config value as written (no rounding)."""
+    return ", ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+
+
+def _table(header: list[str] | None, rows: list[list], row_classes: list[str] | None = None) -> str:
+    head = "<thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr></thead>" if header else ""
+    body = []
+    for i, row in enumerate(rows):
+        cls = f' class="{row_classes[i]}"' if row_classes and row_classes[i] else ""
+        body.append(f"<tr{cls}>" + "".join(f"<td>{html.escape(_fmt(c))}</td>" for c in row) + "</tr>")
+    return f"<table>{head}<tbody>{''.join(body)}</tbody></table>"
+
+
+def _read_metrics(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    lines = []
+    for line in path.read_text().splitlines():
+        if line.strip():
+            try:
+                lines.append(json.loads(line))
+            except json.JSONDecodeError:
+                break  # a line cut short by a crash ends the table
+    return lines
+
+
+def _evaluations(run: Path) -> list[tuple[str, dict]]:
+    found = []
+    for path in sorted(run.glob("*.json")):
+        if path.name == "config.json":
+            continue
+        text = path.read_text().strip()
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            try:  # e.g. the output of 'alexnet evaluate --json' after other lines
+                value = json.loads(text.splitlines()[-1]) if text else None
+            except json.JSONDecodeError:
+                continue
+        if isinstance(value, dict) and any(k in value for k in ("top1_error", "val_top1_error")):
+            found.append((path.name, value))
+    return found
+
+
+def _evaluation_rows(name: str, value: dict) -> list[list]:
+    rows = []
+    for key in ("top1_error", "top5_error", "val_top1_error", "val_top5_error", "train_top1_error", "gap_top1"):
+        if isinstance(value.get(key), (int, float)):
+            rows.append([name, key, f"{100 * value[key]:.2f}%"])
+    for key in ("images", "ten_crop", "split", "epochs", "checkpoints"):
+        if key in value:
+            rows.append([name, key, value[key]])
+    return rows
+
+
+def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
+    """Write the report of ``run_dir`` to ``out`` (default ``run_dir/report.html``); returns its path."""
+    from alexnet import checkpoint
+    from alexnet.plots import filter_image, plot_curves
+
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise UserError(f"run directory {run} does not exist; give the --out folder of 'alexnet train'")
+    config_file = run / "config.json"
+    if not config_file.is_file():
+        raise UserError(f"{run} is not a run directory (no config.json); give the --out folder of 'alexnet train'")
+    try:
+        config = json.loads(config_file.read_text())
+    except json.JSONDecodeError:
+        raise UserError(f"{config_file} is damaged (not JSON)") from None
+    out = Path(out) if out else run / "report.html"
+    metrics = _read_metrics(run / "metrics.jsonl")
+    ckpt_path = next((run / n for n in ("best.pt", "last.pt") if (run / n).is_file()), None)
+    payload = checkpoint.load(ckpt_path) if ckpt_path else None
+
+    sections = [f"<h1>AlexNet run: {html.escape(run.name or str(run))}</h1>",
+                f"<p class='muted'>{html.escape(str(run.resolve()))}</p>"]
+
+    # summary
+    facts = [["epochs done", f"{len(metrics)} of {config.get('epochs', '?')}"]]
+    if metrics:
+        best = min(metrics, key=lambda m: m["val_top1_error"])
+        last = metrics[-1]
+        facts += [["last epoch: validation top-1 / top-5 error",
+                   f"{100 * last['val_top1_error']:.2f}% / {100 * last['val_top5_error']:.2f}% (centre crop)"],
+                  ["best validation top-1 error", f"{100 * best['val_top1_error']:.2f}% (epoch {best['epoch']})"],
+                  ["training time", f"{sum(m.get('epoch_seconds', 0) for m in metrics) / 60:.1f} minutes"]]
+    if payload is not None:
+        data = payload.get("data", {})
+        classes = list(data.get("classes", []))
+        shown = ", ".join(classes[:10]) + (", ..." if len(classes) > 10 else "")
+        facts += [["data", f"{len(classes)} classes ({shown}), {data.get('image_size')} px, "
+                           f"{data.get('channels')} channel(s)"],
+                  ["parameters", f"{sum(t.numel() for t in payload['model'].values()):,}"],
+                  ["checkpoint shown", ckpt_path.name + (f" (epoch {payload['epoch']})" if "epoch" in payload else "")]]
+    sections += ["<h2>Summary</h2>", _table(None, facts)]
+    if metrics and "classes" in (payload or {}).get("data", {}):
+        chance = math.log(len(payload["data"]["classes"]))
+        if abs(metrics[-1]["train_loss"] - chance) < 0.05 * chance:
+            sections.append(f"<p class='warn'>The training loss is still at ln(classes) = {chance:.3f} (chance): the "
+                            "paper's init (N(0, 0.01), biases 1) is known to stall like this; try init 'he', a smaller "
+                            "input_scale or a lower lr.</p>")
+
+    # recipe
+    changed = paper_differences(config)
+    paper = TrainConfig()
+    rows, classes_ = [], []
+    for f in fields(TrainConfig):
+        if f.name not in config:
+            continue
+        note = "runtime" if f.name in RUNTIME_KEYS else ("differs" if f.name in changed else "")
+        rows.append([f.name, _raw(config[f.name]), _raw(getattr(paper, f.name)), note])
+        classes_.append("changed" if f.name in changed else "")
+    extra = sorted(set(config) - {f.name for f in fields(TrainConfig)})
+    rows += [[k, config[k], "", "unknown key"] for k in extra]
+    classes_ += ["changed"] * len(extra)
+    sections += ["<h2>Recipe</h2>",
+                 f"<p>{len(changed)} recipe value(s) differ from the paper's (highlighted).</p>",
+                 _table(["key", "this run", "paper", ""], rows, classes_)]
+
+    # metrics and curves
+    if metrics:
+        keys = [("epoch", "epoch"), ("train_loss", "train loss"), ("train_top1_error", "train top-1 %"),
+                ("val_top1_error", "val top-1 %"), ("val_top5_error", "val top-5 %"), ("lr", "lr"),
+                ("images_per_s", "images/s"), ("epoch_seconds", "seconds")]
+        table_rows = [[(f"{100 * m[k]:.2f}" if k.endswith("error") else m.get(k, "")) for k, _ in keys] for m in metrics]
+        curves = run / "curves.png"
+        if curves.is_file():
+            image = curves.read_bytes()
+        else:
+            import tempfile
+
+            with tempfile.TemporaryDirectory() as tmp:
+                image = plot_curves(metrics, Path(tmp) / "curves.png").read_bytes()
+        sections += ["<h2>Training curves</h2>", _png(image, "training curves"),
+                     "<h2>Metrics per epoch</h2>", _table([h for _, h in keys], table_rows)]
+    else:
+        sections += ["<h2>Metrics</h2>", "<p>No epoch has finished yet.</p>"]
+
+    # figure 3
+    if payload is not None and "features.conv1.weight" in payload["model"]:
+        from PIL import Image
+
+        weight = payload["model"]["features.conv1.weight"]
+        towers = int(payload.get("model_args", {}).get("towers", 1))
+        buffer = io.BytesIO()
+        Image.fromarray(filter_image(weight, towers=towers)).save(buffer, "PNG")
+        sections += ["<h2>conv1 kernels (figure 3)</h2>",
+                     f"<p>{weight.shape[0]} kernels of {weight.shape[2]}x{weight.shape[3]}x{weight.shape[1]}, "
+                     f"one block per tower ({towers}).</p>", _png(buffer.getvalue(), "conv1 kernels")]
+
+    # evaluation results and other figures
+    evaluations = _evaluations(run)
+    if evaluations:
+        rows = [r for name, value in evaluations for r in _evaluation_rows(name, value)]
+        sections += ["<h2>Evaluation results</h2>", _table(["file", "measure", "value"], rows)]
+    others = [p for p in sorted(run.glob("*.png")) if p.name not in ("curves.png",)]
+    for p in others:
+        sections += [f"<h2>{html.escape(p.name)}</h2>", _png(p.read_bytes(), p.name)]
+
+    page = (
+        "<!DOCTYPE html><html><head><meta charset='utf-8'>"
+        f"<title>AlexNet run {html.escape(run.name)}</title><style>"
+        "body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
+        "table{border-collapse:collapse;margin:0.5em 0}td,th{border:1px solid #ccc;padding:2px 8px;text-align:left}"
+        "tr.changed td{background:#fff3c4;font-weight:bold}.muted{color:#777}.warn{color:#a40}"
+        "img{max-width:100%;border:1px solid #eee}</style></head><body>"
+        + "\n".join(sections) + "</body></html>\n"
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(page)
+    return out
