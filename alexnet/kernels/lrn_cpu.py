@@ -37,6 +37,8 @@ from pathlib import Path
 
 import torch
 
+from alexnet.kernels.layout import memory_format_of
+
 SOURCE = r"""
 #include <math.h>
 #include <pthread.h>
@@ -328,27 +330,12 @@ def unavailable_reason() -> str | None:
     return _load_error
 
 
-def _channels_last(x: torch.Tensor) -> bool:
-    """True for channels_last (NHWC) or channels_last_3d tensors that are not also contiguous."""
-    if x.is_contiguous():
-        return False
-    if x.dim() == 4:
-        return x.is_contiguous(memory_format=torch.channels_last)
-    return x.dim() == 5 and x.is_contiguous(memory_format=torch.channels_last_3d)
-
-
-def _memory_format(x: torch.Tensor) -> torch.memory_format:
-    if not _channels_last(x):
-        return torch.contiguous_format
-    return torch.channels_last if x.dim() == 4 else torch.channels_last_3d
-
-
 def _run(x: torch.Tensor, grad: torch.Tensor | None, size: int, alpha: float, beta: float, k: float, groups: int) -> torch.Tensor:
     """Forward (grad None) or backward of float32 x in one of the two layouts the C code reads."""
     lib = library()
     if lib is None:
         raise RuntimeError(f"the LRN CPU kernels are unavailable: {_load_error}")
-    fmt = _memory_format(x)
+    fmt = memory_format_of(x)
     x = x.float().contiguous(memory_format=fmt)
     if grad is not None:
         grad = grad.float().contiguous(memory_format=fmt)
@@ -383,12 +370,12 @@ def lrn_cpu_backward(
 
 @lrn_cpu.register_fake
 def _(x, size, alpha, beta, k, groups):
-    return torch.empty_like(x, memory_format=_memory_format(x))
+    return torch.empty_like(x, memory_format=memory_format_of(x))
 
 
 @lrn_cpu_backward.register_fake
 def _(grad, x, size, alpha, beta, k, groups):
-    return torch.empty_like(x, memory_format=_memory_format(x))
+    return torch.empty_like(x, memory_format=memory_format_of(x))
 
 
 def _setup_context(ctx, inputs, output):

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import torch
 
+from alexnet.kernels.layout import is_channels_last, memory_format_of
+
 try:
     import triton
     import triton.language as tl
@@ -29,20 +31,6 @@ BLOCK = 1024
 
 def available() -> bool:
     return triton is not None
-
-
-def _channels_last(x: torch.Tensor) -> bool:
-    if x.is_contiguous():
-        return False
-    if x.dim() == 4:
-        return x.is_contiguous(memory_format=torch.channels_last)
-    return x.dim() == 5 and x.is_contiguous(memory_format=torch.channels_last_3d)
-
-
-def _memory_format(x: torch.Tensor) -> torch.memory_format:
-    if not _channels_last(x):
-        return torch.contiguous_format
-    return torch.channels_last if x.dim() == 4 else torch.channels_last_3d
 
 
 if triton is not None:
@@ -106,7 +94,7 @@ if triton is not None:
 def _geometry(x: torch.Tensor, groups: int) -> tuple[int, int, int, bool]:
     channels = x.shape[1]
     plane = x.numel() // max(1, x.shape[0] * channels)
-    return channels, channels // groups, plane, _channels_last(x)
+    return channels, channels // groups, plane, is_channels_last(x)
 
 
 @torch.library.custom_op("alexnet::lrn_triton", mutates_args=())
@@ -114,7 +102,7 @@ def lrn_triton(
     x: torch.Tensor, size: int, alpha: float, beta: float, k: float, groups: int, save_d: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(b, d): the output and, if ``save_d``, the float32 normaliser (else an empty tensor)."""
-    x = x.contiguous(memory_format=_memory_format(x))
+    x = x.contiguous(memory_format=memory_format_of(x))
     y = torch.empty_like(x)
     d = torch.empty_like(x, dtype=torch.float32) if save_d else x.new_empty(0, dtype=torch.float32)
     if x.numel():
@@ -128,7 +116,7 @@ def lrn_triton(
 
 @lrn_triton.register_fake
 def _(x, size, alpha, beta, k, groups, save_d):
-    fmt = _memory_format(x)
+    fmt = memory_format_of(x)
     d = torch.empty_like(x, dtype=torch.float32, memory_format=fmt) if save_d else x.new_empty(0, dtype=torch.float32)
     return torch.empty_like(x, memory_format=fmt), d
 
@@ -137,7 +125,7 @@ def _(x, size, alpha, beta, k, groups, save_d):
 def lrn_triton_backward(
     grad: torch.Tensor, x: torch.Tensor, d: torch.Tensor, size: int, alpha: float, beta: float, groups: int
 ) -> torch.Tensor:
-    fmt = _memory_format(d)
+    fmt = memory_format_of(d)
     x = x.contiguous(memory_format=fmt)
     grad = grad.contiguous(memory_format=fmt)
     dx = torch.empty_like(x)
@@ -152,7 +140,7 @@ def lrn_triton_backward(
 
 @lrn_triton_backward.register_fake
 def _(grad, x, d, size, alpha, beta, groups):
-    return torch.empty_like(x, memory_format=_memory_format(d))
+    return torch.empty_like(x, memory_format=memory_format_of(d))
 
 
 class LRNTritonFunction(torch.autograd.Function):
