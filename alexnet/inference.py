@@ -11,12 +11,11 @@ from alexnet.errors import UserError
 
 
 def pick_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {name} was asked for but no CUDA GPU is visible; use --device cpu")
+    """The device for a single process: ``auto`` (a GPU if there is one), ``cpu``, ``cuda``, ``cuda:N``."""
+    from alexnet.distributed import resolve_device
+
     try:
-        return torch.device(name)
+        return resolve_device(name)
     except RuntimeError:
         raise UserError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
 
