@@ -2,8 +2,9 @@
 
 A checkpoint is a ``torch.save`` file holding only tensors and plain Python values, so it loads
 with ``torch.load(weights_only=True)``: a pickle that carries code is refused. It is written to a
-temporary file in the same folder, flushed to disk, then renamed over the old one, so a crash at
-any moment leaves either the previous checkpoint or the new one, never half of one.
+temporary file in the same folder, flushed to disk, then renamed over the old one
+(:mod:`alexnet.atomic`), so a crash at any moment leaves either the previous checkpoint or the
+new one, never half of one.
 
 Contents (``FORMAT`` marks the file as ours):
     format, version
@@ -17,47 +18,17 @@ Contents (``FORMAT`` marks the file as ours):
 from __future__ import annotations
 
 import io
-import os
 import pickle
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from alexnet.atomic import atomic_write_bytes
 from alexnet.errors import UserError
-from alexnet.faults import kill_point
 
 FORMAT = "alexnet-checkpoint"
 VERSION = 1
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the whole new one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            half = len(data) // 2
-            f.write(data[:half])
-            f.flush()
-            kill_point("checkpoint-write")
-            f.write(data[half:])
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def save(path: str | Path, payload: dict[str, Any]) -> None:
@@ -65,7 +36,7 @@ def save(path: str | Path, payload: dict[str, Any]) -> None:
     buffer = io.BytesIO()
     torch.save({"format": FORMAT, "version": VERSION, **payload}, buffer)
     try:
-        atomic_write_bytes(path, buffer.getvalue())
+        atomic_write_bytes(path, buffer.getvalue(), fault_point="checkpoint-write")
     except OSError as e:
         raise UserError(f"could not write checkpoint {path}: {e.strerror or e}; the previous checkpoint is kept") from None
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from alexnet import checkpoint
+from alexnet.atomic import atomic_write_bytes
 from alexnet.config import TrainConfig
 from alexnet.errors import UserError
 
@@ -94,11 +94,13 @@ class RunFiles:
         self.dir.mkdir(parents=True, exist_ok=True)
         if not os.access(self.dir, os.W_OK):
             raise UserError(f"run directory {self.dir} is not writable; choose another --out")
-        checkpoint.atomic_write_bytes(self.dir / "config.json", json.dumps(config.to_dict(), indent=2).encode())
+        # These two writes also reach the crash tests' "checkpoint-write" kill point, as checkpoints do.
+        atomic_write_bytes(self.dir / "config.json", json.dumps(config.to_dict(), indent=2).encode(),
+                           fault_point="checkpoint-write")
         # Keep only the metrics of epochs the checkpoint holds (a crash may have written one more).
         lines = self.read_metrics() if resume else []
         kept = "".join(json.dumps(m) + "\n" for m in lines if m["epoch"] <= epochs_done)
-        checkpoint.atomic_write_bytes(self.metrics, kept.encode())
+        atomic_write_bytes(self.metrics, kept.encode(), fault_point="checkpoint-write")
 
     def read_metrics(self) -> list[dict]:
         if not self.metrics.exists():

@@ -186,6 +186,22 @@ def train(
                                               subtract_mean=config.subtract_mean,
                                               input_scale=config.input_scale).to(rt.device), list(store.classes))
 
+    # On the CPU the C kernel cuts the crops straight out of the memory-mapped store into one
+    # reused buffer (each step is done with its input before the next batch is cut); elsewhere
+    # uint8 batches are gathered by the loader's threads and augmented on the model's device.
+    cut_from_store = rt.device.type == "cpu" and augment.fused_on_cpu()
+    train_images, train_labels, reused = store.split("train").images, train_loader.labels, []
+
+    def training_input(batch) -> tuple[torch.Tensor, torch.Tensor]:
+        if not cut_from_store:
+            images, labels = batch
+            labels = labels.to(rt.device, non_blocking=True)
+            return augment(images.to(rt.device, non_blocking=True), generator), labels
+        out = reused[0] if reused and len(reused[0]) == len(batch) else None
+        x = augment.from_store(train_images, batch, generator, out=out)
+        reused[:] = [x.permute(0, 2, 3, 1)]  # the (N, crop, crop, C) storage
+        return x, torch.from_numpy(train_labels[batch])
+
     def reduce_replicas(t: torch.Tensor) -> torch.Tensor:
         return all_reduce_sum(t, groups.data_parallel_group) if groups.replicas > 1 else t
 
@@ -220,12 +236,10 @@ def train(
         pending_nonfinite = torch.zeros((), device=rt.device, dtype=torch.bool)
         interval_loss, interval_steps = 0.0, 0
         t0, images_done = time.perf_counter(), 0
-        for images, labels in train_loader:
+        for batch in (train_loader.index_batches() if cut_from_store else train_loader):
             if pos.step_in_epoch >= steps_per_epoch:
                 break
-            images = images.to(rt.device, non_blocking=True)
-            labels = labels.to(rt.device, non_blocking=True)
-            x = augment(images, generator)
+            x, labels = training_input(batch)
             if rt.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with autocast_for(rt.device, rt.precision):

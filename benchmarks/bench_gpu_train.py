@@ -63,9 +63,9 @@ def synthetic_rate(config, store, device, steps: int, warmup: int) -> float:
     from alexnet.train import grads_finite, model_args, resolve_runtime
 
     rt = resolve_runtime(config, device)
-    model = init_weights_(AlexNet(**model_args(config, store)), "he").to(
+    model = init_weights_(AlexNet(**model_args(config, store)), config.init).to(
         device, memory_format=torch.channels_last if rt.channels_last else torch.preserve_format)
-    opt = PaperSGD(model.parameters(), lr=0.001)
+    opt = PaperSGD(model.parameters(), lr=config.lr)
     step_model = torch.compile(model) if config.compile else model
     augment = TrainAugment(store.mean_image, store.pca_eigenvalues, store.pca_eigenvectors,
                            crop_size=config.crop_size).to(device)
@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> dict:
     store = open_store(store_dir)
     steps_per_epoch = len(store.split("train")) // a.batch
     config = TrainConfig(epochs=2, batch_size_per_device=a.batch, crop_size=a.crop, loader_workers=a.workers,
-                         compile=a.compile, init="he", lr=0.001, device=str(device))
+                         compile=a.compile, device=str(device))  # the paper's init and lr
     results = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                "batch": a.batch, "compile": a.compile}
     results["synthetic_images_per_s"] = synthetic_rate(config, store, device, a.steps, warmup=10)

@@ -129,17 +129,11 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128, help="images per batch")
     parser.add_argument("--batches", type=int, default=12, help="batches timed per round and pipeline")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of the two pipelines")
-    parser.add_argument("--workers", type=int, default=2, help="loader threads (ours) and DataLoader worker processes (baseline)")
+    parser.add_argument("--workers", type=int, default=2, help="loader and kernel threads (ours), DataLoader worker processes (baseline)")
     parser.add_argument("--train-steps", type=int, default=3, help="AlexNet training steps timed at batch 32")
-    parser.add_argument(
-        "--pipeline-threads", type=int, default=1,
-        help="torch intra-op threads while the pipelines run (default 1, as in each DataLoader worker; "
-        "the training step uses torch's default)",
-    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     default_threads = torch.get_num_threads()
-    torch.set_num_threads(args.pipeline_threads)
     size, crop = 256, 224
 
     with tempfile.TemporaryDirectory(prefix="bench_loader_") as tmp:
@@ -154,30 +148,44 @@ def main() -> None:
         loader = Loader(store.split("train"), args.batch_size, shuffle=True, seed=args.seed, drop_last=True, workers=args.workers)
         generator = torch.Generator().manual_seed(args.seed)
 
-        def ours(augmented: bool = True):
+        images_u8, labels_all = store.split("train").images, loader.labels
+        reused = torch.empty((args.batch_size, crop, crop, 3))
+
+        def ours():  # what training on the CPU does: crops cut from the memory map into one buffer
+            for epoch in range(1 << 30):
+                loader.set_epoch(epoch)
+                for indices in loader.index_batches():
+                    yield augment.from_store(images_u8, indices, generator, out=reused), torch.from_numpy(labels_all[indices])
+
+        def gathered(augmented: bool = True):  # uint8 batches from the loader's threads (the GPU path's CPU side)
             for epoch in range(1 << 30):
                 loader.set_epoch(epoch)
                 for images, labels in loader:
-                    yield (augment(images, generator) if augmented else images), labels
+                    yield (augment(images, generator, out=reused) if augmented else images), labels
 
         baseline_loader = torch.utils.data.DataLoader(
             JpegFolder(tmp / "jpeg", crop), batch_size=args.batch_size, shuffle=True, drop_last=True,
             num_workers=args.workers, persistent_workers=args.workers > 0,
         )
-        pipelines = {"ours": ours(), "baseline": endless(lambda: iter(baseline_loader)), "loader only": ours(augmented=False)}
+        pipelines = {"ours": ours(), "baseline": endless(lambda: iter(baseline_loader)),
+                     "gathered+augment": gathered(), "loader only": gathered(augmented=False)}
         rates = {name: [] for name in pipelines}
         for r in range(args.rounds):
             for name, batches in pipelines.items():
+                # our kernel runs on as many threads as the baseline has worker processes
+                torch.set_num_threads(args.workers if name != "baseline" else 1)
                 rates[name].append(rate(batches, args.batches, args.batch_size))
             print(f"round {r + 1}: " + "   ".join(f"{name} {v[-1]:7.0f} img/s" for name, v in rates.items()))
-        ours_rate, baseline_rate, loader_rate = (statistics.median(rates[n]) for n in ("ours", "baseline", "loader only"))
+        ours_rate, baseline_rate, gathered_rate, loader_rate = (
+            statistics.median(rates[n]) for n in ("ours", "baseline", "gathered+augment", "loader only"))
         del pipelines, baseline_loader
 
     torch.set_num_threads(default_threads)
     step_rate = training_step_rate(args.train_steps, 32, args.seed)
-    print(f"cores {os.cpu_count()}; pipelines: {args.workers} loader workers, torch threads {args.pipeline_threads}, "
+    print(f"cores {os.cpu_count()}; pipelines: {args.workers} loader threads / kernel threads / DataLoader workers, "
           f"batch {args.batch_size}; training step: torch threads {default_threads}")
-    print(f"ours (store + Loader + TrainAugment)    {ours_rate:8.0f} img/s")
+    print(f"ours (store + Loader + TrainAugment.from_store, as training on the CPU) {ours_rate:8.0f} img/s")
+    print(f"ours, loader's uint8 batches then TrainAugment {gathered_rate:8.0f} img/s")
     print(f"baseline (Pillow per image, DataLoader) {baseline_rate:8.0f} img/s")
     print(f"AlexNet training step, CPU, batch 32    {step_rate:8.1f} img/s")
     print(f"loader only (uint8 batches, for augmenting on the model's device) {loader_rate:8.0f} img/s")

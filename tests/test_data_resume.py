@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from alexnet.data import open_store, prepare_store
-from alexnet.data.prepare import PROGRESS, Progress
+from alexnet.data.progress import PROGRESS, Progress
 from alexnet.errors import UserError
 
 try:

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import socket
-from datetime import timedelta
-
 import pytest
 import torch
-import torch.multiprocessing as mp
 
+from _ranks import run_ranks
 from alexnet.distributed import (
     all_reduce_sum,
     barrier,
@@ -21,43 +17,6 @@ from alexnet.distributed import (
     resolve_device,
 )
 from alexnet.errors import UserError
-
-
-# Imported once by the forkserver that forks every rank (DDP's first use imports torch._dynamo).
-PRELOAD = ["torch", "torch.distributed", "torch._dynamo", "alexnet.distributed", "alexnet.towers"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _entry(rank: int, fn, world_size: int, port: int, args: tuple) -> None:
-    torch.set_num_threads(1)
-    os.environ.update(
-        RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
-    )
-    if "lo" in {name for _, name in socket.if_nameindex()}:
-        os.environ["GLOO_SOCKET_IFNAME"] = "lo"  # keep gloo on the loopback interface
-    d = init_from_env(device="cpu", timeout=timedelta(seconds=60))
-    try:
-        fn(d, *args)
-    finally:
-        cleanup()
-
-
-def run_ranks(fn, world_size: int, *args) -> None:
-    """Run ``fn(dist, *args)`` on ``world_size`` CPU processes joined by torchrun's variables.
-
-    A forkserver that has imported torch once forks the ranks, so each start is cheap; an
-    assertion that fails in a rank fails the test with that rank's traceback.
-    """
-    ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(PRELOAD)
-    mp.start_processes(
-        _entry, args=(fn, world_size, _free_port(), args), nprocs=world_size, join=True, start_method="forkserver"
-    )
 
 
 def test_single_process_without_torchrun(monkeypatch):

@@ -11,12 +11,16 @@ import pytest
 import torch
 from PIL import Image
 
-from alexnet import experiments
 from alexnet.cli import main
 from alexnet.config import TrainConfig
 from alexnet.data import open_store
 from alexnet.data.prepare import prepare_store
-from alexnet.experiments import DEFAULT_VARIANTS, FourLayerNet, steps_to_level
+from alexnet.errors import UserError
+from alexnet.experiments import ablations as ablation_runs
+from alexnet.experiments import figure1, runs
+from alexnet.experiments.ablations import DEFAULT_VARIANTS
+from alexnet.experiments.figure1 import steps_to_level
+from alexnet.experiments.four_layer import FourLayerNet
 
 TINY = TrainConfig(stem="small", width=0.125, crop_size=28, batch_size_per_device=16, epochs=1, loader_workers=1,
                    init="he", input_scale=1 / 64)
@@ -83,7 +87,7 @@ def test_ablation_table_has_every_variant_with_numpy_means_and_stds(store_dir, t
 
 def test_interrupted_ablation_skips_finished_runs_and_resumes_the_partial_one(store_dir, tmp_path, monkeypatch):
     base = TINY.replace(epochs=2)
-    real = experiments.train_or_resume
+    real = ablation_runs.train_or_resume
 
     def interrupted(config, data, run_dir, **kw):
         if config.lrn is False:  # the second run stops after its first epoch
@@ -91,9 +95,9 @@ def test_interrupted_ablation_skips_finished_runs_and_resumes_the_partial_one(st
             raise KeyboardInterrupt
         return real(config, data, run_dir, **kw)
 
-    monkeypatch.setattr(experiments, "train_or_resume", interrupted)
+    monkeypatch.setattr(ablation_runs, "train_or_resume", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        experiments.ablations(store_dir, tmp_path, base=base, seeds=1, variants=["full", "no-lrn"], **QUIET)
+        ablation_runs.ablations(store_dir, tmp_path, base=base, seeds=1, variants=["full", "no-lrn"], **QUIET)
     finished = tmp_path / "full" / "seed-0"
     stamp = (finished / "result.json").stat().st_mtime_ns, (finished / "last.pt").stat().st_mtime_ns
     assert not (tmp_path / "no-lrn" / "seed-0" / "result.json").exists()
@@ -104,8 +108,8 @@ def test_interrupted_ablation_skips_finished_runs_and_resumes_the_partial_one(st
         calls.append(Path(run_dir))
         return real(config, data, run_dir, **kw)
 
-    monkeypatch.setattr(experiments, "train_or_resume", spy)
-    summary = experiments.ablations(store_dir, tmp_path, base=base, seeds=1, variants=["full", "no-lrn"],
+    monkeypatch.setattr(ablation_runs, "train_or_resume", spy)
+    summary = ablation_runs.ablations(store_dir, tmp_path, base=base, seeds=1, variants=["full", "no-lrn"],
                                     show_progress=False, log=lines.append)
     assert calls == [tmp_path / "no-lrn" / "seed-0"]
     assert ((finished / "result.json").stat().st_mtime_ns, (finished / "last.pt").stat().st_mtime_ns) == stamp
@@ -117,9 +121,9 @@ def test_interrupted_ablation_skips_finished_runs_and_resumes_the_partial_one(st
 
 
 def test_resuming_into_another_recipe_is_a_clear_error(store_dir, tmp_path, capsys):
-    experiments.train_or_resume(TINY, store_dir, tmp_path / "run", **QUIET)
-    with pytest.raises(experiments.UserError, match="another recipe"):
-        experiments.train_or_resume(TINY.replace(lrn=False), store_dir, tmp_path / "run", **QUIET)
+    runs.train_or_resume(TINY, store_dir, tmp_path / "run", **QUIET)
+    with pytest.raises(UserError, match="another recipe"):
+        runs.train_or_resume(TINY.replace(lrn=False), store_dir, tmp_path / "run", **QUIET)
     assert main(["experiment", "ablations", str(tmp_path / "missing"), "--out", str(tmp_path / "o"), "--quiet"]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
 
@@ -129,7 +133,7 @@ def test_steps_to_level_and_same_initial_weights():
     assert steps_to_level(points, 0.25) == 15 and steps_to_level(points, 0.3) == 10 and steps_to_level(points, 0.1) is None
     never = dict(error_level=0.25, epochs=3, speedup_mean=None, speedup_std=None,
                  per_seed=[dict(relu_steps=40, tanh_steps=None, speedup=None, speedup_at_least=300 / 40)])
-    sentence = experiments.speedup_sentence(never)
+    sentence = figure1.speedup_sentence(never)
     assert "tanh in 0 of 1" in sentence and "never reached it" in sentence and "more than 7.50x" in sentence
     torch.manual_seed(3)
     relu = FourLayerNet(1, 10, 28, "relu")
@@ -163,13 +167,13 @@ def test_relu_vs_tanh_four_layer(store_dir, tmp_path):
     assert Image.open(out / "relu_vs_tanh.png").size == (640, 440)
     # a second call keeps every finished run
     lines = []
-    experiments.relu_vs_tanh(store_dir, out, seeds=2, epochs=2, lrs=(0.01, 0.05), batch_size=8,
+    figure1.relu_vs_tanh(store_dir, out, seeds=2, epochs=2, lrs=(0.01, 0.05), batch_size=8,
                              show_progress=False, log=lines.append)
     assert sum("done before, kept" in line for line in lines) == 6
 
 
 def test_relu_vs_tanh_small_alexnet(store_dir, tmp_path):
-    s = experiments.relu_vs_tanh(store_dir, tmp_path, seeds=1, epochs=2, net="alexnet", base=TINY, **QUIET)
+    s = figure1.relu_vs_tanh(store_dir, tmp_path, seeds=1, epochs=2, net="alexnet", base=TINY, **QUIET)
     assert s["lr"] == {"relu": TINY.lr, "tanh": TINY.lr}
     for act in ("relu", "tanh"):
         run = tmp_path / "runs" / f"{act}-lr{TINY.lr:g}-seed0"

@@ -276,9 +276,9 @@ def test_falls_back_to_eager_with_a_warning_when_the_c_kernel_cannot_be_built(mo
     def no_compiler():
         raise RuntimeError("no C compiler (cc or gcc) on PATH")
 
-    monkeypatch.setattr(lrn_cpu, "_build", no_compiler)
-    monkeypatch.setattr(lrn_cpu, "_library", None)
-    monkeypatch.setattr(lrn_cpu, "_load_error", None)
+    monkeypatch.setattr(lrn_cpu.LIBRARY, "_compile", no_compiler)
+    monkeypatch.setattr(lrn_cpu.LIBRARY, "_library", None)
+    monkeypatch.setattr(lrn_cpu.LIBRARY, "_error", None)
     x = _input((2, 6, 3, 3))
     with pytest.warns(RuntimeWarning, match="no C compiler"):
         assert kernels.backend_for(x) == "eager"

@@ -8,18 +8,14 @@ Ranks are CPU processes joined over gloo on 127.0.0.1.
 
 from __future__ import annotations
 
-import os
-import socket
-from datetime import timedelta
-
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
-from alexnet.distributed import cleanup, init_from_env, make_process_groups
+from _ranks import run_ranks
+from alexnet.distributed import make_process_groups
 from alexnet.errors import UserError
 from alexnet.model import AlexNet, init_weights_
 from alexnet.optim import PaperSGD
@@ -35,39 +31,6 @@ from alexnet.towers import (
 SMALL = dict(num_classes=10, stem="small", input_size=32, width=0.125)
 # Odd unit and class counts: fc6/fc7 have 451 units, fc8 7 classes, so the towers differ in size.
 UNEVEN = dict(num_classes=7, stem="small", input_size=32, width=0.11, lrn_before_relu=True, lrn_convention="caffe")
-
-
-# Imported once by the forkserver that forks every rank (DDP's first use imports torch._dynamo).
-PRELOAD = ["torch", "torch.distributed", "torch._dynamo", "alexnet.distributed", "alexnet.towers"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _entry(rank: int, fn, world_size: int, port: int, args: tuple) -> None:
-    torch.set_num_threads(1)
-    os.environ.update(
-        RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
-    )
-    if "lo" in {name for _, name in socket.if_nameindex()}:
-        os.environ["GLOO_SOCKET_IFNAME"] = "lo"
-    d = init_from_env(device="cpu", timeout=timedelta(seconds=60))
-    try:
-        fn(d, *args)
-    finally:
-        cleanup()
-
-
-def run_ranks(fn, world_size: int, *args) -> None:
-    """Run ``fn(dist, *args)`` on ``world_size`` CPU processes forked from a torch-loaded forkserver."""
-    ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(PRELOAD)
-    mp.start_processes(
-        _entry, args=(fn, world_size, _free_port(), args), nprocs=world_size, join=True, start_method="forkserver"
-    )
 
 
 def _gather_objects(obj) -> list:

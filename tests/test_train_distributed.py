@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import sys
 from pathlib import Path
 
@@ -28,6 +27,7 @@ import torch
 import torch.multiprocessing as mp
 from PIL import Image
 
+import _ranks
 from alexnet import checkpoint
 from alexnet.config import TrainConfig
 from alexnet.data import open_store
@@ -42,9 +42,6 @@ EXACT = dict(stem="small", width=0.125, crop_size=28, loader_workers=1, device="
              dropout=0.0, random_crop=False, flip=False, pca_lighting_std=0.0)
 GLOBAL_BATCH = 8
 TRAIN_PER_CLASS, VAL_PER_CLASS, CLASSES = 13, 5, 3  # 39 training images: 4 steps of 8; 15 val (odd)
-
-# Imported once by the forkserver that forks every rank.
-PRELOAD = ["torch", "torch.distributed", "torch._dynamo", "matplotlib.pyplot", "alexnet.train", "alexnet.towers"]
 
 
 def write_image_folder(root: Path) -> Path:
@@ -73,12 +70,6 @@ def store_dir(tmp_path_factory) -> Path:
 
 
 # ---------------------------------------------------------------- ranks
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _watch_writes(run_dir: Path, record: list) -> None:
@@ -125,11 +116,7 @@ def _check_tower_inputs(mismatches: list) -> None:
 
 def _rank(rank: int, world_size: int, port: int, config: TrainConfig, data: Path, run_dir: Path, resume: bool,
           kill_at: str, reports: Path) -> None:
-    torch.set_num_threads(1)
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    if "lo" in {name for _, name in socket.if_nameindex()}:
-        os.environ["GLOO_SOCKET_IFNAME"] = "lo"
+    _ranks.set_rank_env(rank, world_size, port)
     if kill_at:
         os.environ["ALEXNET_KILL_AT"] = kill_at
     import alexnet.train as train_module
@@ -161,11 +148,8 @@ def run_ranks(world_size: int, config: TrainConfig, data: Path, run_dir: Path, *
     reports.mkdir(exist_ok=True)
     for old in reports.glob("rank*.json"):
         old.unlink()
-    ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(PRELOAD)
-    args = (world_size, _free_port(), config, data, run_dir, resume, kill_at, reports)
     try:
-        mp.start_processes(_rank, args=args, nprocs=world_size, join=True, start_method="forkserver")
+        _ranks.start(_rank, world_size, config, data, run_dir, resume, kill_at, reports)
     except mp.ProcessExitedException:
         if not kill_at:
             raise

@@ -66,7 +66,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "paper's otherwise); a run's config.json works")
     a.add_argument("--set", metavar="KEY=VALUE", action="append", default=[],
                    help="one recipe key over the base (after --base-config), e.g. --set width=0.125; repeatable")
-    from alexnet.experiments import DEFAULT_VARIANTS, VARIANTS
+    from alexnet.experiments.ablations import DEFAULT_VARIANTS, VARIANTS
 
     a.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(DEFAULT_VARIANTS), metavar="NAME",
                    help=f"which variants (default: {' '.join(DEFAULT_VARIANTS)}; also: "
@@ -93,7 +93,7 @@ def _base(args: argparse.Namespace):
 
 
 def run_relu_vs_tanh(args: argparse.Namespace) -> int:
-    from alexnet.experiments import relu_vs_tanh
+    from alexnet.experiments.figure1 import relu_vs_tanh
 
     if args.batch_size < 1:
         raise UserError("--batch-size must be at least 1")
@@ -108,7 +108,7 @@ def run_relu_vs_tanh(args: argparse.Namespace) -> int:
 
 
 def run_ablations(args: argparse.Namespace) -> int:
-    from alexnet.experiments import ablations
+    from alexnet.experiments.ablations import ablations
 
     if args.epochs is not None and args.epochs < 1:
         raise UserError("--epochs must be at least 1")

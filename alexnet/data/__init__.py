@@ -1,7 +1,8 @@
 """The data of sections 2 and 4.1: prepared once into a store, then read and augmented in batches.
 
 * :func:`prepare_store` (``alexnet prepare``): decode a source data set into a store of
-  S x S uint8 images with the training set's mean image and pixel PCA (:mod:`.prepare`).
+  S x S uint8 images with the training set's mean image and pixel PCA (:mod:`.prepare`,
+  :mod:`.statistics`), resumable after an interruption (:mod:`.progress`).
 * :func:`open_store`: read a store; ``store.split("train").images`` is a memmap (:mod:`.store`).
 * :class:`Loader`: shuffled, sharded uint8 batches gathered by background threads (:mod:`.loader`).
 * :class:`TrainAugment`, :class:`EvalPreprocess`, :func:`ten_crop_probabilities`: random crops,

@@ -27,7 +27,9 @@ the colour noise from a precomputed set, every image gets its own draws.
 The crop is one indexing operation over the whole batch (:func:`crop_rows`, in the spirit of
 airbench's ``batch_crop``), and so is the matching patch of the mean image; there is no Python
 loop over images. Work happens in NHWC order, where every row of a patch is one contiguous run;
-the result is returned as an (N, C, H, W) view of channels_last memory.
+the result is returned as an (N, C, H, W) view of channels_last memory. On the CPU all of it
+is instead one pass in C (:mod:`alexnet.kernels.augment_cpu`, the same roundings), which
+can also cut the crops straight out of a memory-mapped store (:meth:`TrainAugment.from_store`).
 """
 
 from __future__ import annotations
@@ -37,7 +39,10 @@ import threading
 import numpy as np
 import torch
 
+from alexnet.kernels import augment_cpu
+
 LIGHTING_SCALE = 255.0  # see "About lambda'" above
+BACKENDS = ("auto", "torch")
 
 
 def _as_tensor(array, dtype=torch.float32) -> torch.Tensor:
@@ -115,6 +120,8 @@ class TrainAugment:
         pca_lighting_std: standard deviation of the alphas; 0 turns lighting off.
         subtract_mean: subtract the mean image.
         input_scale: multiply the result by this.
+        backend: "auto" (the fused C kernel of :mod:`alexnet.kernels.augment_cpu` for CPU
+            batches when it can be built, else eager torch) or "torch" (always eager torch).
 
     Call it as ``augment(images_u8, generator)``; ``images_u8`` is (N, S, S, C) on any device,
     ``generator`` a torch.Generator (on the CPU or on the images' device). The result is
@@ -133,7 +140,11 @@ class TrainAugment:
         pca_lighting_std: float = 0.1,
         subtract_mean: bool = True,
         input_scale: float = 1.0,
+        backend: str = "auto",
     ) -> None:
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        self.backend = backend
         self.mean = _MeanImage(mean_image)
         self.scratch = _Scratch()
         self.size = int(self.mean.both.shape[1])
@@ -178,11 +189,55 @@ class TrainAugment:
         top, left, flip, alpha = (t.to(device) for t in self.draw(images.shape[0], generator))
         return self.apply(images, top, left, flip, alpha, out=out)
 
+    def from_store(self, images, indices, generator: torch.Generator, *, out: torch.Tensor | None = None) -> torch.Tensor:
+        """``self(images[indices], generator)`` without first copying whole images into a batch.
+
+        ``images`` is a split's (M, S, S, C) uint8 array on the CPU (``split.images``, memory-
+        mapped), ``indices`` the batch's image numbers. With the C kernel only the crop rows
+        are read, straight from the memory map; elsewhere this gathers the batch, then augments
+        it. The draws and the result are those of ``self(images[indices], generator)``.
+        """
+        indices = torch.as_tensor(np.asarray(indices), dtype=torch.int64)
+        shape = tuple(images.shape)
+        if len(shape) != 4 or shape[1:3] != (self.size, self.size) or shape[3] != self.eigenvalues.numel():
+            raise ValueError(f"expected uint8 images (M, {self.size}, {self.size}, {self.eigenvalues.numel()}), got {shape}")
+        if not self._fused("cpu"):
+            batch = torch.from_numpy(np.take(np.asarray(images), indices.numpy(), axis=0))
+            return self(batch, generator, out=out)
+        top, left, flip, alpha = self.draw(len(indices), generator)
+        return self._apply_fused(images, indices, top, left, flip, alpha, out)
+
+    def fused_on_cpu(self) -> bool:
+        """Whether CPU batches go through the one-pass C kernel (backend "auto" and a C compiler)."""
+        return self._fused("cpu")
+
+    def _fused(self, device: torch.device | str) -> bool:
+        return (self.backend == "auto" and torch.device(device).type == "cpu" and self.mean.both.device.type == "cpu"
+                and augment_cpu.available())
+
+    def _apply_fused(self, images, index, top, left, flip, alpha, out) -> torch.Tensor:
+        n, size, c = len(top), self.crop_size, self.eigenvalues.numel()
+        out = self._output(out, (n, size, size, c), torch.device("cpu"))
+        shift = lighting_shift(alpha, self.eigenvalues, self.eigenvectors) if self.pca_lighting_std > 0 else None
+        mean = self.mean.both if self.subtract_mean else None
+        augment_cpu.augment_cpu(images, index, top, left, flip, shift, mean, self.input_scale, out)
+        return out.permute(0, 3, 1, 2)
+
+    @staticmethod
+    def _output(out: torch.Tensor | None, shape, device) -> torch.Tensor:
+        if out is None:
+            return torch.empty(shape, dtype=torch.float32, device=device)
+        if tuple(out.shape) != shape or out.dtype != torch.float32 or not out.is_contiguous() or out.device != device:
+            raise ValueError(f"out must be a contiguous float32 tensor of shape {shape} (N, crop, crop, C) on {device}")
+        return out
+
     def apply(self, images: torch.Tensor, top, left, flip, alpha, *, out: torch.Tensor | None = None) -> torch.Tensor:
         """The augmentation for given draws (what ``__call__`` does after drawing)."""
         size, device = self.crop_size, images.device
         n, c = images.shape[0], images.shape[3]
         shape = (n, size, size, c)
+        if self._fused(device):
+            return self._apply_fused(images.contiguous(), None, top, left, flip, alpha, out)
         rows = top[:, None] + torch.arange(size, device=device)
         crops = crop_rows(images, rows, left, size, out=self.scratch.get("crops", shape, torch.uint8, device))
         flipped = flip.nonzero().squeeze(1)
@@ -191,10 +246,7 @@ class TrainAugment:
             chosen = torch.index_select(crops, 0, flipped, out=self.scratch.get("chosen", shape, torch.uint8, device)[:k])
             mirrored = torch.ops.aten.flip.out(chosen, [2], out=self.scratch.get("mirrored", shape, torch.uint8, device)[:k])
             crops.index_copy_(0, flipped, mirrored)
-        if out is None:
-            out = torch.empty(shape, dtype=torch.float32, device=device)
-        elif out.shape != shape or out.dtype != torch.float32 or not out.is_contiguous():
-            raise ValueError(f"out must be a contiguous float32 tensor of shape {shape} (N, crop, crop, C)")
+        out = self._output(out, shape, device)
         out.copy_(crops)
         if self.subtract_mean:
             out.sub_(self.mean.under(rows, left, flip, size, self.scratch.get("mean", shape, torch.float32, device)))

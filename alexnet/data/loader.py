@@ -98,10 +98,16 @@ class Loader:
         np.take(self.images, indices, axis=0, out=images.numpy())  # one copy, straight from the memmap
         return images, torch.from_numpy(self.labels[indices])
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def index_batches(self) -> Iterator[np.ndarray]:
+        """The image numbers of each batch of the epoch, from ``start_step`` on; what ``iter``
+        gathers. For a consumer that reads the images itself: :meth:`TrainAugment.from_store`
+        cuts the training crops straight out of the memory map, on the CPU in one pass."""
         order = self.order()
         starts = range(self.start_step * self.batch_size, len(order), self.batch_size)
-        batches = (order[s : s + self.batch_size] for s in starts)
+        return (order[s : s + self.batch_size] for s in starts)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        batches = self.index_batches()
         if self.workers == 0:
             for indices in batches:
                 yield self._gather(indices)

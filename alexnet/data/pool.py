@@ -25,6 +25,7 @@ from PIL import Image
 
 from alexnet.data import idx
 from alexnet.data.images import BadImage, decode_array, decode_file
+from alexnet.data.statistics import pixel_sums
 
 
 @dataclass
@@ -126,12 +127,7 @@ def decode_chunk(task: Task) -> ChunkResult:
         out[task.start + i] = pixels
     result = ChunkResult(task.split, task.chunk, task.start, failures, notes, None, None, int(good.sum()))
     if task.with_stats:
-        block = out[task.start : task.start + len(task)][good]
-        result.sum_image = block.sum(axis=0, dtype=np.int64)
-        result.sum_outer = np.zeros((c, c), np.int64)
-        for image in block:  # float64 is exact here: one image sums to < 2^53
-            px = image.reshape(-1, c).astype(np.float64)
-            result.sum_outer += np.rint(px.T @ px).astype(np.int64)
+        result.sum_image, result.sum_outer = pixel_sums(out[task.start : task.start + len(task)][good])
     return result
 
 

@@ -12,11 +12,11 @@ How the work is done:
   pixels, so memory does not grow with the data set.
 * The mean image and the pixel covariance come from those sums, accumulated exactly in int64
   (the float64 covariance is formed once at the end), so they do not depend on the order in
-  which chunks finish or on interruptions.
-* A progress record (``prepare-progress.npz``: which chunks are done, the sums, the failures)
-  is replaced atomically every ``checkpoint_seconds`` (10), after the image files are fsynced. A rerun after
-  any interruption, SIGKILL included, redoes only the chunks not recorded; a rerun with a
-  different source listing or size starts again cleanly.
+  which chunks finish or on interruptions (:mod:`alexnet.data.statistics`).
+* A progress record (``prepare-progress.npz``: which chunks are done, the sums, the failures;
+  :mod:`alexnet.data.progress`) is replaced atomically every ``checkpoint_seconds`` (10), after
+  the image files are fsynced. A rerun after any interruption, SIGKILL included, redoes only
+  the chunks not recorded; a rerun with a different source listing or size starts again cleanly.
 * A file that cannot be used is skipped and listed with its reason; the run never stops on
   one file. Its row is filled by the last good image of the split before the file is
   truncated, so row order is file order except at those rows.
@@ -26,41 +26,27 @@ How the work is done:
 from __future__ import annotations
 
 import errno
-import json
 import os
 import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable
 
 import numpy as np
 from tqdm import tqdm
 
+from alexnet.atomic import atomic_save_npy, atomic_savez, atomic_write_json
 from alexnet.data.images import DEFAULT_MAX_PIXELS, is_grayscale_file
 from alexnet.data.pool import ChunkResult, Task, clear_caches, run_tasks
+from alexnet.data.progress import PROGRESS, Progress, can_resume, clear_store
 from alexnet.data.sources import Plan, read_source
-from alexnet.data.store import (
-    FORMAT,
-    FORMAT_VERSION,
-    MANIFEST,
-    REPORT,
-    STATS,
-    Store,
-    atomic_save_npy,
-    atomic_savez,
-    atomic_write_json,
-    fsync_dir,
-    images_file,
-    labels_file,
-    npy_shape,
-    open_store,
-    set_npy_rows,
-)
+from alexnet.data.statistics import pixel_statistics
+from alexnet.data.store import (FORMAT, FORMAT_VERSION, MANIFEST, REPORT, STATS, Store, images_file, labels_file,
+                                open_store, set_npy_rows)
 from alexnet.errors import UserError
 
-PROGRESS = "prepare-progress.npz"
 FILE_CHUNK = 64  # images per task when decoding files
 IDX_CHUNK = 1024  # rows per task for IDX sources (tiny images)
 
@@ -113,69 +99,6 @@ def _tasks(plan: Plan, out: Path, size: int, channels: int, max_pixels: int, chu
     return tasks
 
 
-class Progress:
-    """The resumable state of one prepare run, saved as ``prepare-progress.npz``."""
-
-    def __init__(self, fingerprint: str, channels: int, chunk_size: int, chunks: dict[str, int], size: int) -> None:
-        self.fingerprint, self.channels, self.chunk_size = fingerprint, channels, chunk_size
-        self.done = {name: np.zeros(n, bool) for name, n in chunks.items()}
-        self.sum_image = np.zeros((size, size, channels), np.int64)
-        self.sum_outer = np.zeros((channels, channels), np.int64)
-        self.count = 0
-        self.failures: list[tuple[str, int, str]] = []
-        self.notes: Counter = Counter()
-        self.state = "decoding"
-
-    def add(self, r: ChunkResult) -> None:
-        self.done[r.split][r.chunk] = True
-        self.failures += [(r.split, i, reason) for i, reason in r.failures]
-        self.notes.update(r.notes)
-        if r.sum_image is not None:
-            self.sum_image += r.sum_image
-            self.sum_outer += r.sum_outer
-            self.count += r.count
-
-    def save(self, path: Path) -> None:
-        arrays = {f"done_{k}": v for k, v in self.done.items()}
-        meta = dict(fingerprint=self.fingerprint, channels=self.channels, chunk_size=self.chunk_size, count=self.count, state=self.state, failures=self.failures, notes=dict(self.notes))
-        atomic_savez(path, meta=np.array(json.dumps(meta)), sum_image=self.sum_image, sum_outer=self.sum_outer, **arrays)
-
-    @classmethod
-    def load(cls, path: Path) -> "Progress | None":
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                meta = json.loads(str(z["meta"]))
-                done = {k[len("done_") :]: z[k] for k in z.files if k.startswith("done_")}
-                p = cls(meta["fingerprint"], meta["channels"], meta["chunk_size"], {k: len(v) for k, v in done.items()}, z["sum_image"].shape[0])
-                p.done, p.sum_image, p.sum_outer = done, z["sum_image"], z["sum_outer"]
-        except Exception:  # unreadable or from another version: start afresh
-            return None
-        p.count, p.state, p.notes = meta["count"], meta["state"], Counter(meta["notes"])
-        p.failures = [tuple(f) for f in meta["failures"]]
-        return p
-
-
-def _store_files(splits: Iterable[str]) -> list[str]:
-    names = [MANIFEST, STATS, REPORT, PROGRESS]
-    for s in splits:
-        names += [images_file(s), labels_file(s)]
-    return names
-
-
-def _clear(out: Path) -> None:
-    """Remove a previous store's files (manifest first, so no step leaves a complete-looking store)."""
-    for name in _store_files(["train", "val"]):
-        try:
-            os.unlink(out / name)
-        except FileNotFoundError:
-            pass
-        if name == MANIFEST:
-            fsync_dir(out)
-    for name in _store_files(["train", "val"]):
-        for stale in out.glob(f".{name}.*.tmp"):  # left by an interrupted atomic write
-            stale.unlink()
-
-
 def _reserve_disk(path: Path) -> None:
     """Allocate the file's blocks now: a full disk is then one clear error here, not a worker
     killed by SIGBUS when it writes into a memory-mapped hole."""
@@ -189,22 +112,6 @@ def _reserve_disk(path: Path) -> None:
                 gib = os.fstat(f.fileno()).st_size / 2**30
                 raise UserError(f"not enough free disk space in {path.parent} for {path.name} ({gib:.1f} GiB); free some or choose another OUT") from None
             # file systems without fallocate: the space is taken as the rows are written
-
-
-def _can_resume(progress: Progress | None, plan: Plan, out: Path, size: int, fingerprint: str, chunk_size: int, channels: str) -> bool:
-    if progress is None or progress.fingerprint != fingerprint or progress.chunk_size != chunk_size:
-        return False
-    if channels != "auto" and int(channels) != progress.channels:
-        return False
-    for name, split in plan.splits.items():
-        expected = (len(split), size, size, progress.channels)
-        try:
-            shape = npy_shape(out / images_file(name))
-        except (OSError, ValueError):
-            return False
-        if shape != expected and not (progress.state == "filled" and shape[1:] == expected[1:]):
-            return False
-    return set(progress.done) == set(plan.splits)
 
 
 def prepare_store(
@@ -239,7 +146,7 @@ def prepare_store(
     plan = read_source(source, val_fraction=val_fraction, seed=seed)
     out.mkdir(parents=True, exist_ok=True)
     if (out / MANIFEST).exists():
-        _clear(out)
+        clear_store(out)
     size = image_size
     chunk_size = chunk_size or (IDX_CHUNK if plan.kind == "idx" else FILE_CHUNK)
     fingerprint = f"{plan.fingerprint(size)}:{max_pixels}"
@@ -247,13 +154,13 @@ def prepare_store(
 
     progress = Progress.load(out / PROGRESS)
     resumed = 0
-    if _can_resume(progress, plan, out, size, fingerprint, chunk_size, channels):
+    if can_resume(progress, plan, out, size, fingerprint, chunk_size, channels):
         resumed = int(sum(d.sum() for d in progress.done.values()))
         log(f"resuming an interrupted prepare of {out}: {resumed} of {sum(chunks.values())} chunks already done")
     else:
         if progress is not None or any((out / images_file(s)).exists() for s in ("train", "val")):
             log(f"starting {out} afresh (the previous, unfinished run was for other data or settings)")
-        _clear(out)
+        clear_store(out)
         c = _choose_channels(plan, channels)
         progress = Progress(fingerprint, c, chunk_size, chunks, size)
         for name, split in plan.splits.items():
@@ -390,28 +297,6 @@ def _finish(plan: Plan, out: Path, size: int, c: int, progress: Progress) -> tup
     atomic_write_json(out / MANIFEST, manifest)  # last: from here on the store is complete
     os.unlink(out / PROGRESS)
     return open_store(out), skipped
-
-
-def pixel_statistics(sum_image: np.ndarray, sum_outer: np.ndarray, count: int) -> tuple[np.ndarray, ...]:
-    """Mean image, and the eigen-decomposition of the C x C covariance of all pixel values.
-
-    Section 2's mean image is ``sum_image / count``. Section 4.1's PCA is over every pixel of the
-    training set, as (unbiased) np.cov of the (count * S * S, C) pixel matrix would give; it is
-    formed here in exact integer arithmetic from the sums and only then converted to float.
-    Eigenvalues come largest first; each eigenvector (a column) has its largest component positive.
-    """
-    c = sum_outer.shape[0]
-    mean_image = (sum_image / count).astype(np.float32)
-    pixels = count * sum_image.shape[0] * sum_image.shape[1]
-    sx = [int(v) for v in sum_image.sum(axis=(0, 1), dtype=np.int64)]
-    sxx = [[int(v) for v in row] for row in sum_outer]
-    covariance = np.array([[(pixels * sxx[i][j] - sx[i] * sx[j]) / (pixels * (pixels - 1)) for j in range(c)] for i in range(c)])
-    eigenvalues, eigenvectors = np.linalg.eigh(covariance)
-    order = np.argsort(eigenvalues)[::-1]
-    eigenvalues, eigenvectors = np.clip(eigenvalues[order], 0, None), eigenvectors[:, order]
-    signs = np.sign(eigenvectors[np.abs(eigenvectors).argmax(axis=0), np.arange(c)])
-    eigenvectors = eigenvectors * np.where(signs == 0, 1, signs)
-    return mean_image, eigenvalues.astype(np.float32), eigenvectors.astype(np.float32), covariance
 
 
 def _relative(path: str, source: Path) -> str:

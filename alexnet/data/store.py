@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -154,44 +153,3 @@ def set_npy_rows(path: Path, rows: int) -> None:
         os.fsync(f.fileno())
     row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
     os.truncate(path, data_offset + rows * row_bytes)
-
-
-def fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: Path, write) -> None:
-    """Call ``write(file)`` on a temporary file beside ``path``, fsync it, then rename it over ``path``."""
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    try:
-        with open(tmp, "xb") as f:  # created with the usual permissions (umask), unlike mkstemp
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    fsync_dir(path.parent)
-
-
-def atomic_write_json(path: Path, value) -> None:
-    atomic_write(path, lambda f: f.write((json.dumps(value, indent=1) + "\n").encode()))
-
-
-def atomic_save_npy(path: Path, array: np.ndarray) -> None:
-    atomic_write(path, lambda f: np.lib.format.write_array(f, np.asanyarray(array), allow_pickle=False))
-
-
-def atomic_savez(path: Path, **arrays) -> None:
-    atomic_write(path, lambda f: np.savez(f, **arrays))

@@ -25,30 +25,18 @@ build fails, :func:`available` is False and the caller falls back to eager torch
 from __future__ import annotations
 
 import ctypes
-import hashlib
-import os
-import platform
-import shutil
-import subprocess
-import tempfile
-import threading
-import warnings
-from pathlib import Path
 
 import torch
 
+from alexnet.kernels.cbuild import HELPERS_C, CLibrary
 from alexnet.kernels.layout import memory_format_of
 
-SOURCE = r"""
+SOURCE = HELPERS_C + r"""
 #include <math.h>
-#include <pthread.h>
-#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 
 #define TILE 1024         /* NCHW: positions per tile, 4 KB of each channel row */
-#define MAX_THREADS 64
 
 typedef struct {
     long size, front, back;   /* the window of channel i is [i - front, i + back] */
@@ -202,19 +190,6 @@ static void *interleaved(void *arg) {
     return NULL;
 }
 
-/* A fresh output of tens of MB is mapped by the allocator page by page on first write; 4 KB
-   page faults then cost more than the LRN arithmetic. Asking for 2 MB pages before the first
-   write removes almost all of them (only a hint; a no-op where THP is off). */
-static void advise_huge_pages(void *p, size_t bytes) {
-#ifdef MADV_HUGEPAGE
-    const uintptr_t huge = (uintptr_t)1 << 21;
-    uintptr_t first = ((uintptr_t)p + huge - 1) & ~(huge - 1), last = ((uintptr_t)p + bytes) & ~(huge - 1);
-    if (last > first) madvise((void *)first, last - first, MADV_HUGEPAGE);
-#else
-    (void)p; (void)bytes;
-#endif
-}
-
 /* x, y (and g) laid out as NCHW blocks (interleaved = 0: outer = N * groups blocks of cg x len)
    or NHWC pixels (interleaved = 1: outer = N * H * W pixels of groups x cg channels). Returns
    nonzero if a scratch buffer could not be allocated. */
@@ -225,116 +200,44 @@ int lrn_cpu(const float *x, const float *g, float *y, int interleaved_layout, lo
     void *(*fn)(void *) = interleaved_layout ? interleaved : planar;
     long items = interleaved_layout ? outer : outer * ((len + TILE - 1) / TILE);
     job jobs[MAX_THREADS];
-    pthread_t tid[MAX_THREADS];
     advise_huge_pages(y, (size_t)(interleaved_layout ? outer * groups * cg : outer * cg * len) * sizeof(float));
-    int i, started = 1, failed = 0;
-    if (threads > MAX_THREADS) threads = MAX_THREADS;
-    if (threads > items) threads = (int)items;
-    if (threads < 1) threads = 1;
-    for (i = 0; i < threads; i++)
+    threads = clamp_threads(threads, items);
+    for (int i = 0; i < threads; i++)
         jobs[i] = (job){{items * i / threads, items * (i + 1) / threads}, x, g, y, groups, cg, len, &q};
-    for (; started < threads; started++)
-        if (pthread_create(&tid[started], NULL, fn, &jobs[started])) break;
-    for (i = started; i < threads; i++) failed |= fn(&jobs[i]) != NULL;  /* no thread: run here */
-    failed |= fn(&jobs[0]) != NULL;
-    for (i = 1; i < started; i++) { void *r; pthread_join(tid[i], &r); failed |= r != NULL; }
-    return failed;
+    return run_jobs(fn, jobs, sizeof(job), threads);
 }
 """
 
-COMPILE_FLAGS = ("-O3", "-fno-math-errno", "-fPIC", "-shared", "-pthread")
-NATIVE_FLAGS = ("-march=native",)  # AVX2/AVX-512 where the CPU has them; dropped if refused
-
-_lock = threading.Lock()
-_library: ctypes.CDLL | None = None
-_load_error: str | None = None
-
-
-def _cache_dir() -> Path:
-    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(root) / "alexnet" / "kernels"
-
-
-def _cpu_description() -> str:
-    """The CPU model and flags: -march=native code is only valid for the CPU it was built on."""
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        return platform.processor()
-    return "\n".join(sorted({l for l in lines if l.startswith(("model name", "flags"))}))
-
-
-def _build() -> ctypes.CDLL:
-    compiler = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
-    if compiler is None:
-        raise RuntimeError("no C compiler (cc or gcc) on PATH")
-    key = "\n".join([SOURCE, compiler, *COMPILE_FLAGS, *NATIVE_FLAGS, platform.machine(), _cpu_description()])
-    name = f"lrn_cpu_{hashlib.sha256(key.encode()).hexdigest()[:16]}.so"
-    cache = _cache_dir()
-    try:
-        cache.mkdir(parents=True, exist_ok=True)
-    except OSError:
-        cache = Path(tempfile.gettempdir()) / f"alexnet-kernels-{os.getuid()}"
-        cache.mkdir(parents=True, exist_ok=True)
-    lib_path = cache / name
-    if not lib_path.exists():
-        with tempfile.TemporaryDirectory(dir=cache) as tmp:
-            src, out = Path(tmp) / "lrn_cpu.c", Path(tmp) / name
-            src.write_text(SOURCE)
-            for extra in (NATIVE_FLAGS, ()):
-                result = subprocess.run(
-                    [compiler, *COMPILE_FLAGS, *extra, str(src), "-o", str(out), "-lm"],
-                    capture_output=True, text=True, timeout=120,
-                )
-                if result.returncode == 0:
-                    break
-            else:
-                raise RuntimeError(f"{compiler} failed: {result.stderr.strip()[-2000:]}")
-            os.replace(out, lib_path)  # atomic: a concurrent build never sees half a file
-    lib = ctypes.CDLL(str(lib_path))
+def _declare(lib) -> None:
     ptr, long, f32 = ctypes.c_void_p, ctypes.c_long, ctypes.c_float
     lib.lrn_cpu.argtypes = [ptr, ptr, ptr, ctypes.c_int, long, long, long, long, long, f32, f32, f32, ctypes.c_int]
     lib.lrn_cpu.restype = ctypes.c_int
-    return lib
+
+
+LIBRARY = CLibrary("lrn_cpu", SOURCE, _declare, fallback="eager torch, several times slower")
 
 
 def library() -> ctypes.CDLL | None:
     """The compiled kernels, built on the first call; None (and one warning) where impossible."""
-    global _library, _load_error
-    if _library is not None or _load_error is not None:
-        return _library
-    with _lock:
-        if _library is None and _load_error is None:
-            try:
-                _library = _build()
-            except (OSError, RuntimeError, subprocess.SubprocessError) as e:
-                _load_error = f"{type(e).__name__}: {e}"
-                warnings.warn(
-                    f"LRN: the compiled CPU kernel is unavailable ({_load_error}); falling back "
-                    "to eager torch, several times slower. A C compiler (gcc or clang) enables it.",
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
-    return _library
+    return LIBRARY.get()
 
 
 @torch.compiler.assume_constant_result  # torch.compile evaluates it once instead of tracing it
 def available() -> bool:
     """Whether the kernels can run here; the first call builds them (about a second)."""
-    return library() is not None
+    return LIBRARY.available()
 
 
 def unavailable_reason() -> str | None:
     """Why the kernels could not be built (None when they were)."""
-    library()
-    return _load_error
+    return LIBRARY.unavailable_reason()
 
 
 def _run(x: torch.Tensor, grad: torch.Tensor | None, size: int, alpha: float, beta: float, k: float, groups: int) -> torch.Tensor:
     """Forward (grad None) or backward of float32 x in one of the two layouts the C code reads."""
     lib = library()
     if lib is None:
-        raise RuntimeError(f"the LRN CPU kernels are unavailable: {_load_error}")
+        raise RuntimeError(f"the LRN CPU kernels are unavailable: {LIBRARY.unavailable_reason()}")
     fmt = memory_format_of(x)
     x = x.float().contiguous(memory_format=fmt)
     if grad is not None:

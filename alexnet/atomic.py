@@ -1,0 +1,99 @@
+"""Atomic file writes: a reader, or a rerun after a crash, sees the old file or the whole new one.
+
+Every file that a crash must not leave half-written goes through :func:`atomic_write`: checkpoints
+and run files (:mod:`alexnet.checkpoint`, :mod:`alexnet.run_state`), the prepared store
+(:mod:`alexnet.data.prepare`) and experiment results (:mod:`alexnet.experiments`). The bytes go to
+a temporary file in the same folder (a rename across file systems would not be atomic), are
+fsynced, then renamed over the target with ``os.replace``; the folder is fsynced last so that the
+rename itself survives a power cut. A failure at any point removes the temporary file and leaves
+the previous file as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from pathlib import Path
+from typing import BinaryIO, Callable
+
+import numpy as np
+
+from alexnet.faults import kill_point
+
+
+def _temporary(path: Path) -> Path:
+    return path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+
+
+def stale_temporaries(path: Path) -> list[Path]:
+    """Temporary files beside ``path`` left by an interrupted atomic write of it (safe to delete)."""
+    return sorted(path.parent.glob(f".{path.name}.*.tmp"))
+
+
+def fsync_dir(path: Path) -> None:
+    """Flush a folder's entries (renames, deletions) to disk; file systems that cannot are skipped."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> None:
+    """Call ``write(file)`` on a temporary file beside ``path``, fsync it, then rename it over ``path``.
+
+    The folder is created if missing. An exception (a full disk, KeyboardInterrupt) removes the
+    temporary file and propagates; ``path`` keeps its previous content."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temporary(path)
+    try:
+        with open(tmp, "xb") as f:  # created with the usual permissions (umask), unlike mkstemp's 0600
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    fsync_dir(path.parent)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, fault_point: str | None = None) -> None:
+    """Write ``data`` atomically. ``fault_point`` names an :mod:`alexnet.faults` kill point reached
+    with half of the bytes on disk, so that crash tests can kill the process mid-write."""
+
+    def write(f: BinaryIO) -> None:
+        half = len(data) // 2
+        f.write(data[:half])
+        f.flush()
+        if fault_point is not None:
+            kill_point(fault_point)
+        f.write(data[half:])
+
+    atomic_write(path, write)
+
+
+def atomic_write_json(path: str | os.PathLike, value) -> None:
+    """``value`` as indented JSON; NaN and infinity are refused (they are not JSON) rather than written."""
+    text = json.dumps(value, indent=1, allow_nan=False) + "\n"
+    atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def atomic_save_npy(path: str | os.PathLike, array: np.ndarray) -> None:
+    """One array as an ``.npy`` file (no pickled objects)."""
+    atomic_write(path, lambda f: np.lib.format.write_array(f, np.asanyarray(array), allow_pickle=False))
+
+
+def atomic_savez(path: str | os.PathLike, **arrays: np.ndarray) -> None:
+    """Named arrays as an uncompressed ``.npz`` file, as ``np.savez`` writes it."""
+    atomic_write(path, lambda f: np.savez(f, **arrays))

@@ -1,0 +1,240 @@
+"""Figure 1 (section 3.1) as an experiment a user can rerun: steps to a training error, ReLU vs tanh.
+
+"A four-layer convolutional neural network with ReLUs (solid line) reaches a 25% training error
+rate on CIFAR-10 six times faster than an equivalent network with tanh neurons (dashed line).
+The learning rates for each network were chosen independently to make training as fast as
+possible. No regularization of any kind was employed."
+:func:`relu_vs_tanh` trains the same network with each activation from the same initial weights
+on the same batches, for several seeds, records the training error as measured during training
+(about 20 times an epoch) and reports the steps each needs to reach the error level.
+
+* ``net="four-layer"`` (default): :class:`~alexnet.experiments.four_layer.FourLayerNet`, batch
+  128, constant lr. With several ``lrs`` the learning rate of each activation is chosen as the
+  paper did: the first seed is trained at every lr and the one that reaches the level in the
+  fewest steps (else the lowest final training error) is kept for the other seeds.
+* ``net="alexnet"``: the small AlexNet of ``base`` (``TrainConfig(activation=...)``) through
+  :func:`alexnet.train.train`, with everything the base recipe switches on; one point per epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from alexnet.atomic import atomic_write_json
+from alexnet.config import TrainConfig
+from alexnet.errors import UserError
+from alexnet.experiments.four_layer import POINTS_PER_EPOCH, train_four_layer
+from alexnet.experiments.runs import Log, count, experiment_inputs, finite, mean_std, pct, train_or_resume
+
+FOUR_LAYER_LRS = (0.003, 0.01, 0.03, 0.1)
+OTHER_LEVELS = (0.5, 0.4, 0.3, 0.25, 0.2, 0.15, 0.1, 0.05)  # also read off the same curves
+
+
+def steps_to_level(points: Sequence[dict], level: float) -> int | None:
+    """The step of the first point whose training error is at or below ``level`` (None: never)."""
+    return next((p["step"] for p in points if p["train_error"] <= level), None)
+
+
+def _lr_name(lr: float) -> str:
+    return f"{lr:g}"
+
+
+def relu_vs_tanh(
+    data: str | Path | None,
+    out: str | Path,
+    *,
+    seeds: int = 3,
+    epochs: int = 5,
+    level: float = 0.25,
+    net: str = "four-layer",
+    lrs: Sequence[float] | None = None,
+    base: TrainConfig | None = None,
+    batch_size: int = 128,
+    show_progress: bool = True,
+    log: Log = print,
+) -> dict:
+    """Figure 1 on ``data`` (None: the built-in data): writes relu_vs_tanh.{json,md,png} in ``out``.
+
+    ``lrs``: one learning rate for both activations, or several to choose from per activation
+    (default: :data:`FOUR_LAYER_LRS` for the four-layer net, the base recipe's lr for AlexNet)."""
+    from alexnet.figures import plot_training_error
+
+    if net not in ("four-layer", "alexnet"):
+        raise UserError(f"--net must be four-layer or alexnet, got {net!r}")
+    if lrs is None:
+        lrs = FOUR_LAYER_LRS if net == "four-layer" else None
+    if seeds < 1 or epochs < 1 or not 0 < level < 1 or (lrs is not None and (not lrs or min(lrs) <= 0)):
+        raise UserError("--seeds and --epochs must be at least 1, --error-level in (0, 1), learning rates positive")
+    out, data, builtin, store, base = experiment_inputs(data, out, base, show_progress=show_progress, log=log)
+    lrs = [base.lr] if lrs is None else list(lrs)
+    runs_dir = out / "runs"
+    every = max(1, len(store.split("train")) // batch_size // POINTS_PER_EPOCH)
+    settings = dict(net=net, epochs=epochs, batch_size=batch_size, points_every_steps=every, data=str(data))
+
+    def one(activation: str, lr: float, seed: int) -> dict:
+        name = f"{activation}-lr{_lr_name(lr)}-seed{seed}"
+        if net == "alexnet":
+            from alexnet.run_state import RunFiles
+            from alexnet.train import NonFiniteError
+
+            config = base.replace(activation=activation, lr=lr, seed=seed, epochs=epochs)
+            log(f"figure 1: {name} (small AlexNet) in {runs_dir / name}")
+            diverged = False
+            try:
+                metrics = train_or_resume(config, data, runs_dir / name, show_progress=show_progress, log=log)
+            except NonFiniteError as e:
+                log(f"figure 1: {name} diverged: {e}")
+                metrics, diverged = RunFiles(runs_dir / name, write=False).read_metrics(), True
+            points = [dict(step=m["global_step"], epoch=float(m["epoch"]), train_error=m["train_top1_error"],
+                           train_loss=m["train_loss"]) for m in metrics]
+            return dict(activation=activation, lr=lr, seed=seed, points=points, diverged=diverged)
+        cached = runs_dir / f"{name}.json"
+        if cached.is_file():
+            saved = json.loads(cached.read_text())
+            if saved.get("settings") == settings:
+                log(f"figure 1: {name} done before, kept ({cached})")
+                return saved
+        log(f"figure 1: {name} (four-layer CNN)")
+        result = train_four_layer(store, activation=activation, lr=lr, seed=seed, epochs=epochs,
+                                  batch_size=batch_size, points_every_steps=every, workers=max(1, base.loader_workers),
+                                  show_progress=show_progress)
+        result = dict(activation=activation, lr=lr, seed=seed, settings=settings, **result)
+        runs_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(cached, result)
+        return result
+
+    def score(run: dict) -> tuple:
+        reached = steps_to_level(run["points"], level)
+        final = run["points"][-1]["train_error"] if run["points"] and not run["diverged"] else math.inf
+        return (reached if reached is not None else math.inf, final)
+
+    seed_list = list(range(seeds))
+    chosen, tuning, runs = {}, {}, []
+    for activation in ("relu", "tanh"):
+        trials = [one(activation, lr, seed_list[0]) for lr in lrs]
+        best = min(trials, key=score)
+        chosen[activation] = best["lr"]
+        tuning[activation] = [dict(lr=t["lr"], steps_to_level=steps_to_level(t["points"], level),
+                                   final_train_error=t["points"][-1]["train_error"] if t["points"] else None,
+                                   diverged=t["diverged"]) for t in trials]
+        if len(lrs) > 1:
+            log(f"figure 1: {activation}: lr {best['lr']:g} chosen of {', '.join(map(_lr_name, lrs))} (fastest on seed {seed_list[0]})")
+        runs += [best] + [one(activation, best["lr"], s) for s in seed_list[1:]]
+
+    steps_per_epoch = None if net == "alexnet" else runs[0]["steps_per_epoch"]
+    per_seed = []
+    for seed in seed_list:
+        r, t = _run(runs, "relu", seed), _run(runs, "tanh", seed)
+        sr, st = steps_to_level(r["points"], level), steps_to_level(t["points"], level)
+        per_seed.append(dict(seed=seed, relu_steps=sr, tanh_steps=st,
+                             relu_epochs=_epoch_at(r["points"], sr), tanh_epochs=_epoch_at(t["points"], st),
+                             speedup=(st / sr) if sr and st else None,
+                             speedup_at_least=(t["points"][-1]["step"] / sr) if sr and st is None and t["points"] else None))
+    ratios = [p["speedup"] for p in per_seed if p["speedup"] is not None]
+    by_level = []  # the same runs read at other error levels
+    for lv in sorted(set(OTHER_LEVELS) | {level}, reverse=True):
+        steps = [(steps_to_level(_run(runs, "relu", s)["points"], lv), steps_to_level(_run(runs, "tanh", s)["points"], lv))
+                 for s in seed_list]
+        both = [t / r for r, t in steps if r and t]
+        by_level.append(dict(level=lv, relu_reached=sum(r is not None for r, _ in steps),
+                             tanh_reached=sum(t is not None for _, t in steps),
+                             speedup_mean=float(np.mean(both)) if both else None,
+                             speedup_std=finite(mean_std(both)[1]) if both else None))
+    summary = dict(
+        experiment="relu-vs-tanh", net=net, data=str(data), builtin_data=builtin, epochs=epochs, seeds=seed_list,
+        error_level=level, batch_size=batch_size if net == "four-layer" else base.batch_size_per_device,
+        steps_per_epoch=steps_per_epoch, lr=chosen, lr_candidates=lrs, lr_tuning=tuning, per_seed=per_seed,
+        speedup_mean=float(np.mean(ratios)) if ratios else None,
+        speedup_std=finite(mean_std(ratios)[1]) if ratios else None, by_level=by_level,
+        base_config=base.to_dict() if net == "alexnet" else None,
+        curves=[dict(activation=r["activation"], seed=r["seed"], lr=r["lr"], diverged=r["diverged"], points=r["points"])
+                for r in runs],
+    )
+    atomic_write_json(out / "relu_vs_tanh.json", summary)
+    (out / "relu_vs_tanh.md").write_text(relu_vs_tanh_markdown(summary))
+    what = "four-layer CNN" if net == "four-layer" else "small AlexNet"
+    plot_training_error(summary["curves"], level, out / "relu_vs_tanh.png",
+                        title=f"{what}, lr relu {chosen['relu']:g} / tanh {chosen['tanh']:g}, {len(seed_list)} seeds")
+    log(f"figure 1: {speedup_sentence(summary)}")
+    log(f"figure 1: wrote {out / 'relu_vs_tanh.md'}, {out / 'relu_vs_tanh.json'}, {out / 'relu_vs_tanh.png'}")
+    return summary
+
+
+def _run(runs: list[dict], activation: str, seed: int) -> dict:
+    return next(x for x in runs if x["activation"] == activation and x["seed"] == seed)
+
+
+def _epoch_at(points: Sequence[dict], step: int | None) -> float | None:
+    return next((p["epoch"] for p in points if p["step"] == step), None) if step is not None else None
+
+
+def speedup_sentence(summary: dict) -> str:
+    level, per_seed = summary["error_level"], summary["per_seed"]
+    n = len(per_seed)
+    relu_reached = sum(p["relu_steps"] is not None for p in per_seed)
+    tanh_reached = sum(p["tanh_steps"] is not None for p in per_seed)
+    parts = [f"ReLU reached {level:.0%} training error in {relu_reached} of {count(n, 'seed')}, "
+             f"tanh in {tanh_reached} of {n} (within {count(summary['epochs'], 'epoch')})."]
+    if summary["speedup_mean"] is not None:
+        spread = f" (std {summary['speedup_std']:.2f})" if summary["speedup_std"] is not None else ""
+        parts.append(f"Where both did, tanh needed {summary['speedup_mean']:.2f}x the steps of ReLU{spread}; "
+                     "the paper reports about 6x.")
+    bounds = [p["speedup_at_least"] for p in per_seed if p["speedup_at_least"] is not None]
+    if bounds:
+        parts.append(f"Where tanh never reached it, the speed-up is more than {min(bounds):.2f}x "
+                     "(the whole run over ReLU's steps).")
+    if relu_reached == 0:
+        parts.append("ReLU never reached the level either: train longer (--epochs) or raise --error-level.")
+    return " ".join(parts)
+
+
+def relu_vs_tanh_markdown(s: dict) -> str:
+    what = ("four-layer CNN (3 conv + 1 fc, no LRN/dropout/weight decay/augmentation)" if s["net"] == "four-layer"
+            else "small AlexNet (the base recipe with activation=relu or tanh)")
+    lines = [
+        "# Figure 1: ReLU vs tanh",
+        "",
+        f"Network: {what}. Data: `{s['data']}`. {count(len(s['seeds']), 'seed')}, {count(s['epochs'], 'epoch')}, "
+        f"batch {s['batch_size']}" + (f", {s['steps_per_epoch']} steps per epoch" if s["steps_per_epoch"] else "") + ".",
+        f"Learning rate: ReLU {s['lr']['relu']:g}, tanh {s['lr']['tanh']:g}"
+        + (f" (each chosen from {', '.join(map(_lr_name, s['lr_candidates']))} as the fastest to "
+           f"{s['error_level']:.0%} on seed {s['seeds'][0]})." if len(s["lr_candidates"]) > 1 else " (equal)."),
+        "",
+        speedup_sentence(s),
+        "",
+        f"| seed | ReLU steps to {s['error_level']:.0%} | tanh steps | ReLU epochs | tanh epochs | tanh / ReLU |",
+        "|---|---|---|---|---|---|",
+    ]
+    for p in s["per_seed"]:
+        ratio = (f"{p['speedup']:.2f}" if p["speedup"] is not None
+                 else f"> {p['speedup_at_least']:.2f} (tanh never reached it)" if p["speedup_at_least"] is not None
+                 else "n/a")
+        lines.append(f"| {p['seed']} | {p['relu_steps'] or 'never'} | {p['tanh_steps'] or 'never'} | "
+                     f"{_num(p['relu_epochs'])} | {_num(p['tanh_epochs'])} | {ratio} |")
+    if len(s["lr_candidates"]) > 1:
+        lines += ["", f"Learning-rate choice (seed {s['seeds'][0]}):", "",
+                  "| activation | lr | steps to level | final training error | diverged |", "|---|---|---|---|---|"]
+        for act in ("relu", "tanh"):
+            for t in s["lr_tuning"][act]:
+                lines.append(f"| {act} | {t['lr']:g} | {t['steps_to_level'] or 'never'} | "
+                             f"{pct(t['final_train_error']) if t['final_train_error'] is not None else 'n/a'}% | "
+                             f"{'yes' if t['diverged'] else 'no'} |")
+    lines += ["", "The same runs read at other training-error levels (tanh steps / ReLU steps, mean ± std over "
+              "the seeds where both reached the level):", "",
+              "| level | ReLU reached | tanh reached | tanh / ReLU |", "|---|---|---|---|"]
+    n = len(s["seeds"])
+    for b in s["by_level"]:
+        ratio = "n/a" if b["speedup_mean"] is None else f"{b['speedup_mean']:.2f}" + (
+            f" ± {b['speedup_std']:.2f}" if b["speedup_std"] is not None else "")
+        lines.append(f"| {b['level']:.0%} | {b['relu_reached']}/{n} | {b['tanh_reached']}/{n} | {ratio} |")
+    lines += ["", "![training error against epochs](relu_vs_tanh.png)", ""]
+    return "\n".join(lines)
+
+
+def _num(x: float | None) -> str:
+    return "never" if x is None else f"{x:.2f}"
