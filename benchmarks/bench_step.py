@@ -112,7 +112,7 @@ def lrn_share(variant: Variant, device: torch.device, steps: int = 2) -> float:
         sync(device)
         total = time.perf_counter() - start
     if device.type == "cuda":  # the Triton kernels' time on the GPU
-        lrn_us = sum(e.device_time_total for e in prof.key_averages() if "_lrn_" in e.key)
+        lrn_us = sum(e.device_time_total for e in prof.key_averages() if "_lrn_" in e.key)  # the Triton kernels: _lrn_planar_forward, ...)
     else:  # the custom ops, children included
         lrn_us = sum(e.cpu_time_total for e in prof.key_averages() if e.key in ("alexnet::lrn_cpu", "alexnet::lrn_cpu_backward"))
     return lrn_us / 1e6 / total
