@@ -71,6 +71,8 @@ class TrainConfig:
     channels_last: str = _f("auto", "channels_last memory format: 'auto' (on CUDA), 'on' or 'off'", ("auto", "on", "off"))
     compile: bool = _f(False, "torch.compile the training step")
     loader_workers: int = _f(4, "threads that read and batch images from the prepared store")
+    cpu_threads: int = _f(0, "CPU threads for torch and the C kernels (0: torch's default, one per core); "
+                             "on a machine where other work holds cores, fewer threads run faster")
     checkpoint_every_steps: int = _f(0, "also checkpoint every N steps inside an epoch (0: only at epoch ends)")
     max_steps_per_epoch: int = _f(0, "stop each epoch after N steps (0: the whole training set)")
     on_nonfinite: str = _f("stop", "on a NaN/inf loss or gradient: 'stop' (keep the last good checkpoint) or 'skip' the step", ("stop", "skip"))
@@ -99,6 +101,7 @@ class TrainConfig:
             ("milestones_epochs", all(m >= 1 for m in self.milestones_epochs), "epochs >= 1"),
             ("lr_factor", 0 < self.lr_factor < 1, "in (0, 1)"),
             ("loader_workers", self.loader_workers >= 0, ">= 0"),
+            ("cpu_threads", self.cpu_threads >= 0, ">= 0 (0: torch's default)"),
             ("checkpoint_every_steps", self.checkpoint_every_steps >= 0, ">= 0 (0: only at epoch ends)"),
             ("max_steps_per_epoch", self.max_steps_per_epoch >= 0, ">= 0 (0: the whole training set)"),
         ]

@@ -105,6 +105,8 @@ def train(
         raise UserError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
     if resume and not files.last.exists():
         raise UserError(f"nothing to resume: {files.last} does not exist; start without --resume")
+    if config.cpu_threads:
+        torch.set_num_threads(config.cpu_threads)
     if config.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
 
@@ -144,13 +146,16 @@ def train(
         checkpoint.load_model_state(AlexNet(**args), saved["model"], str(files.last))  # same architecture?
         model.load_state_dict(local(saved["model"]))
         load_velocities(model, optimizer, local(saved["velocity"]))
-        for group, lr in zip(optimizer.param_groups, saved["lrs"]):
-            group["lr"] = lr
         schedule.load_state_dict(saved["schedule"])
         pos = Position(**saved["progress"])
+        states, old = saved["rng"], saved["config"]
+        if config.lr == old.get("lr", config.lr):
+            for group, lr in zip(optimizer.param_groups, saved["lrs"]):
+                group["lr"] = lr
+        else:  # --lr given on resume: a hand-made step of the schedule, as the paper's authors took
+            log(f"learning rate {config.lr:g} from --lr replaces the checkpoint's {saved['lrs'][0]:g} from here on")
         if groups.replica > 0:  # the saved partial sums of the epoch cover every replica: count them once
             pos.loss_sum = pos.correct = pos.seen = 0.0
-        states, old = saved["rng"], saved["config"]
         old_replicas = len(states) // (2 if old.get("tower_parallel") else 1)
         pos.step_in_epoch = _resumed_step(pos.step_in_epoch, old["batch_size_per_device"] * old_replicas,
                                           config.batch_size_per_device * groups.replicas, files.last)

@@ -53,8 +53,12 @@ def store_dir(tmp_path_factory) -> Path:
 def test_cli_end_to_end(store_dir, tmp_path, capsys):
     run = tmp_path / "run"
     flags = ["--stem", "small", "--width", "0.125", "--crop-size", "28", "--batch-size-per-device", "16",
-             "--epochs", "2", "--loader-workers", "1", "--quiet"]
-    assert main(["train", str(store_dir), "--out", str(run), *flags]) == 0
+             "--epochs", "2", "--loader-workers", "1", "--cpu-threads", "2", "--quiet"]
+    try:
+        assert main(["train", str(store_dir), "--out", str(run), *flags]) == 0
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(1)  # as conftest.py set it
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in lines] == [1, 2]
     for key in ("train_loss", "train_top1_error", "val_top1_error", "val_top5_error", "lr", "images_per_s"):
@@ -110,6 +114,20 @@ def test_resume_from_epoch_checkpoint_matches_uninterrupted(store_dir, tmp_path)
     lines_a = (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()
     lines_b = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
     assert len(lines_a) == len(lines_b) == 3
+
+
+def test_lr_given_on_resume_replaces_the_checkpoints_rate(store_dir, tmp_path):
+    config = TrainConfig(**{**SMALL, "epochs": 1})
+    train(config, store_dir, tmp_path / "r", show_progress=False, log=lambda s: None)
+    said = []
+    train(config.replace(epochs=2, lr=0.001), store_dir, tmp_path / "r", resume=True, show_progress=False, log=said.append)
+    assert any("0.001 from --lr replaces the checkpoint's 0.01" in line for line in said), said
+    # the new rate is the recipe now: a plain resume keeps it
+    said.clear()
+    metrics = train(config.replace(epochs=3, lr=0.001), store_dir, tmp_path / "r", resume=True, show_progress=False,
+                    log=said.append)
+    assert [m["lr"] for m in metrics] == [0.01, 0.001, 0.001]
+    assert not any("replaces" in line for line in said)
 
 
 def _views_by_hand(image: np.ndarray, mean: np.ndarray, crop: int, scale: float) -> list[np.ndarray]:
