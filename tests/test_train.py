@@ -145,7 +145,7 @@ def test_ten_crop_is_mean_of_ten_softmaxes_by_hand(store_dir, tmp_path):
     train(TrainConfig(**{**SMALL, "epochs": 1}), store_dir, tmp_path / "run", show_progress=False, log=lambda s: None)
     member = load_member(str(tmp_path / "run" / "last.pt"), torch.device("cpu"))
     store = open_store(store_dir)
-    images = np.asarray(store.split("val").images[:4])
+    images = np.array(store.split("val").images[:4])  # a writable copy of the memory map
     got = probabilities([member], torch.from_numpy(images), ten_crop=True)
     for n, image in enumerate(images):
         views = torch.from_numpy(np.stack(_views_by_hand(image, store.mean_image, 28, 1.0)))
