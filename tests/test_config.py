@@ -253,3 +253,14 @@ def test_bad_flag_value_is_a_user_error():
         cfg.from_args(_parser().parse_args(["--lr", "fast"]))
     with pytest.raises(UserError, match="epochs must be at least 1"):
         cfg.from_args(_parser().parse_args(["--epochs", "0"]))
+
+
+def test_python_dash_m_runs_the_cli():
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "alexnet", "train", "--help"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "--cpu-threads" in result.stdout, result.stderr[-2000:]
+    result = subprocess.run([sys.executable, "-m", "alexnet", "train", "nowhere", "--out", "x", "--epochs", "0"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "epochs must be at least 1" in result.stderr
