@@ -40,6 +40,32 @@ def available() -> bool:
 if triton is not None:
 
     @triton.jit
+    def _store_forward(x_ptr, y_ptr, d_ptr, at, inside, s, alpha, beta, k, SAVE_D: tl.constexpr):
+        """y = x d^-beta with d = k + alpha s, from the window sums s (and d, if the backward needs it)."""
+        x = tl.load(x_ptr + at, mask=inside, other=0.0).to(tl.float32)
+        d = k + alpha * s
+        tl.store(y_ptr + at, (x * tl.exp2(-beta * tl.log2(d))).to(y_ptr.dtype.element_ty), mask=inside)
+        if SAVE_D:
+            tl.store(d_ptr + at, d, mask=inside)
+
+    @triton.jit
+    def _neighbour_term(g_ptr, x_ptr, d_ptr, at, m, beta):
+        """g_i a_i d_i^(-beta-1) of the neighbours at ``at`` (0 where ``m`` is off)."""
+        gi = tl.load(g_ptr + at, mask=m, other=0.0).to(tl.float32)
+        xi = tl.load(x_ptr + at, mask=m, other=0.0).to(tl.float32)
+        di = tl.load(d_ptr + at, mask=m, other=1.0)
+        return gi * xi * tl.exp2((-beta - 1.0) * tl.log2(di))
+
+    @triton.jit
+    def _store_backward(g_ptr, x_ptr, d_ptr, dx_ptr, at, inside, acc, alpha, beta):
+        """dL/da_j = g_j d_j^-beta - 2 alpha beta a_j acc_j, acc_j the sum of the neighbours' terms."""
+        g = tl.load(g_ptr + at, mask=inside, other=0.0).to(tl.float32)
+        x = tl.load(x_ptr + at, mask=inside, other=0.0).to(tl.float32)
+        d = tl.load(d_ptr + at, mask=inside, other=1.0)
+        dx = g * tl.exp2(-beta * tl.log2(d)) - 2.0 * alpha * beta * x * acc
+        tl.store(dx_ptr + at, dx.to(dx_ptr.dtype.element_ty), mask=inside)
+
+    @triton.jit
     def _lrn_planar_forward(
         x_ptr, y_ptr, d_ptr, plane, channels, per_group, alpha, beta, k,
         SIZE: tl.constexpr, SAVE_D: tl.constexpr, BLOCK: tl.constexpr,
@@ -57,11 +83,7 @@ if triton is not None:
             m = inside & (neighbour >= 0) & (neighbour < per_group)
             v = tl.load(x_ptr + at + shift * plane, mask=m, other=0.0).to(tl.float32)
             s += v * v
-        x = tl.load(x_ptr + at, mask=inside, other=0.0).to(tl.float32)
-        d = k + alpha * s
-        tl.store(y_ptr + at, (x * tl.exp2(-beta * tl.log2(d))).to(y_ptr.dtype.element_ty), mask=inside)
-        if SAVE_D:
-            tl.store(d_ptr + at, d, mask=inside)
+        _store_forward(x_ptr, y_ptr, d_ptr, at, inside, s, alpha, beta, k, SAVE_D)
 
     @triton.jit
     def _lrn_planar_backward(
@@ -78,15 +100,8 @@ if triton is not None:
             shift = j - (SIZE - 1) // 2
             neighbour = c + shift + tl.zeros([BLOCK], dtype=tl.int32)
             m = inside & (neighbour >= 0) & (neighbour < per_group)
-            gi = tl.load(g_ptr + at + shift * plane, mask=m, other=0.0).to(tl.float32)
-            xi = tl.load(x_ptr + at + shift * plane, mask=m, other=0.0).to(tl.float32)
-            di = tl.load(d_ptr + at + shift * plane, mask=m, other=1.0)
-            acc += gi * xi * tl.exp2((-beta - 1.0) * tl.log2(di))
-        g = tl.load(g_ptr + at, mask=inside, other=0.0).to(tl.float32)
-        x = tl.load(x_ptr + at, mask=inside, other=0.0).to(tl.float32)
-        d = tl.load(d_ptr + at, mask=inside, other=1.0)
-        dx = g * tl.exp2(-beta * tl.log2(d)) - 2.0 * alpha * beta * x * acc
-        tl.store(dx_ptr + at, dx.to(dx_ptr.dtype.element_ty), mask=inside)
+            acc += _neighbour_term(g_ptr, x_ptr, d_ptr, at + shift * plane, m, beta)
+        _store_backward(g_ptr, x_ptr, d_ptr, dx_ptr, at, inside, acc, alpha, beta)
 
     @triton.jit
     def _lrn_interleaved_forward(
@@ -106,11 +121,7 @@ if triton is not None:
             ok = (c + shift >= 0) & (c + shift < PER_GROUP)
             v = tl.load(x_ptr + at + shift, mask=inside & ok[None, :], other=0.0).to(tl.float32)
             s += v * v
-        x = tl.load(x_ptr + at, mask=inside, other=0.0).to(tl.float32)
-        d = k + alpha * s
-        tl.store(y_ptr + at, (x * tl.exp2(-beta * tl.log2(d))).to(y_ptr.dtype.element_ty), mask=inside)
-        if SAVE_D:
-            tl.store(d_ptr + at, d, mask=inside)
+        _store_forward(x_ptr, y_ptr, d_ptr, at, inside, s, alpha, beta, k, SAVE_D)
 
     @triton.jit
     def _lrn_interleaved_backward(
@@ -128,15 +139,8 @@ if triton is not None:
             shift = j - (SIZE - 1) // 2
             ok = (c + shift >= 0) & (c + shift < PER_GROUP)
             m = inside & ok[None, :]
-            gi = tl.load(g_ptr + at + shift, mask=m, other=0.0).to(tl.float32)
-            xi = tl.load(x_ptr + at + shift, mask=m, other=0.0).to(tl.float32)
-            di = tl.load(d_ptr + at + shift, mask=m, other=1.0)
-            acc += gi * xi * tl.exp2((-beta - 1.0) * tl.log2(di))
-        g = tl.load(g_ptr + at, mask=inside, other=0.0).to(tl.float32)
-        x = tl.load(x_ptr + at, mask=inside, other=0.0).to(tl.float32)
-        d = tl.load(d_ptr + at, mask=inside, other=1.0)
-        dx = g * tl.exp2(-beta * tl.log2(d)) - 2.0 * alpha * beta * x * acc
-        tl.store(dx_ptr + at, dx.to(dx_ptr.dtype.element_ty), mask=inside)
+            acc += _neighbour_term(g_ptr, x_ptr, d_ptr, at + shift, m, beta)
+        _store_backward(g_ptr, x_ptr, d_ptr, dx_ptr, at, inside, acc, alpha, beta)
 
 
 def _launch(x: torch.Tensor, groups: int):
