@@ -22,6 +22,7 @@ import torch
 
 from alexnet.data.store import Split
 from alexnet.evaluate import Member
+from alexnet.plots import pyplot, save_figure
 
 
 def spread_indices(total: int, count: int | None) -> np.ndarray:
@@ -99,15 +100,6 @@ def nearest_training_images(
 # --- drawing -----------------------------------------------------------------------------------
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _show(ax, image: np.ndarray) -> None:
     if image.shape[-1] == 1:
         ax.imshow(image[..., 0], cmap="gray", vmin=0, vmax=255)
@@ -130,7 +122,7 @@ def plot_neighbours(
     (most probable first), ``neighbours`` [(image, label, distance)]. The bar of the correct class
     is red, the others blue (the paper marks the correct label's bar in red).
     """
-    plt = _pyplot()
+    plt = pyplot()
     k = max((len(r["neighbours"]) for r in rows), default=0)
     fig = plt.figure(figsize=(1.3 * (k + 1) + 3.2, 1.45 * len(rows) + 0.3))
     grid = fig.add_gridspec(len(rows), k + 2, width_ratios=[1, 2.4] + [1] * k, wspace=0.15, hspace=0.45,
@@ -154,11 +146,7 @@ def plot_neighbours(
             ax.set_title(f"{classes[label]}\nd={distance:.3g}", fontsize=6)
     fig.suptitle(f"validation images, their top-5 predictions, and the {k} training images nearest in fc7 "
                  "feature space (Euclidean distance d)", fontsize=8)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi)
 
 
 def plot_training_error(curves: Sequence[dict], level: float, path: str | Path, *, title: str = "") -> Path:
@@ -167,7 +155,7 @@ def plot_training_error(curves: Sequence[dict], level: float, path: str | Path, 
     Each curve dict: ``activation``, ``seed``, ``points`` [{"epoch": float, "train_error": float}].
     A dotted horizontal line marks ``level`` (the paper's 25%).
     """
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     colours = {"relu": "tab:blue", "tanh": "tab:red"}
     labelled = set()
@@ -187,8 +175,4 @@ def plot_training_error(curves: Sequence[dict], level: float, path: str | Path, 
     if title:
         ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

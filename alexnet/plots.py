@@ -9,7 +9,17 @@ import numpy as np
 import torch
 
 
-def _pyplot():
+def save_figure(fig, path: str | Path, dpi: int = 100) -> Path:
+    """Write ``fig`` to ``path`` (its folder made if missing), close it, return the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    pyplot().close(fig)
+    return path
+
+
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (files only, no screen needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -20,7 +30,7 @@ def _pyplot():
 
 def plot_curves(metrics: Sequence[dict], path: str | Path) -> Path:
     """Loss and error per epoch (train and validation) and the learning rate, as one PNG."""
-    plt = _pyplot()
+    plt = pyplot()
     epochs = [m["epoch"] for m in metrics]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     axes[0].plot(epochs, [m["train_loss"] for m in metrics], marker="o", label="train loss")
@@ -37,11 +47,7 @@ def plot_curves(metrics: Sequence[dict], path: str | Path) -> Path:
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def filter_grid(weight: torch.Tensor, towers: int = 2, columns: int = 12, scale: int = 4, gap_px: int = 1) -> np.ndarray:
