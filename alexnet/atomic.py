@@ -1,7 +1,7 @@
 """Atomic file writes: a reader, or a rerun after a crash, sees the old file or the whole new one.
 
 Every file that a crash must not leave half-written goes through :func:`atomic_write`: checkpoints
-and run files (:mod:`alexnet.checkpoint`, :mod:`alexnet.run_state`), the prepared store
+and run files (:mod:`alexnet.checkpoint`, :mod:`alexnet.training.run_dir`), the prepared store
 (:mod:`alexnet.data.prepare`) and experiment results (:mod:`alexnet.experiments`). The bytes go to
 a temporary file in the same folder (a rename across file systems would not be atomic), are
 fsynced, then renamed over the target with ``os.replace``; the folder is fsynced last so that the

@@ -3,6 +3,16 @@
 Every field is a command-line flag of ``alexnet train`` (``batch_size_per_device`` becomes
 ``--batch-size-per-device``) and a key of a config file (JSON or TOML). Unknown keys are errors.
 The resolved config is saved as ``config.json`` in every run directory.
+
+``recipe = "original"`` (``--recipe original``) is a shorthand for the authors' released recipe
+(:data:`ORIGINAL_RECIPE`, from layers-145.cfg / layer-params-145.cfg / convdata.py and the run's
+log): it sets each of those keys unless the same flags or file name the key themselves; the keys
+given win. The resolved values, not the shorthand, are what a run uses and saves.
+
+Configs saved before ``dropout_style`` existed (a ``config.json`` or a checkpoint's recipe: every
+key of that version, none of the new ones) are read as the runs they were: inverted dropout, the
+colour noise's ``"fb"`` scale, and ``lrn_convention "caffe"`` (which then meant alpha / n with
+k = 2) as ``"cuda-convnet"`` (:func:`upgrade_saved`).
 """
 
 from __future__ import annotations
@@ -33,22 +43,47 @@ class TrainConfig:
     # --- the network (section 3) ---
     towers: int = _f(2, "columns of the network: 2 (the paper's two GPUs, grouped convolutions) or 1", (1, 2))
     lrn: bool = _f(True, "local response normalisation after conv1 and conv2 (section 3.3)")
-    lrn_convention: str = _f("paper", "LRN alpha as written ('paper') or divided by n ('caffe')", ("paper", "caffe"))
+    recipe: str = _f("paper", "'original': the authors' released recipe, every element of which is also its own "
+                              "key (flags given win); see the README", ("paper", "original"))
+    lrn_convention: str = _f("paper", "LRN: alpha as written, k=2 ('paper'); alpha/n, k=2 (the released code, "
+                                      "'cuda-convnet'); alpha/n, k=1 (Caffe's bvlc_alexnet, 'caffe')",
+                             ("paper", "cuda-convnet", "caffe"))
     lrn_before_relu: bool = _f(False, "conv1's LRN before its ReLU, as the original code")
+    cnorm2: bool = _f(False, "the released code's within-map 5x5 normalisation after conv2's LRN "
+                             "(scale 0.001/25, power 0.75, k=1; not in the paper)")
     overlapping_pool: bool = _f(True, "max-pool 3/2 (section 3.4) instead of 2/2")
     activation: str = _f("relu", "nonlinearity after every learnable layer but fc8", ("relu", "tanh"))
     dropout: float = _f(0.5, "dropout probability on fc6 and fc7 outputs (section 4.2); 0 turns it off")
+    dropout_style: str = _f("paper", "'paper': unscaled while training, outputs x (1-p) at test time (section 4.2); "
+                                     "'inverted': kept outputs x 1/(1-p) while training", ("paper", "inverted"))
     width: float = _f(1.0, "multiplier on every layer's kernels and units (1 = the paper)")
+    channels: tuple[int, ...] = _f((), "kernels of conv1..conv5, e.g. 48,128,192,192,256 with --towers 1 (the one-GPU "
+                                       "baseline of section 3.2); replaces --width for them; empty: the paper's x width")
+    fc_units: int = _f(0, "units of fc6 and fc7; replaces --width for them (0: 4096 x width)")
+    conv6_channels: int = _f(0, "kernels of a sixth convolutional layer over the last pooling layer "
+                                "(section 6; 256 in the released config); 0: none")
     stem: str = _f("paper", "conv1: 'paper' (11x11 stride 4) or 'small' (3x3 stride 1, for 28-64 px images)", ("paper", "small"))
     init: str = _f("paper", "weights N(0,0.01) and biases 1/0 ('paper'), std 0.03 in conv3-5 ('original'), or fan-in scaled ('he')", ("paper", "original", "he"))
+    fc8_bias_zero: bool = _f(False, "fc8's bias starts at 0 (the released configs) instead of the init's value")
+    init_from: str = _f("", "fine-tune: load every layer that fits from this checkpoint (fc8 is drawn afresh), "
+                            "with a new optimizer and schedule; not a resume")
+    freeze: tuple[str, ...] = _f((), "layers never updated, e.g. conv1,conv2 (with --init-from)")
 
     # --- data and augmentation (sections 2 and 4.1) ---
     crop_size: int = _f(224, "side of the square crops fed to the network, in pixels (paper: 224 of 256)")
     random_crop: bool = _f(True, "random crops at training time (otherwise the centre crop)")
     flip: bool = _f(True, "horizontal reflections with probability 0.5 at training time")
     pca_lighting_std: float = _f(0.1, "std of the PCA colour noise alphas (section 4.1); 0 turns it off")
+    pca_scale: str = _f("sqrt", "colour shift P(alpha*sqrt(lambda)) in 0-255 units (the authors' code, 'sqrt') or "
+                                "P(alpha*lambda/255) (fb.resnet.torch, 'fb')", ("sqrt", "fb"))
+    lighting_shrink: bool = _f(False, "divide the centred training input by 1 + pca_lighting_std (1.1) while colour "
+                                      "noise is on, as the released code")
+    lighting_off_last_epochs: int = _f(0, "no colour noise in the last N epochs (released recipe: 24)")
     subtract_mean: bool = _f(True, "subtract the per-pixel mean image of the training set (section 2)")
     input_scale: float = _f(1.0, "multiply centred pixels by this (paper: 1, raw 0-255 values)")
+    shuffle_window_images: int = _f(0, "0: a full shuffle of the training set every epoch (the paper's SGD); N: "
+                                       "blocks of 64 consecutive images shuffled, then images within windows of N, so "
+                                       "a store larger than memory is read in long runs")
 
     # --- learning (section 5) ---
     epochs: int = _f(90, "passes over the training set")
@@ -56,7 +91,11 @@ class TrainConfig:
     lr: float = _f(0.01, "initial learning rate eps of the update rule (paper: 0.01 at global batch 128)")
     momentum: float = _f(0.9, "momentum of the update rule")
     weight_decay: float = _f(5e-4, "weight decay of the update rule")
-    param_groups: str = _f("paper", "'paper': one lr for all; 'original': biases at 2x lr, no decay", ("paper", "original"))
+    param_groups: str = _f("paper", "'paper': one lr for all; 'cuda-convnet': biases at 2x the initial lr held fixed "
+                                    "while the weights' falls, no decay (the released configs); 'caffe': biases at 2x "
+                                    "the lr through every reduction, no decay ('original' is its old name)",
+                           ("paper", "cuda-convnet", "caffe", "original"))
+    freeze_conv1_last_epochs: int = _f(0, "conv1 not updated in the last N epochs (released recipe: 19)")
     schedule: str = _f("plateau", "divide lr by 10 on a validation plateau, or at fixed epochs", ("plateau", "milestones"))
     plateau_patience_epochs: int = _f(5, "epochs without improvement before the lr is divided")
     plateau_threshold: float = _f(1e-3, "improvement in validation error (absolute) that counts")
@@ -76,8 +115,12 @@ class TrainConfig:
     checkpoint_every_steps: int = _f(0, "also checkpoint every N steps inside an epoch (0: only at epoch ends)")
     max_steps_per_epoch: int = _f(0, "stop each epoch after N steps (0: the whole training set)")
     on_nonfinite: str = _f("stop", "on a NaN/inf loss or gradient: 'stop' (keep the last good checkpoint) or 'skip' the step", ("stop", "skip"))
+    nonfinite_check_every_steps: int = _f(0, "read the non-finite flag and the loss on the host every N steps "
+                                             "(0: 1 on the CPU or with skip, 20 on a GPU, where each read waits for it)")
     deterministic: bool = _f(False, "deterministic kernels (bitwise-repeatable runs, slower)")
     tower_parallel: bool = _f(False, "put the two towers on two ranks (section 3.2) instead of grouped convolutions")
+    tensorboard: bool = _f(False, "also write the metrics and conv1's kernels for TensorBoard into RUN/tensorboard "
+                                  "(needs the 'tensorboard' extra)")
 
     def __post_init__(self) -> None:
         for field_ in fields(self):
@@ -94,7 +137,14 @@ class TrainConfig:
             ("dropout", 0 <= self.dropout < 1, "in [0, 1)"),
             ("width", self.width > 0, "positive"),
             ("pca_lighting_std", self.pca_lighting_std >= 0, ">= 0"),
+            ("lighting_off_last_epochs", self.lighting_off_last_epochs >= 0, ">= 0"),
+            ("freeze_conv1_last_epochs", self.freeze_conv1_last_epochs >= 0, ">= 0"),
+            ("fc_units", self.fc_units >= 0, ">= 0 (0: 4096 x width)"),
+            ("conv6_channels", self.conv6_channels >= 0, ">= 0 (0: no sixth layer)"),
+            ("channels", len(self.channels) in (0, 5) and all(c >= 1 for c in self.channels),
+             "five positive kernel counts, conv1..conv5 (or none)"),
             ("input_scale", self.input_scale > 0, "positive"),
+            ("shuffle_window_images", self.shuffle_window_images >= 0, ">= 0 (0: a full shuffle)"),
             ("plateau_patience_epochs", self.plateau_patience_epochs >= 1, "at least 1"),
             ("plateau_threshold", self.plateau_threshold >= 0, ">= 0"),
             ("max_lr_reductions", self.max_lr_reductions >= 0, ">= 0"),
@@ -104,12 +154,25 @@ class TrainConfig:
             ("cpu_threads", self.cpu_threads >= 0, ">= 0 (0: torch's default)"),
             ("checkpoint_every_steps", self.checkpoint_every_steps >= 0, ">= 0 (0: only at epoch ends)"),
             ("max_steps_per_epoch", self.max_steps_per_epoch >= 0, ">= 0 (0: the whole training set)"),
+            ("nonfinite_check_every_steps", self.nonfinite_check_every_steps >= 0, ">= 0 (0: the device's default)"),
         ]
         for name, ok, rule in ranges:
             if not ok:
                 raise UserError(f"{name} must be {rule}; got {getattr(self, name)!r}")
+        if self.on_nonfinite == "skip" and self.nonfinite_check_every_steps > 1:
+            raise UserError("on_nonfinite 'skip' must check every step (the verdict comes before the update); "
+                            "set nonfinite_check_every_steps to 1 or 0")
         if self.tower_parallel and self.towers != 2:
             raise UserError(f"tower_parallel needs towers=2; got towers={self.towers}")
+        if self.tower_parallel and self.conv6_channels:
+            raise UserError("tower_parallel does not split a sixth convolutional layer; train it with grouped "
+                            "convolutions (no --tower-parallel)")
+        if any(c % self.towers for c in self.channels):
+            raise UserError(f"channels {','.join(map(str, self.channels))} must each divide into {self.towers} towers")
+        layers = LAYERS + (("conv6",) if self.conv6_channels else ())
+        unknown = [name for name in self.freeze if name not in layers]
+        if unknown:
+            raise UserError(f"freeze: no layer {', '.join(map(repr, unknown))}; the layers are {', '.join(layers)}")
         if feature_map_size(self.crop_size, self.stem, self.overlapping_pool) < 1:
             smallest = next(s for s in range(1, 1024) if feature_map_size(s, self.stem, self.overlapping_pool) >= 1)
             hint = "; use stem 'small' for 28-64 px images" if self.stem == "paper" else ""
@@ -123,6 +186,54 @@ class TrainConfig:
 
     def replace(self, **changes) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
+
+
+LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")
+
+# The authors' released recipe (layers-145.cfg, layer-params-145.cfg, convdata.py; the run's log in
+# layer-params-145.cfg: colour noise set to 0 at epoch 67 and conv1's rate to 0 at epoch 72 of a run
+# stopped at epoch 91, i.e. the last 24 and 19 epochs). Dropout and the colour scale are the
+# defaults already; they are named so that the recipe reads the same over any base.
+ORIGINAL_RECIPE = dict(
+    lrn_convention="cuda-convnet",
+    lrn_before_relu=True,
+    cnorm2=True,
+    init="original",
+    fc8_bias_zero=True,
+    param_groups="cuda-convnet",
+    dropout_style="paper",
+    pca_scale="sqrt",
+    lighting_shrink=True,
+    lighting_off_last_epochs=24,
+    freeze_conv1_last_epochs=19,
+)
+
+# Every key of the recipe as it was saved before dropout_style existed; a saved recipe with all of
+# them and without dropout_style is of that version (see upgrade_saved).
+_SAVED_V1_KEYS = frozenset((
+    "towers", "lrn", "lrn_convention", "lrn_before_relu", "overlapping_pool", "activation", "dropout", "width",
+    "stem", "init", "crop_size", "random_crop", "flip", "pca_lighting_std", "subtract_mean", "input_scale",
+    "epochs", "batch_size_per_device", "lr", "momentum", "weight_decay", "param_groups", "schedule",
+    "plateau_patience_epochs", "plateau_threshold", "max_lr_reductions", "milestones_epochs", "lr_factor", "seed"))
+
+
+def upgrade_saved(values: dict) -> dict:
+    """A recipe saved before ``dropout_style`` existed, with the keys that keep its meaning:
+    inverted dropout, the ``"fb"`` colour scale, and ``"caffe"`` LRN (then alpha / n with k = 2)
+    as ``"cuda-convnet"``. Any other dict is returned as it is."""
+    if "dropout_style" in values or not _SAVED_V1_KEYS <= set(values):
+        return values
+    values = dict(values, dropout_style="inverted", pca_scale="fb")
+    if values.get("lrn_convention") == "caffe":
+        values["lrn_convention"] = "cuda-convnet"
+    return values
+
+
+# Keys of how a run executes rather than what it learns: a resume may change them, and a report
+# shows them without highlighting them as departures from the paper.
+RUNTIME_KEYS = ("device", "precision", "channels_last", "compile", "loader_workers", "cpu_threads",
+                "checkpoint_every_steps", "on_nonfinite", "nonfinite_check_every_steps", "deterministic",
+                "tower_parallel", "tensorboard")
 
 
 def _base_type(tp):
@@ -139,7 +250,9 @@ def _coerce(name: str, tp, value):
             raise ValueError  # JSON true is not the number 1
         if base is tuple:
             if isinstance(value, str):
-                value = [v for v in value.replace(",", " ").split() if v]
+                value = [value]
+            if item is str or isinstance(value, (list, tuple)):  # "48,128" or ["48", "128"] or ["48,128"]
+                value = [v for part in value for v in (part.replace(",", " ").split() if isinstance(part, str) else [part])]
             return tuple(item(v) for v in value)
         if base is bool:
             if isinstance(value, bool):
@@ -160,13 +273,18 @@ def _coerce(name: str, tp, value):
 
 
 def from_dict(values: dict, base: TrainConfig | None = None) -> TrainConfig:
-    """A config from ``values`` over ``base`` (the paper's recipe); unknown keys are errors."""
+    """A config from ``values`` over ``base`` (the paper's recipe); unknown keys are errors.
+
+    ``recipe: "original"`` in ``values`` sets :data:`ORIGINAL_RECIPE`'s keys that ``values`` does
+    not give itself; a saved recipe of an earlier version is read as it was (:func:`upgrade_saved`)."""
     known = {f.name: f for f in fields(TrainConfig)}
     unknown = sorted(set(values) - set(known))
     if unknown:
         raise UserError(f"unknown config key(s): {', '.join(unknown)}; see 'alexnet train --help' for the keys")
     hints = typing.get_type_hints(TrainConfig)
-    coerced = {k: _coerce(k, hints[k], v) for k, v in values.items()}
+    coerced = {k: _coerce(k, hints[k], v) for k, v in upgrade_saved(values).items()}
+    if coerced.get("recipe") == "original":
+        coerced = {**ORIGINAL_RECIPE, **coerced}  # the keys given win over the recipe's
     return dataclasses.replace(base or TrainConfig(), **coerced)
 
 
@@ -175,7 +293,10 @@ def load_file(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"config file {path} does not exist")
-    text = path.read_text()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise UserError(f"config file {path} is not a text file (JSON or TOML); give a recipe file") from None
     if path.suffix == ".toml":
         if tomllib is None:
             raise UserError(f"config file {path}: TOML needs Python 3.11 or later; use a JSON file")
@@ -212,9 +333,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def from_args(args: argparse.Namespace, base: TrainConfig | None = None) -> TrainConfig:
-    """The config: ``base``, then the ``--config`` file if given, then the flags given."""
+    """The config: ``base``, then the ``--config`` file if given, then the flags given.
+
+    A ``recipe`` named by the file or the flags fills only the keys that neither gives; an
+    ``init_from`` checkpoint is recorded as an absolute path."""
     config = base or TrainConfig()
-    if getattr(args, "config", None):
-        config = from_dict(load_file(args.config), config)
+    values = load_file(args.config) if getattr(args, "config", None) else {}
     given = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name, None) is not None}
-    return from_dict(given, config)
+    config = from_dict({**values, **given}, config)
+    if config.init_from:
+        config = config.replace(init_from=str(Path(config.init_from).expanduser().resolve()))
+    return config

@@ -28,6 +28,7 @@ import torch
 import torch.distributed as dist
 
 from alexnet.errors import UserError
+from alexnet.runtime import resolve_device
 
 TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE")
 
@@ -53,25 +54,6 @@ class Dist:
     @property
     def is_distributed(self) -> bool:
         return self.backend is not None
-
-
-def resolve_device(device: str | torch.device, local_rank: int = 0, world_size: int = 1) -> torch.device:
-    """``"auto"``: this process's GPU if there is one, else the CPU; ``"cuda"``: GPU ``local_rank``."""
-    name = str(device)
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    resolved = torch.device(name)
-    if resolved.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UserError(f"device {name!r} was asked for but CUDA is not available: use --device cpu")
-        if resolved.index is None:
-            resolved = torch.device("cuda", local_rank)
-        elif world_size > 1:
-            raise UserError(
-                f"--device {name} puts every one of the {world_size} processes on one GPU: "
-                "use --device cuda (or auto) and let torchrun's LOCAL_RANK choose each process's GPU"
-            )
-    return resolved
 
 
 def init_from_env(

@@ -8,7 +8,6 @@ Ensembles (section 6: "averaging the predictions of five similar CNNs") average 
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
 
@@ -20,7 +19,8 @@ from alexnet import checkpoint
 from alexnet.data.augment import EvalPreprocess, ten_crop_probabilities
 from alexnet.errors import UserError
 from alexnet.faults import kill_point
-from alexnet.model import AlexNet
+from alexnet.model import build_model
+from alexnet.runtime import autocast_for
 
 
 @dataclass
@@ -35,12 +35,6 @@ class Member:
     channels: int = 3
 
 
-def autocast_for(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 def preprocess_for(payload: dict, device: torch.device) -> EvalPreprocess:
     data, config = payload["data"], payload["config"]
     mean = data["mean_image"].cpu().numpy()
@@ -53,9 +47,15 @@ def preprocess_for(payload: dict, device: torch.device) -> EvalPreprocess:
 
 
 def load_member(path: str, device: torch.device) -> Member:
-    """A trained network from a checkpoint, in eval mode on ``device``."""
-    payload = checkpoint.load(path)
-    model = AlexNet(**payload["model_args"])
+    """A trained network from a checkpoint, run folder or safetensors export, in eval mode on ``device``."""
+    from alexnet.export import load_payload
+
+    payload = load_payload(path)
+    checkpoint.validate(payload, str(path), for_inference=True)  # before anything is built or allocated
+    try:
+        model = build_model(payload["model_args"])
+    except (TypeError, ValueError) as e:
+        raise UserError(f"{path} describes a network this alexnet cannot build ({e}); upgrade alexnet") from None
     checkpoint.load_model_state(model, payload["model"], str(path))
     model.to(device).eval()
     data = payload["data"]
@@ -70,6 +70,14 @@ def check_compatible(members: Sequence[Member], classes: Sequence[str] | None = 
             raise UserError(f"{m.source} was trained on other classes than {first.source}; an ensemble needs the same classes")
     if classes is not None and list(classes) != first.classes:
         raise UserError(f"{first.source} was trained on other classes than this data set's ({len(classes)} classes)")
+
+
+def check_store(member: Member, store, data_name: str) -> None:
+    """One line when ``member`` was trained on images of another size or channel count than ``store`` holds."""
+    if (member.image_size, member.channels) != (store.image_size, store.channels):
+        raise UserError(f"{member.source} was trained on {member.image_size} px images with {member.channels} "
+                        f"channel(s), {data_name} holds {store.image_size} px images with {store.channels}; "
+                        "give the data set it was trained on (or one prepared with the same --image-size and --channels)")
 
 
 @torch.no_grad()
@@ -108,21 +116,28 @@ def evaluate(
 ) -> dict:
     """Top-1 and top-5 error of the (averaged) members over ``batches`` of uint8 images.
 
-    ``reduce`` sums the counts across ranks in a distributed run.
+    ``reduce`` sums the counts across ranks in a distributed run. Images whose output holds NaN or
+    inf are counted as ``nonfinite_images`` (present only when there are any): their classes
+    have no order, so callers must not report the error rates as a result then.
     """
     for m in members:
         m.model.eval()
-    counts = torch.zeros(3, dtype=torch.float64)
+    counts = torch.zeros(4, dtype=torch.float64)
     for images, labels in progress(batches):
         kill_point("evaluate")
         probs = probabilities(members, images, ten_crop=ten_crop, precision=precision)
         top1, top5 = topk_correct(probs, labels)
-        counts += torch.stack([top1.cpu().double(), top5.cpu().double(), torch.tensor(float(len(labels)), dtype=torch.float64)])
+        nonfinite = (~torch.isfinite(probs)).any(dim=1).sum()
+        counts += torch.stack([top1.cpu().double(), top5.cpu().double(), torch.tensor(float(len(labels)), dtype=torch.float64),
+                               nonfinite.cpu().double()])
     counts = reduce(counts)
-    top1, top5, seen = counts.tolist()
+    top1, top5, seen, nonfinite = counts.tolist()
     if seen == 0:
         raise UserError("the evaluation split has no images")
-    return {"top1_error": 1 - top1 / seen, "top5_error": 1 - top5 / seen, "images": int(seen)}
+    result = {"top1_error": 1 - top1 / seen, "top5_error": 1 - top5 / seen, "images": int(seen)}
+    if nonfinite:  # such rows rank their classes arbitrarily: the error rates above mean nothing
+        result["nonfinite_images"] = int(nonfinite)
+    return result
 
 
 def top5_table(probs: np.ndarray, classes: Sequence[str], k: int = 5) -> list[list[tuple[str, float]]]:

@@ -2,22 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
 
 from alexnet.errors import UserError
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    """The device for a single process: ``auto`` (a GPU if there is one), ``cpu``, ``cuda``, ``cuda:N``."""
-    from alexnet.distributed import resolve_device
-
-    try:
-        return resolve_device(name)
-    except RuntimeError:
-        raise UserError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
 
 
 def progress_bar(iterable: Iterable, total: int, desc: str, enabled: bool = True) -> Iterable:
@@ -43,10 +34,59 @@ def predict_files(
         raise UserError("--top must be at least 1")
     member = load_member(checkpoint_path, device)
     for path in paths:
+        missing = unreadable_path(path)
+        if missing:
+            yield path, missing
+            continue
         try:
             image, _ = decode_file(path, member.image_size, member.channels)
         except BadImage as e:
             yield path, str(e)
             continue
         probs = probabilities([member], torch.from_numpy(np.array(image))[None], ten_crop=ten_crop)
+        if not bool(torch.isfinite(probs).all()):
+            yield path, "the network's output for this image is NaN or infinite, so it predicts nothing"
+            continue
         yield path, top5_table(probs.cpu().numpy(), member.classes, k=min(top, len(member.classes)))[0]
+
+
+def image_extensions() -> frozenset[str]:
+    """File name endings of the formats Pillow can read (``.jpg``, ``.png``, ...), lower case."""
+    from PIL import Image
+
+    return frozenset(ext.lower() for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN)
+
+
+def expand_image_paths(paths: Sequence[str]) -> list[str]:
+    """``paths`` with each folder replaced by the image files under it, recursively, in name order.
+
+    Files are taken by their ending (Pillow's formats); hidden files and folders (``.name``) are
+    left out and symbolic links to folders are not followed (no loops). A folder holding no image
+    stays in the list, so that it is reported rather than silently dropped.
+    """
+    endings = image_extensions()
+    out: list[str] = []
+    for path in paths:
+        if not os.path.isdir(path):
+            out.append(path)
+            continue
+        found = []
+        for root, dirs, files in os.walk(path):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            found += [os.path.join(root, f) for f in sorted(files)
+                      if not f.startswith(".") and os.path.splitext(f)[1].lower() in endings]
+        out += found or [path]
+    return out
+
+
+def unreadable_path(path: str) -> str | None:
+    """Why ``path`` cannot be an image file at all (not found, a folder), or None."""
+    if os.path.isdir(path):
+        return "a folder holding no image files (JPEG, PNG, ...)"
+    if not os.path.lexists(path):
+        return "not found"
+    if not os.path.exists(path):
+        return "not found (a symbolic link to a missing file)"
+    if not os.path.isfile(path):  # reading a FIFO would wait forever
+        return "not a regular file (a FIFO, socket or device)"
+    return None

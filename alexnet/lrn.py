@@ -5,13 +5,27 @@
 with k=2, n=5, alpha=1e-4, beta=0.75, and N the number of kernel maps. The sum runs over
 ``n`` adjacent maps at the same spatial position, clipped at the first and the last map.
 
-Two conventions exist for alpha, and they are one switch apart here:
+Three conventions are one switch apart here. They differ in how alpha is read and in k:
 
-* ``"paper"`` (the default): alpha multiplies the plain sum of squares, as the formula
-  above is written.
-* ``"caffe"``: alpha is divided by n first, as cuda-convnet, Caffe and
-  ``torch.nn.LocalResponseNorm`` do. ``LocalResponseNorm(alpha=5e-4, convention="caffe")``
-  equals the paper's ``alpha=1e-4``.
+============== ============================ ===== =============================================
+convention     alpha multiplies             k     where
+============== ============================ ===== =============================================
+``paper``      the plain sum of squares     2     section 3.3 as printed (the default)
+``cuda-convnet`` the sum divided by n       2     the authors' released code (``cmrnorm``,
+                                                  ``minDiv=2``: layer-params-145.cfg)
+``caffe``      the sum divided by n         1     Caffe's bvlc_alexnet (and the default k of
+                                                  ``torch.nn.LocalResponseNorm``)
+============== ============================ ===== =============================================
+
+:class:`LocalResponseNorm` takes k as an argument, so there the convention only says how alpha
+is read (``"cuda-convnet"`` and ``"caffe"`` both divide it by n);
+:data:`CONVENTION_K` is the k that goes with each convention, which the network uses.
+``LocalResponseNorm(alpha=5e-4, convention="cuda-convnet")`` equals the paper's ``alpha=1e-4``.
+
+Within-map ("spatial") response normalisation, :class:`SpatialResponseNorm`, is the other
+normalisation of the released code (``rnorm``, layer ``cnorm2`` after conv2's LRN; not in the
+paper): each map is divided by (1 + scale / size^2 * sum of squares over a size x size window
+of the same map, clipped at the borders) ** power, with scale 0.001, size 5, power 0.75.
 
 With two towers each GPU of the paper normalised over its own maps only, so the window
 never crosses from one tower to the other. ``groups`` reproduces that on one device: the
@@ -28,7 +42,8 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-CONVENTIONS = ("paper", "caffe")
+CONVENTIONS = ("paper", "cuda-convnet", "caffe")
+CONVENTION_K = {"paper": 2.0, "cuda-convnet": 2.0, "caffe": 1.0}
 
 
 def effective_alpha(alpha: float, size: int, convention: str) -> float:
@@ -77,7 +92,8 @@ class LocalResponseNorm(nn.Module):
     Args:
         size: n, the number of adjacent maps summed over.
         alpha, beta, k: the formula's constants (paper: 1e-4, 0.75, 2).
-        convention: ``"paper"`` or ``"caffe"`` (alpha divided by n, as torch/Caffe/cuda-convnet).
+        convention: ``"paper"`` (alpha as written), or ``"cuda-convnet"`` / ``"caffe"`` (alpha
+            divided by n; the two differ only in k, which is given here).
         groups: normalise each of ``groups`` equal blocks of channels on its own (one per tower).
     """
 
@@ -111,3 +127,31 @@ class LocalResponseNorm(nn.Module):
             f"size={self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}, "
             f"convention={self.convention!r}, groups={self.groups}"
         )
+
+
+class SpatialResponseNorm(nn.Module):
+    """Within-map response normalisation (cuda-convnet's ``rnorm``; the released configs' ``cnorm2``).
+
+        b[c, y, x] = a[c, y, x] / (k + scale / size^2 * sum_{window} a[c, y', x']^2) ** power
+
+    where the window is the size x size square around (y, x) (rows y - size//2 .. y - size//2 +
+    size - 1, the same for columns) clipped at the map's borders, and k = 1. The released configs
+    use size 5, scale 0.001, power 0.75 after conv2's cross-map LRN. It has no parameters and works
+    on each map alone, so it needs no tower groups.
+    """
+
+    def __init__(self, size: int = 5, scale: float = 1e-3, power: float = 0.75, k: float = 1.0) -> None:
+        super().__init__()
+        if size < 1:
+            raise ValueError(f"spatial normalisation size must be at least 1, got {size}")
+        self.size, self.scale, self.power, self.k = size, scale, power, k
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.size
+        lo = s // 2  # cuda-convnet's window starts at -size/2 and spans size pixels
+        padded = F.pad(x * x, (lo, s - 1 - lo, lo, s - 1 - lo))  # zeros outside the map: the window is clipped
+        total = F.avg_pool2d(padded, s, stride=1) * (s * s)
+        return x / (self.k + (self.scale / (s * s)) * total).pow(self.power)
+
+    def extra_repr(self) -> str:
+        return f"size={self.size}, scale={self.scale}, power={self.power}, k={self.k}"

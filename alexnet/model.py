@@ -12,6 +12,14 @@
 
 60,965,224 parameters at 1000 classes.
 
+The paper's other networks are arguments of the same class: the one-GPU baseline of section 3.2
+(``towers=1, conv_channels=(48, 128, 192, 192, 256)``: half the kernels of conv1-conv4, conv5 and
+the FC layers kept whole, as the paper's footnote 2 and layers-145-half.cfg say; 59,798,312
+parameters at 1000 classes) and the network of section 6 with a sixth convolutional layer over the
+last pooling layer (``conv6_channels=256``: 3x3, pad 1, crossing the towers, ReLU, no pooling, as
+layers-146-2011.cfg; 61,555,304 parameters). The released code's extra within-map normalisation
+after conv2's LRN is ``cnorm2=True``.
+
 Choices where the paper is silent or inconsistent, listed here once:
 
 * 224 does not divide: (224 - 11) / 4 + 1 is not whole. Like the original code, conv1 pads
@@ -19,8 +27,14 @@ Choices where the paper is silent or inconsistent, listed here once:
   224 crop gives 55x55x96. A 227 crop (Caffe's choice) needs no padding and gives the same.
 * The two towers are grouped convolutions (``groups=towers``) in conv2, conv4 and conv5. Each
   GPU of the paper normalised its own maps, so LRN works per tower as well.
-* Dropout acts on the outputs of fc6 and fc7, scaled at training time (inverted dropout), which
-  equals the paper's "multiply by 0.5 at test time".
+* Dropout acts on the outputs of fc6 and fc7. ``dropout_style="paper"`` (the default) is section
+  4.2's: while training each output is kept or zeroed, unscaled; at test time every output is
+  multiplied by 1 - p (0.5). ``"inverted"`` scales the kept outputs by 1 / (1 - p) while training
+  and leaves them alone at test time. The two give the same expected activations, but they do
+  not train alike: inverted dropout is the paper's network with fc7's and fc8's weights
+  initialised twice as large and updated with 4x the learning rate and a quarter of the weight
+  decay. Networks of checkpoints written before the choice existed were inverted, and
+  :func:`build_model` rebuilds them so.
 
 Switches for ablations and for small images are keyword arguments; the defaults are the paper.
 The module is pure: no I/O, no device or precision choices.
@@ -34,7 +48,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from alexnet.lrn import LocalResponseNorm
+from alexnet.lrn import CONVENTION_K, CONVENTIONS, LocalResponseNorm, SpatialResponseNorm
 
 PAPER_CONV_CHANNELS = (96, 256, 384, 384, 256)
 PAPER_FC_UNITS = 4096
@@ -46,6 +60,43 @@ STEMS = {
     "small": (3, 1, 1),
 }
 INIT_SCHEMES = ("paper", "original", "he")
+DROPOUT_STYLES = ("paper", "inverted")
+
+
+class PaperDropout(nn.Module):
+    """Section 4.2's dropout: zero each output with probability p while training, unscaled;
+    multiply every output by 1 - p at test time ("we use all the neurons but multiply their
+    outputs by 0.5")."""
+
+    def __init__(self, p: float = 0.5) -> None:
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {p}")
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.p == 0.0:
+            return x
+        if self.training:
+            keep = torch.empty_like(x).bernoulli_(1.0 - self.p)
+            return x * keep
+        return x * (1.0 - self.p)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+def at_test_time(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """What a dropout ``layer`` does to ``x`` at test time, whatever its mode: x (1 - p) for the
+    paper's dropout, x for inverted dropout."""
+    return x * (1.0 - layer.p) if isinstance(layer, PaperDropout) and layer.p else x
+
+
+def dropout_layer(p: float, style: str) -> nn.Module:
+    """Dropout of probability ``p`` in ``style`` (``"paper"`` or ``"inverted"``)."""
+    if style not in DROPOUT_STYLES:
+        raise ValueError(f"dropout style must be one of {DROPOUT_STYLES}, got {style!r}")
+    return PaperDropout(p) if style == "paper" else nn.Dropout(p)
 
 
 class StridePad(nn.Module):
@@ -74,15 +125,25 @@ class AlexNet(nn.Module):
         num_classes: outputs of fc8.
         towers: 2 (the paper's two GPUs, as grouped convolutions) or 1 (a single column).
         lrn: local response normalisation after conv1 and conv2.
-        lrn_convention: ``"paper"`` (alpha as written) or ``"caffe"`` (alpha / n).
+        lrn_convention: ``"paper"`` (alpha as written, k=2), ``"cuda-convnet"`` (alpha / n, k=2:
+            the released code) or ``"caffe"`` (alpha / n, k=1: bvlc_alexnet); see :mod:`alexnet.lrn`.
         lrn_before_relu: conv1's LRN before its ReLU, as the original code did.
+        cnorm2: the released code's within-map 5x5 normalisation after conv2's LRN
+            (:class:`~alexnet.lrn.SpatialResponseNorm`; not in the paper).
         overlapping_pool: max-pool 3/2 (paper) or 2/2 (the non-overlapping ablation).
         activation: ``"relu"`` or ``"tanh"`` after every learnable layer but fc8.
         dropout: dropout probability on the outputs of fc6 and fc7 (0 turns it off).
+        dropout_style: ``"paper"`` (unscaled while training, outputs x (1 - p) at test time) or
+            ``"inverted"`` (kept outputs x 1 / (1 - p) while training, unchanged at test time).
         in_channels: 3 for RGB, 1 for grayscale data sets.
         input_size: the side of the square crops fed to the network (sets fc6's fan-in).
         width: multiplier on every layer's kernel and unit count (1.0 is the paper).
         stem: ``"paper"`` (11x11 stride 4) or ``"small"`` (3x3 stride 1, for 28-64 px images).
+        conv_channels: kernels of conv1..conv5, replacing ``width`` for them (each a multiple of
+            ``towers``); empty: the paper's times ``width``.
+        fc_units: units of fc6 and fc7, replacing ``width`` for them; 0: 4096 times ``width``.
+        conv6_channels: kernels of a sixth convolutional layer over conv5's pooled maps
+            (section 6; 256 in the released config); 0: none.
     """
 
     def __init__(
@@ -96,10 +157,15 @@ class AlexNet(nn.Module):
         overlapping_pool: bool = True,
         activation: str = "relu",
         dropout: float = 0.5,
+        dropout_style: str = "paper",
         in_channels: int = 3,
         input_size: int = 224,
         width: float = 1.0,
         stem: str = "paper",
+        conv_channels: Sequence[int] | None = None,
+        fc_units: int = 0,
+        conv6_channels: int = 0,
+        cnorm2: bool = False,
     ) -> None:
         super().__init__()
         if towers not in (1, 2):
@@ -112,11 +178,29 @@ class AlexNet(nn.Module):
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         if width <= 0:
             raise ValueError(f"width must be positive, got {width}")
+        if dropout_style not in DROPOUT_STYLES:
+            raise ValueError(f"dropout_style must be one of {DROPOUT_STYLES}, got {dropout_style!r}")
+        if lrn_convention not in CONVENTIONS:
+            raise ValueError(f"lrn_convention must be one of {CONVENTIONS}, got {lrn_convention!r}")
         self.towers, self.num_classes, self.input_size = towers, num_classes, input_size
-        c1, c2, c3, c4, c5 = (_divisible(c * width, towers) for c in PAPER_CONV_CHANNELS)
-        fc = max(1, int(round(PAPER_FC_UNITS * width)))
+        if conv_channels:
+            conv_channels = tuple(conv_channels)
+            if len(conv_channels) != 5 or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 1
+                                                  for c in conv_channels):
+                raise ValueError(f"conv_channels must be five positive whole numbers (conv1..conv5), got {conv_channels}")
+            if any(c % towers for c in conv_channels):
+                raise ValueError(f"conv_channels {conv_channels} must each divide into {towers} towers")
+            c1, c2, c3, c4, c5 = conv_channels
+        else:
+            c1, c2, c3, c4, c5 = (_divisible(c * width, towers) for c in PAPER_CONV_CHANNELS)
+        if isinstance(fc_units, bool) or not isinstance(fc_units, int) or fc_units < 0:
+            raise ValueError(f"fc_units must be a whole number >= 0, got {fc_units!r}")
+        if isinstance(conv6_channels, bool) or not isinstance(conv6_channels, int) or conv6_channels < 0:
+            raise ValueError(f"conv6_channels must be a whole number >= 0, got {conv6_channels!r}")
+        fc = fc_units or max(1, int(round(PAPER_FC_UNITS * width)))
         self.channels = (c1, c2, c3, c4, c5)
         self.fc_units = fc
+        self.dropout_style = dropout_style
         act = ACTIVATIONS[activation]
         pool_kernel = 3 if overlapping_pool else 2
 
@@ -126,7 +210,8 @@ class AlexNet(nn.Module):
         def norm() -> nn.Module:
             if not lrn:
                 return nn.Identity()
-            return LocalResponseNorm(5, 1e-4, 0.75, 2.0, convention=lrn_convention, groups=towers)
+            return LocalResponseNorm(5, 1e-4, 0.75, CONVENTION_K[lrn_convention], convention=lrn_convention,
+                                     groups=towers)
 
         k1, s1, p1 = STEMS[stem]
         stem_layers: list[tuple[str, nn.Module]] = []
@@ -143,6 +228,9 @@ class AlexNet(nn.Module):
                     ("conv2", nn.Conv2d(c1, c2, 5, padding=2, groups=towers)),
                     ("act2", act()),
                     ("lrn2", norm()),
+                ]
+                + ([("cnorm2", SpatialResponseNorm(5, 1e-3, 0.75, 1.0))] if cnorm2 else [])
+                + [
                     ("pool2", pool()),
                     ("conv3", nn.Conv2d(c2, c3, 3, padding=1)),
                     ("act3", act()),
@@ -152,8 +240,12 @@ class AlexNet(nn.Module):
                     ("act5", act()),
                     ("pool5", pool()),
                 ]
+                # section 6: "an extra sixth convolutional layer over the last pooling layer"
+                + ([("conv6", nn.Conv2d(c5, conv6_channels, 3, padding=1)), ("act_conv6", act())]
+                   if conv6_channels else [])
             )
         )
+        last_maps = conv6_channels or c5
         side = feature_map_size(input_size, stem, overlapping_pool)
         if side < 1:
             raise ValueError(
@@ -164,12 +256,12 @@ class AlexNet(nn.Module):
             OrderedDict(
                 [
                     ("flatten", nn.Flatten()),
-                    ("fc6", nn.Linear(c5 * side * side, fc)),
+                    ("fc6", nn.Linear(last_maps * side * side, fc)),
                     ("act6", act()),
-                    ("drop6", nn.Dropout(dropout)),
+                    ("drop6", dropout_layer(dropout, dropout_style)),
                     ("fc7", nn.Linear(fc, fc)),
                     ("act7", act()),
-                    ("drop7", nn.Dropout(dropout)),
+                    ("drop7", dropout_layer(dropout, dropout_style)),
                     ("fc8", nn.Linear(fc, num_classes)),
                 ]
             )
@@ -180,24 +272,32 @@ class AlexNet(nn.Module):
         return self.classifier(self.features(x))
 
     def fc7_features(self, x: torch.Tensor) -> torch.Tensor:
-        """The 4096-d activations of fc7 (after its nonlinearity, before dropout), as figure 4 uses."""
-        h = self.features(x)
-        for name, layer in self.classifier.named_children():
-            if name.startswith("drop"):
-                continue  # features are taken as at test time
-            h = layer(h)
-            if name == "act7":
-                return h
-        raise AssertionError("classifier has no act7")
+        """The 4096-d activations of fc7 (after its nonlinearity, before its dropout), as figure 4
+        uses: fc6's outputs pass drop6 as at test time (times 1 - p with the paper's dropout), in
+        any mode, so these are the activations of the network that :meth:`forward` computes in eval()."""
+        return fc7_activations(self.classifier, self.features(x))
 
     def learnable_layers(self) -> "OrderedDict[str, nn.Module]":
         """conv1..conv5, fc6..fc8 by name."""
-        layers = OrderedDict()
-        for part in (self.features, self.classifier):
-            for name, m in part.named_children():
-                if isinstance(m, (nn.Conv2d, nn.Linear)):
-                    layers[name] = m
-        return layers
+        return learnable_layers(self.features, self.classifier)
+
+
+def fc7_activations(classifier: nn.Sequential, h: torch.Tensor) -> torch.Tensor:
+    """``h`` through ``classifier`` up to fc7's nonlinearity, each dropout as at test time."""
+    for name, layer in classifier.named_children():
+        if name.startswith("drop"):
+            h = at_test_time(layer, h)
+            continue
+        h = layer(h)
+        if name == "act7":
+            return h
+    raise AssertionError("classifier has no act7")
+
+
+def learnable_layers(*parts: nn.Module) -> "OrderedDict[str, nn.Module]":
+    """The convolutions and linear layers of ``parts``, by name, in order."""
+    return OrderedDict((name, m) for part in parts for name, m in part.named_children()
+                       if isinstance(m, (nn.Conv2d, nn.Linear)))
 
 
 def feature_map_size(input_size: int, stem: str = "paper", overlapping_pool: bool = True) -> int:
@@ -219,14 +319,17 @@ def feature_map_size(input_size: int, stem: str = "paper", overlapping_pool: boo
 # constant 1. ... the remaining layers with the constant 0." The text says "fully-connected
 # hidden layers"; the usual reading, followed here, sets fc8's bias to 1 as well, which shifts
 # every logit equally and so changes neither the softmax nor any gradient.
-PAPER_BIAS_ONE = ("conv2", "conv4", "conv5", "fc6", "fc7", "fc8")
+# conv6 (section 6, not in section 5's list) follows its released config: bias 1, like conv4 and conv5.
+PAPER_BIAS_ONE = ("conv2", "conv4", "conv5", "conv6", "fc6", "fc7", "fc8")
+ORIGINAL_STD_003 = ("conv3", "conv4", "conv5", "conv6")
 
 
 def init_weights_(model: AlexNet, scheme: str = "paper") -> AlexNet:
     """Initialise in place.
 
     * ``"paper"``: weights N(0, 0.01); biases 1 in conv2, conv4, conv5, fc6-fc8, 0 in conv1, conv3.
-    * ``"original"``: as ``"paper"`` but std 0.03 in conv3-conv5 (the released configs).
+    * ``"original"``: as ``"paper"`` but std 0.03 in conv3-conv5 (and conv6) (the released configs;
+      their fc8 bias of 0 is the separate ``fc8_bias_zero`` choice of the recipe).
     * ``"he"``: weights N(0, 2/fan_in) (fan-in scaled) and biases 0.1 in conv1-fc7; fc8 weights
       N(0, 0.01) and bias 0, so the loss starts at ln(classes). Not the paper's; it avoids the
       long stall at loss ln(classes) on small data sets.
@@ -243,7 +346,7 @@ def init_weights_(model: AlexNet, scheme: str = "paper") -> AlexNet:
                     nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
                     layer.bias.fill_(0.1)
                 continue
-            std = 0.03 if scheme == "original" and name in ("conv3", "conv4", "conv5") else 0.01
+            std = 0.03 if scheme == "original" and name in ORIGINAL_STD_003 else 0.01
             layer.weight.normal_(0.0, std)
             layer.bias.fill_(1.0 if name in PAPER_BIAS_ONE else 0.0)
     return model
@@ -251,3 +354,40 @@ def init_weights_(model: AlexNet, scheme: str = "paper") -> AlexNet:
 
 def count_parameters(model: nn.Module, names: Sequence[str] | None = None) -> int:
     return sum(p.numel() for n, p in model.named_parameters() if names is None or n in names)
+
+
+ARCHITECTURES = ("alexnet", "torchvision")
+
+
+def build_model(model_args: dict) -> nn.Module:
+    """The network a checkpoint's ``model_args`` describe.
+
+    ``arch`` picks the architecture: ``"alexnet"`` (the default, this paper's :class:`AlexNet`) or
+    ``"torchvision"`` (torchvision's single-tower layout, :mod:`alexnet.torchvision_alexnet`); the
+    other keys are that class's keyword arguments.
+
+    Checkpoints written before ``dropout_style`` existed (their ``model_args`` lack it) hold
+    networks trained with inverted dropout and with ``lrn_convention="caffe"`` meaning alpha / n
+    with k = 2; they are rebuilt as they were (see :func:`legacy_model_args`).
+    """
+    args = dict(model_args)
+    arch = args.pop("arch", "alexnet")
+    if arch == "alexnet":
+        return AlexNet(**legacy_model_args(args))
+    if arch == "torchvision":
+        from alexnet.torchvision_alexnet import TorchvisionAlexNet
+
+        return TorchvisionAlexNet(**args)
+    raise ValueError(f"unknown architecture {arch!r}; expected one of {ARCHITECTURES}")
+
+
+def legacy_model_args(args: dict) -> dict:
+    """``AlexNet`` arguments from a checkpoint's, keeping the behaviour of those written before
+    ``dropout_style`` existed: dropout was inverted, and ``"caffe"`` LRN meant k = 2, now called
+    ``"cuda-convnet"``. Arguments that name ``dropout_style`` are returned as they are."""
+    if "dropout_style" in args:
+        return args
+    args = dict(args, dropout_style="inverted")
+    if args.get("lrn_convention") == "caffe":
+        args["lrn_convention"] = "cuda-convnet"
+    return args

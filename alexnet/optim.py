@@ -23,7 +23,9 @@ class PaperSGD(Optimizer):
     """Stochastic gradient descent with momentum and weight decay exactly as section 5 writes it.
 
     Per parameter group: ``lr`` (eps), ``momentum`` (0.9), ``weight_decay`` (0.0005).
-    The velocity is kept in ``state[p]["velocity"]`` and starts at zero.
+    The velocity is kept in ``state[p]["velocity"]`` and starts at zero. A group with
+    ``frozen=True`` is not updated at all (its weights and velocities stay as they are), as
+    cuda-convnet skips a layer whose rate is 0; see :func:`parameter_groups`.
     """
 
     def __init__(
@@ -48,6 +50,8 @@ class PaperSGD(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
+            if group.get("frozen", False):
+                continue
             params = [p for p in group["params"] if p.grad is not None]
             if not params:
                 continue
@@ -70,23 +74,55 @@ class PaperSGD(Optimizer):
         return loss
 
 
-def parameter_groups(model: nn.Module, lr: float, weight_decay: float, scheme: str = "paper") -> list[dict]:
+GROUP_SCHEMES = ("paper", "cuda-convnet", "caffe", "original")
+
+
+def parameter_groups(model: nn.Module, lr: float, weight_decay: float, scheme: str = "paper",
+                     own_layers: tuple[str, ...] = ()) -> list[dict]:
     """Parameter groups for :class:`PaperSGD`.
 
-    * ``"paper"``: one group, every parameter with the same lr and weight decay.
-    * ``"original"``: as the released cuda-convnet configs, biases at twice the weights' lr and
-      with no weight decay. A schedule divides every group's lr alike, so the ratio stays 2.
+    * ``"paper"``: every parameter with the same lr and weight decay (section 5).
+    * ``"cuda-convnet"``: the released configs (layer-params-145.cfg): weights at ``lr`` with
+      weight decay; biases at ``2 * lr`` with no weight decay, and that rate stays fixed while
+      the schedule divides the weights' (the configs end with epsW 0.00001 and epsB 0.02, the
+      run's log lowering only epsW). Bias groups carry ``fixed_lr=True``, which :func:`scale_lr_`
+      leaves alone.
+    * ``"caffe"``: Caffe's bvlc_alexnet (lr_mult 1 / 2, decay_mult 1 / 0): biases at twice the
+      weights' rate with no weight decay, divided by the schedule alike, so the ratio stays 2.
+      ``"original"`` is the old name of this scheme, kept so that recipes that name it load.
+
+    ``own_layers`` names layers (``"conv1"``, ``"fc6"``, ...) whose parameters get groups of
+    their own, so that they can be frozen (``frozen=True``) while the rest trains. Every group
+    records which layer it holds in ``"layer"`` (None for the shared groups) and ``"kind"``.
     """
-    if scheme == "paper":
-        return [dict(params=list(model.parameters()), lr=lr, weight_decay=weight_decay)]
-    if scheme != "original":
-        raise ValueError(f"parameter group scheme must be 'paper' or 'original', got {scheme!r}")
-    weights = [p for n, p in model.named_parameters() if not n.endswith("bias")]
-    biases = [p for n, p in model.named_parameters() if n.endswith("bias")]
-    return [
-        dict(params=weights, lr=lr, weight_decay=weight_decay),
-        dict(params=biases, lr=2 * lr, weight_decay=0.0),
-    ]
+    if scheme not in GROUP_SCHEMES:
+        raise ValueError(f"parameter group scheme must be one of {GROUP_SCHEMES}, got {scheme!r}")
+    named = list(model.named_parameters())
+    layer_of = {n: _layer_name(n) for n, _ in named}
+    unknown = sorted(set(own_layers) - set(layer_of.values()))
+    if unknown:
+        raise ValueError(f"no layer named {', '.join(unknown)} in this network (layers: "
+                         f"{', '.join(dict.fromkeys(layer_of.values()))})")
+    split_biases = scheme != "paper"
+    groups: list[dict] = []
+    for layer in (*own_layers, None):
+        for kind in (("weights", "biases") if split_biases else ("all",)):
+            params = [p for n, p in named
+                      if (layer_of[n] == layer if layer is not None else layer_of[n] not in own_layers)
+                      and (kind == "all" or (kind == "biases") == n.endswith("bias"))]
+            if not params:
+                continue
+            group = dict(params=params, lr=lr, weight_decay=weight_decay, layer=layer, kind=kind)
+            if kind == "biases":
+                group.update(lr=2 * lr, weight_decay=0.0, fixed_lr=scheme == "cuda-convnet")
+            groups.append(group)
+    return groups
+
+
+def _layer_name(parameter_name: str) -> str:
+    """``features.conv1.weight`` -> ``conv1``."""
+    parts = parameter_name.split(".")
+    return parts[-2] if len(parts) >= 2 else parts[0]
 
 
 class PlateauSchedule:
@@ -183,5 +219,8 @@ class MilestoneSchedule:
 
 
 def scale_lr_(optimizer: Optimizer, factor: float) -> None:
+    """Multiply every group's lr by ``factor``, except groups marked ``fixed_lr`` (the biases of the
+    ``"cuda-convnet"`` scheme)."""
     for group in optimizer.param_groups:
-        group["lr"] *= factor
+        if not group.get("fixed_lr", False):
+            group["lr"] *= factor

@@ -58,7 +58,7 @@ from torch.nn.utils import skip_init
 
 from alexnet.errors import UserError
 from alexnet.lrn import LocalResponseNorm
-from alexnet.model import AlexNet, init_weights_
+from alexnet.model import AlexNet, at_test_time, init_weights_
 
 # Layers whose input is gathered from both towers (section 3.2).
 CROSSINGS = ("conv3", "fc6", "fc7", "fc8")
@@ -305,9 +305,10 @@ class TowerParallelAlexNet(nn.Module):
         return self._gather(x, "logits", replicated_downstream=True)
 
     def fc7_features(self, x: torch.Tensor) -> torch.Tensor:
-        """All 4096 fc7 activations (after the nonlinearity, without dropout), on every tower."""
+        """All 4096 fc7 activations (after the nonlinearity; dropout as at test time), on every tower."""
         for name, layer in self._layers():
             if name.startswith("drop"):
+                x = at_test_time(layer, x)
                 continue
             if name in CROSSINGS:
                 x = self._gather(x, name)

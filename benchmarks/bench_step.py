@@ -3,22 +3,27 @@
 One step = forward, cross-entropy, backward, PaperSGD update, on random 224x224 images:
 
     ours    AlexNet() with alexnet.kernels.local_response_norm (the default)
-    torch   AlexNet() with torch.nn.functional.local_response_norm swapped in (alpha * n)
+    torch   AlexNet() with a torch-only LRN swapped in (bench_lrn.torch_lrn: the same constants,
+            alpha * n, computed in the activations' memory layout, so with --channels-last no
+            layer after it pays for an NCHW copy: only the LRN differs)
     no-LRN  AlexNet(lrn=False), the ceiling for any LRN
 
 The variants take turns step by step, so that load from elsewhere on the machine hits all of
-them alike. It prints
+them alike, and the whole measurement is repeated ``--runs`` times (at least 3). Each run gives
+images/s per variant (from its median step); printed per variant and per ratio: median over the
+runs [min-max]. Also printed:
 
-* images/s per variant (median step) and the achieved FLOP/s against a 2048x2048 float32
-  matmul timed in the same run. FLOPs count the convolutions and linear layers only, 2 per
-  multiply-add, and the backward as twice the forward (3x forward per step; conv1 needs no
-  input gradient, so this overcounts slightly);
-* ours/no-LRN (target >= 0.9) and ours/torch, from the medians and from the fastest steps (on
-  a shared machine the fastest step is the least disturbed one);
+* MFU: the FLOP/s achieved against the device's spec dense peak for the precision the step runs
+  in (bf16 with --amp; on CUDA without --amp the convolutions run in TF32, PyTorch's default), from
+  benchmarks/peaks.py's table of GPUs, and against a square matmul measured in the same precision
+  (the only reference on a CPU; measured before and after the runs, the better of the two). FLOPs
+  count the convolutions and linear layers only, 2 per multiply-add, and the backward as twice the
+  forward (3x forward per step; conv1 needs no input gradient, so this overcounts slightly);
+* ours/no-LRN (target >= 0.9) and ours/torch;
 * the share of our LRN kernels in a profiled step of "ours", the least noisy estimate of what
   LRN costs when other work shares the machine.
 
-    python benchmarks/bench_step.py                  # CPU, batch 32 (about two minutes on 2 cores)
+    python benchmarks/bench_step.py                  # CPU, batch 32 (7 minutes on 2 busy cores)
     python benchmarks/bench_step.py --device cuda --amp --channels-last --batch 128
 """
 
@@ -26,19 +31,16 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
-import time
-from pathlib import Path
 
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_lrn import sync, torch_lrn  # noqa: E402
-
-import alexnet.kernels  # noqa: E402
-from alexnet.model import AlexNet  # noqa: E402
-from alexnet.optim import PaperSGD  # noqa: E402
+import alexnet.kernels
+from alexnet.model import AlexNet
+from alexnet.optim import PaperSGD
+from bench_lrn import torch_lrn
+from measure import check_runs, ratios, runs_argument, spread, timed
+from peaks import matmul_flops, mfu, peak_lines, step_precision
 
 
 def forward_flops(model: nn.Module, image_size: int) -> int:
@@ -62,20 +64,6 @@ def forward_flops(model: nn.Module, image_size: int) -> int:
     return flops
 
 
-def matmul_peak(device: torch.device, n: int = 2048, repeats: int = 10) -> float:
-    """FLOP/s of an n x n float32 matmul, the best of ``repeats``."""
-    a = torch.randn(n, n, device=device)
-    b = torch.randn(n, n, device=device)
-    best = float("inf")
-    for _ in range(repeats + 2):
-        sync(device)
-        start = time.perf_counter()
-        a @ b
-        sync(device)
-        best = min(best, time.perf_counter() - start)
-    return 2 * n**3 / best
-
-
 class Variant:
     def __init__(self, name, model, lrn_fn, device, fmt, amp, batch, image_size):
         self.name, self.lrn_fn, self.amp = name, lrn_fn, amp
@@ -84,14 +72,14 @@ class Variant:
         g = torch.Generator().manual_seed(0)
         self.images = torch.randn(batch, 3, image_size, image_size, generator=g).mul_(50).to(device).contiguous(memory_format=fmt)
         self.labels = torch.randint(0, 1000, (batch,), generator=g).to(device)
-        self.times: list[float] = []
 
     def step(self) -> None:
         original = alexnet.kernels.local_response_norm
         alexnet.kernels.local_response_norm = self.lrn_fn or original
         try:
-            with self.amp:
-                loss = nn.functional.cross_entropy(self.model(self.images), self.labels)
+            with self.amp:  # as training does: the loss in fp32, outside autocast
+                logits = self.model(self.images)
+            loss = nn.functional.cross_entropy(logits.float(), self.labels)
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             self.opt.step()
@@ -105,14 +93,9 @@ def lrn_share(variant: Variant, device: torch.device, steps: int = 2) -> float:
     if device.type == "cuda":
         activities.append(torch.profiler.ProfilerActivity.CUDA)
     with torch.profiler.profile(activities=activities) as prof:
-        sync(device)
-        start = time.perf_counter()
-        for _ in range(steps):
-            variant.step()
-        sync(device)
-        total = time.perf_counter() - start
-    if device.type == "cuda":  # the Triton kernels' time on the GPU
-        lrn_us = sum(e.device_time_total for e in prof.key_averages() if "_lrn_" in e.key)  # the Triton kernels: _lrn_planar_forward, ...)
+        total = timed(lambda: [variant.step() for _ in range(steps)], device)
+    if device.type == "cuda":  # the Triton kernels' time on the GPU (_lrn_planar_forward, ...)
+        lrn_us = sum(e.device_time_total for e in prof.key_averages() if "_lrn_" in e.key)
     else:  # the custom ops, children included
         lrn_us = sum(e.cpu_time_total for e in prof.key_averages() if e.key in ("alexnet::lrn_cpu", "alexnet::lrn_cpu_backward"))
     return lrn_us / 1e6 / total
@@ -121,7 +104,8 @@ def lrn_share(variant: Variant, device: torch.device, steps: int = 2) -> float:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=32, help="images per step (default 32)")
-    parser.add_argument("--steps", type=int, default=6, help="timed steps per variant (median reported)")
+    runs_argument(parser)
+    parser.add_argument("--steps", type=int, default=4, help="timed steps per variant in each run (median taken)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per variant first")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's default)")
@@ -129,15 +113,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--channels-last", action="store_true", help="NHWC activations and weights")
     parser.add_argument("--skip-torch", action="store_true", help="leave out the torch-LRN variant")
     args = parser.parse_args(argv)
+    check_runs(args.runs)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
     fmt = torch.channels_last if args.channels_last else torch.contiguous_format
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp)
+    precision = step_precision(device, args.amp)
     image_size = 224
 
     def build(lrn: bool) -> AlexNet:
@@ -151,36 +135,36 @@ def main(argv: list[str] | None = None) -> None:
     flops_per_image = 3 * forward_flops(AlexNet(lrn=False), image_size)
 
     print(f"device={device} threads={torch.get_num_threads()} batch={args.batch} amp={args.amp} "
-          f"channels_last={args.channels_last} torch={torch.__version__}")
+          f"channels_last={args.channels_last} runs={args.runs} steps={args.steps} torch={torch.__version__}")
     print(f"LRN backend: {alexnet.kernels.backend_for(torch.zeros(1, 2, device=device, dtype=torch.bfloat16 if args.amp else torch.float32))}")
-    peak = matmul_peak(device)
+    measured = matmul_flops(device, precision)
     for _ in range(args.warmup):
         for v in variants:
             v.step()
-    sync(device)
-    for _ in range(args.steps):
+    rates: dict[str, list[float]] = {v.name: [] for v in variants}
+    shares = []
+    for _ in range(args.runs):
+        times: dict[str, list[float]] = {v.name: [] for v in variants}
+        for _ in range(args.steps):
+            for v in variants:
+                times[v.name].append(timed(v.step, device))
         for v in variants:
-            sync(device)
-            start = time.perf_counter()
-            v.step()
-            sync(device)
-            v.times.append(time.perf_counter() - start)
-    share = lrn_share(variants[0], device)
-    peak = max(peak, matmul_peak(device))  # measured before and after: the better of the two
+            rates[v.name].append(args.batch / statistics.median(times[v.name]))
+        shares.append(lrn_share(variants[0], device))
+    measured = max(measured, matmul_flops(device, precision))  # before and after the runs: the better
+    spec, lines = peak_lines(device, precision, measured)
 
-    rate = {v.name: args.batch / statistics.median(v.times) for v in variants}
-    print(f"matmul 2048^2 fp32 peak: {peak / 1e9:.1f} GFLOP/s;  conv+linear FLOPs per image (fwd+bwd): {flops_per_image / 1e9:.2f} G")
+    print(f"conv+linear FLOPs per image (fwd+bwd): {flops_per_image / 1e9:.2f} G; step precision: {precision}")
+    for line in lines:
+        print(line)
     for v in variants:
-        achieved = rate[v.name] * flops_per_image
-        print(f"  {v.name:7s} {rate[v.name]:7.2f} images/s  (median step {statistics.median(v.times) * 1e3:7.1f} ms, "
-              f"min {min(v.times) * 1e3:7.1f} ms)  {achieved / 1e9:6.1f} GFLOP/s = {achieved / peak:5.1%} of matmul peak")
-    best = {v.name: min(v.times) for v in variants}  # the least disturbed step of each
-    print(f"ours / no-LRN = {rate['ours'] / rate['no-LRN']:.3f} (medians), "
-          f"{best['no-LRN'] / best['ours']:.3f} (fastest steps)   (target >= 0.9)")
-    if "torch" in rate:
-        print(f"ours / torch  = {rate['ours'] / rate['torch']:.2f} (medians), {best['torch'] / best['ours']:.2f} (fastest steps)")
-    print(f"our LRN kernels take {share:.1%} of a profiled step of 'ours' "
-          f"(so removing them would leave ours / no-LRN = {1 - share:.3f}; less noisy on a shared machine)")
+        achieved = [r * flops_per_image for r in rates[v.name]]
+        print(f"  {v.name:7s} {spread(rates[v.name], ',.1f', 'images/s')}   {mfu(achieved, spec, measured)}")
+    print(f"ours / no-LRN = {spread(ratios(rates['ours'], rates['no-LRN']), '.3f')}   (target >= 0.9)")
+    if "torch" in rates:
+        print(f"ours / torch  = {spread(ratios(rates['ours'], rates['torch']), '.2f')}")
+    print(f"our LRN kernels take {spread([s * 100 for s in shares], '.1f')} % of a profiled step of 'ours' "
+          f"(removing them would leave ours / no-LRN = {spread([1 - s for s in shares], '.3f')}; less noisy on a shared machine)")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import torch
 from alexnet import checkpoint
 from alexnet.data.prepare import prepare_store
 
-from test_train import write_image_folder
+from helpers import write_image_folder
 
 FLAGS = ["--stem", "small", "--width", "0.125", "--crop-size", "28", "--batch-size-per-device", "8",
          "--epochs", "3", "--loader-workers", "1", "--checkpoint-every-steps", "2", "--quiet", "--deterministic"]
@@ -62,8 +62,8 @@ def test_user_errors_are_one_line(store_dir, tmp_path):
         (["train", str(tmp_path / "nope"), "--out", str(tmp_path / "r")], "prepare"),
         (["train", str(store_dir), "--out", str(tmp_path / "r"), "--lr", "abc"], "lr"),
         (["train", str(store_dir), "--out", str(tmp_path / "r"), "--towers", "3"], "towers"),
-        (["train", str(store_dir), "--out", str(tmp_path / "r2"), "--resume", *FLAGS[:6]], "nothing to resume"),
-        (["evaluate", str(tmp_path / "missing.pt"), str(store_dir)], "does not exist"),
+        (["train", str(store_dir), "--out", str(tmp_path / "r2"), "--resume", *FLAGS[:8]], "nothing to resume"),
+        (["evaluate", str(tmp_path / "missing.pt"), str(store_dir)], "not found"),
         (["predict", str(store_dir / "manifest.json"), "x.png"], "checkpoint"),
     ]
     for args, words in cases:

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from alexnet.data import Loader, Split
+from helpers import make_tree
 
 N, S = 103, 4
 
@@ -98,11 +99,6 @@ def test_pin_memory_without_cuda_warns(split):
 
 def test_store_loader_augment_end_to_end(tmp_path):
     from alexnet.data import TrainAugment, open_store, prepare_store
-
-    try:
-        from tests.test_data_prepare import make_tree
-    except ImportError:
-        from test_data_prepare import make_tree
     src = make_tree(tmp_path / "src", per_class=5)
     prepare_store(src, tmp_path / "store", image_size=16, workers=0, progress_bar=False, log=lambda m: None)
     store = open_store(tmp_path / "store")

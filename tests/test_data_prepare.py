@@ -16,29 +16,9 @@ from alexnet import cli
 from alexnet.data import builtin_fashion_mnist, open_store, prepare_store
 from alexnet.data import pool as pool_module
 from alexnet.errors import UserError
-
-try:
-    from tests.test_data_images import write_bad_files, write_convertible_files
-except ImportError:
-    from test_data_images import write_bad_files, write_convertible_files
+from helpers import make_tree, noise_image, write_bad_files, write_convertible_files
 
 S = 16
-
-
-def noise_image(rng, width, height, mode="RGB"):
-    channels = 3 if mode == "RGB" else 1
-    a = rng.integers(0, 256, (height, width, channels), dtype=np.uint8)
-    return Image.fromarray(a if channels == 3 else a[..., 0])
-
-
-def make_tree(root, classes=("cat", "dog"), per_class=4, val_per_class=2, seed=0, mode="RGB"):
-    rng = np.random.default_rng(seed)
-    for split, n in (("train", per_class), ("val", val_per_class)):
-        for c in classes:
-            (root / split / c).mkdir(parents=True, exist_ok=True)
-            for i in range(n):
-                noise_image(rng, int(rng.integers(16, 40)), int(rng.integers(16, 40)), mode).save(root / split / c / f"{i}.png")
-    return root
 
 
 def run(source, out, **kw):
@@ -246,7 +226,8 @@ def test_ilsvrc_ground_truth_with_devkit_ids(tmp_path, compress):
     data.mkdir(parents=True)
     write_meta_mat(data / "meta.mat", devkit_ids, compress)
     wnid_to_id = {w: i for i, w in devkit_ids.items()}
-    (data / "ILSVRC2012_validation_ground_truth.txt").write_text("".join(f"{wnid_to_id[w]}\n" for w in val_wnids))
+    ids = [wnid_to_id[w] for w in val_wnids] + [1] * (50_000 - len(val_wnids))  # the devkit's file has 50,000 lines
+    (data / "ILSVRC2012_validation_ground_truth.txt").write_text("".join(f"{i}\n" for i in ids))
     store = run(tmp_path / "src", tmp_path / "store").store
     assert store.class_ids == WNIDS and store.classes == ["tench", "goldfish", "kit fox"]
     val = check_val_labels(store)
@@ -256,7 +237,8 @@ def test_ilsvrc_ground_truth_with_devkit_ids(tmp_path, compress):
 
 def test_ilsvrc_ground_truth_without_meta_is_an_error(tmp_path):
     make_ilsvrc(tmp_path / "src", ["n01440764"])
-    (tmp_path / "src" / "ILSVRC2012_validation_ground_truth.txt").write_text("1\n")
+    (tmp_path / "src" / "ILSVRC2012_devkit_t12" / "data").mkdir(parents=True)
+    (tmp_path / "src" / "ILSVRC2012_devkit_t12" / "data" / "ILSVRC2012_validation_ground_truth.txt").write_text("1\n")
     with pytest.raises(UserError, match="meta.mat"):
         run(tmp_path / "src", tmp_path / "store")
 
@@ -264,12 +246,15 @@ def test_ilsvrc_ground_truth_without_meta_is_an_error(tmp_path):
 def test_ilsvrc_val_labels_file(tmp_path):
     val_wnids = ["n01443537", "n02119789", "n01440764"]
     make_ilsvrc(tmp_path / "src", val_wnids)
-    lines = [f"ILSVRC2012_val_{k:08d}.JPEG {w}" for k, w in enumerate(val_wnids, start=1)]
-    (tmp_path / "src" / "val_labels.txt").write_text("\n".join(lines[:2]) + "\n")  # the third has no label
-    result = run(tmp_path / "src", tmp_path / "store")
+    # all 50,000 names, as a complete file has; the third image's class is not among train/'s
+    labels = val_wnids[:2] + ["n09999999"] + ["n01440764"] * (50_000 - 3)
+    lines = [f"ILSVRC2012_val_{k:08d}.JPEG {w}" for k, w in enumerate(labels, start=1)]
+    (tmp_path / "src" / "val_labels.txt").write_text("\n".join(lines) + "\n")
+    result = run(tmp_path / "src", tmp_path / "store", val_labels=tmp_path / "src" / "val_labels.txt")
     val = check_val_labels(result.store)
     assert [WNIDS[i] for i in val.labels] == val_wnids[:2]
-    assert result.skipped == [{"split": "val", "path": "val/ILSVRC2012_val_00000003.JPEG", "reason": "no label for this file"}]
+    assert result.skipped == [{"split": "val", "path": "val/ILSVRC2012_val_00000003.JPEG",
+                               "reason": "label n09999999 is not one of the training classes"}]
 
 
 # --- IDX (Fashion-MNIST) ---------------------------------------------------------------------

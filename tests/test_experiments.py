@@ -12,37 +12,14 @@ import torch
 from PIL import Image
 
 from alexnet.cli import main
-from alexnet.config import TrainConfig
 from alexnet.data import open_store
-from alexnet.data.prepare import prepare_store
 from alexnet.errors import UserError
 from alexnet.experiments import ablations as ablation_runs
 from alexnet.experiments import figure1, runs
 from alexnet.experiments.ablations import DEFAULT_VARIANTS
 from alexnet.experiments.figure1 import steps_to_level
 from alexnet.experiments.four_layer import FourLayerNet
-
-TINY = TrainConfig(stem="small", width=0.125, crop_size=28, batch_size_per_device=16, epochs=1, loader_workers=1,
-                   init="he", input_scale=1 / 64)
-QUIET = dict(show_progress=False, log=lambda s: None)
-
-
-def make_store(root: Path, classes: int = 3, per_class: int = 16, seed: int = 0) -> Path:
-    """A prepared store of noisy coloured images with a horizontal or vertical stripe per class."""
-    rng = np.random.default_rng(seed)
-    palette = [(200, 40, 40), (40, 200, 40), (40, 40, 200), (200, 200, 40)]
-    for c in range(classes):
-        for i in range(per_class):
-            img = rng.integers(0, 60, (36, 36, 3)).astype(np.uint8) + np.array(palette[c], np.uint8) // 2
-            if c % 2:
-                img[:, 12:18] = 255
-            else:
-                img[12:18, :] = 255
-            d = root / "src" / ("val" if i % 4 == 0 else "train") / f"class_{c}"
-            d.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(img).save(d / f"{i}.png")
-    prepare_store(root / "src", root / "store", image_size=32, progress_bar=False, log=lambda s: None)
-    return root / "store"
+from helpers import QUIET, TINY, make_store
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +57,9 @@ def test_ablation_table_has_every_variant_with_numpy_means_and_stds(store_dir, t
     # each variant changed exactly its switch
     configs = {v: json.loads((out / v / "seed-0" / "config.json").read_text()) for v in DEFAULT_VARIANTS}
     assert configs["no-lrn"]["lrn"] is False and configs["full"]["lrn"] is True
-    assert configs["one-tower"]["towers"] == 1 and configs["tanh"]["activation"] == "tanh"
+    assert configs["one-gpu"]["towers"] == 1 and configs["tanh"]["activation"] == "tanh"
+    # the one-GPU net of section 3.2: half of the full model's kernels in conv1-4 (96 x 1/8 = 12 -> 6), conv5 kept
+    assert configs["one-gpu"]["channels"] == [6, 16, 24, 24, 32] and configs["full"]["channels"] == []
     assert configs["no-pca"]["pca_lighting_std"] == 0 and configs["no-dropout"]["dropout"] == 0
     assert configs["no-overlap"]["overlapping_pool"] is False and configs["full"]["width"] == 0.125
 

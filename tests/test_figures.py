@@ -15,9 +15,9 @@ from PIL import Image
 from alexnet.cli import main
 from alexnet.data import open_store
 from alexnet.evaluate import load_member
-from alexnet.figures import features, nearest_neighbours, nearest_training_images, spread_indices
-from alexnet.train import train
-from test_experiments import TINY, make_store
+from alexnet.figures.paper import features, nearest_neighbours, nearest_training_images, spread_indices
+from alexnet.training import train
+from helpers import TINY, make_store
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +86,7 @@ def test_show_neighbours_refuses_a_checkpoint_of_another_data_set(trained, tmp_p
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "other classes" in err[0]
     assert main(["show", "filters", str(tmp_path / "nothing.pt")]) == 2
-    assert "does not exist" in capsys.readouterr().err
+    assert "nothing.pt not found" in capsys.readouterr().err
 
 
 def test_report_gathers_recipe_metrics_curves_and_evaluation(trained, tmp_path, capsys):

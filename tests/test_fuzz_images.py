@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import time
 
 import numpy as np
 import pytest
@@ -55,7 +54,6 @@ def mutate(data: bytes, mutations) -> bytes:
 def test_mutated_files_decode_or_are_reported(tmp_path, fmt, mutations, channels):
     path = tmp_path / f"fuzz.{fmt.lower()}"
     path.write_bytes(mutate(SEEDS[fmt], mutations))
-    started = time.perf_counter()
     try:
         pixels, notes = decode_file(path, 32, channels)
     except BadImage as e:
@@ -63,7 +61,6 @@ def test_mutated_files_decode_or_are_reported(tmp_path, fmt, mutations, channels
     else:
         assert pixels.shape == (32, 32, channels) and pixels.dtype == np.uint8
         assert isinstance(notes, list)
-    assert time.perf_counter() - started < 5.0  # no hang
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

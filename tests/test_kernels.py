@@ -367,3 +367,14 @@ def test_triton_kernels_compile_for_sm90_without_a_gpu():
     env["TRITON_DEFAULT_FP_FUSION"] = "1"
     result = subprocess.run([sys.executable, "-c", COMPILE_FOR_SM90], env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0 and "compiled" in result.stdout, result.stderr[-3000:]
+
+
+@pytest.mark.parametrize("backend", ["eager", "triton"])
+def test_double_backward_is_refused_not_silently_wrong(backend):
+    """The backward is a closed form (a kernel), not differentiable torch ops: a second derivative
+    through it must be an error, as ``once_differentiable`` makes it, never a silent zero."""
+    fn = _backend(backend)
+    x = torch.rand(1, 6, 3, 3, device=DEVICE, requires_grad=True)
+    (g,) = torch.autograd.grad(fn(x, 5, 1e-4, 0.75, 2.0).square().sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError):  # torch's words differ by version; what matters is that it raises
+        torch.autograd.grad(g.sum(), x)

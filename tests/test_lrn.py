@@ -193,7 +193,7 @@ def test_gradient_matches_numpy_finite_differences():
 
 def test_bad_arguments():
     with pytest.raises(ValueError, match="convention"):
-        LocalResponseNorm(convention="cuda-convnet")
+        LocalResponseNorm(convention="tensorflow")
     with pytest.raises(ValueError, match="size"):
         LocalResponseNorm(0)
     with pytest.raises(ValueError, match="groups"):

@@ -221,18 +221,20 @@ def test_init_scheme_is_checked():
         init_weights_(small(), "xavier")
 
 
-def test_fc7_features_are_the_fc7_activations():
-    model = init_weights_(small(), "he")
+@pytest.mark.parametrize("style", ["paper", "inverted"])
+def test_fc7_features_are_the_fc7_activations(style):
+    model = init_weights_(small(dropout_style=style), "he")
     x = torch.randn(3, 3, 32, 32)
     c = model.classifier
+    keep = 0.5 if style == "paper" else 1.0  # the paper's dropout multiplies fc6's outputs by 0.5 at test time
     with torch.no_grad():
         model.eval()
         h = model.features(x).flatten(1)
-        h = F.relu(F.linear(h, c.fc6.weight, c.fc6.bias))
+        h = F.relu(F.linear(h, c.fc6.weight, c.fc6.bias)) * keep
         manual = F.relu(F.linear(h, c.fc7.weight, c.fc7.bias))
         torch.testing.assert_close(model.fc7_features(x), manual)
         assert manual.shape == (3, model.fc_units)
-        torch.testing.assert_close(F.linear(manual, c.fc8.weight, c.fc8.bias), model(x))
+        torch.testing.assert_close(F.linear(manual * keep, c.fc8.weight, c.fc8.bias), model(x))
         model.train()  # no dropout in the features, whatever the mode
         torch.testing.assert_close(model.fc7_features(x), manual)
         torch.testing.assert_close(model.fc7_features(x), model.fc7_features(x))
@@ -328,6 +330,68 @@ def test_dropout_is_inverted_and_only_at_training_time():
         torch.testing.assert_close(model(x), model(x), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("p,style", [(0.5, "inverted"), (0.3, "inverted"), (0.5, "paper"), (0.3, "paper")])
+def test_dropout_keeps_each_unit_scaled_by_exactly_one_over_keep_probability(p, style):
+    """fc6's and fc7's outputs in training: x * mask / (1 - p) (inverted) or x * mask, unscaled (the
+    paper's), against the mask drawn by hand.
+
+    On a CPU, torch's dropout draws its mask as ``empty_like(x).bernoulli_(1 - p)`` from the global
+    generator, drop6 first, then drop7; nothing before them in the forward pass draws random numbers.
+    So the same generator state, replayed, gives the masks the model used.
+    """
+    model = small(dropout=p, dropout_style=style).train()
+    seen = {}
+    hooks = [getattr(model.classifier, name).register_forward_hook(lambda m, i, o, name=name: seen.update({name: (i[0], o)}))
+             for name in ("drop6", "drop7")]
+    x = torch.randn(8, 3, 32, 32)
+    state = torch.get_rng_state()
+    with torch.no_grad():
+        model(x)
+    for h in hooks:
+        h.remove()
+    torch.set_rng_state(state)
+    scale = 1.0 / (1.0 - p) if style == "inverted" else 1.0
+    for name in ("drop6", "drop7"):
+        given, out = seen[name]
+        mask = torch.empty_like(given).bernoulli_(1.0 - p)
+        torch.testing.assert_close(out, given * mask * scale, rtol=0, atol=0)
+        kept = mask.bool() & (given != 0)
+        assert kept.any() and (~mask.bool() & (given != 0)).any()
+        torch.testing.assert_close(out[kept] / given[kept], torch.full((int(kept.sum()),), scale), rtol=1e-6, atol=0)
+        # the mask keeps about 1 - p of the units (binomial, 5 standard deviations)
+        n = mask.numel()
+        assert abs(mask.sum().item() - n * (1 - p)) <= 5 * math.sqrt(n * p * (1 - p))
+
+
+@pytest.mark.parametrize("style", ["inverted", "paper"])
+def test_dropout_keeps_the_expected_output_of_the_layer_after_it(style):
+    """Mean of the training-mode logits over many drop7 masks = the eval-mode logits, in both styles.
+
+    fc8 is linear and each kept unit is scaled by s (1/(1-p) inverted, 1 the paper's), so
+    E[fc8(drop7(a))] = fc8((1-p) s a): fc8(a) for inverted dropout, fc8((1-p) a) for the paper's, which
+    is what each computes at test time. The tolerance is 5 standard errors of the mean, computed from
+    fc8's weights: var = p (1-p) s^2 * sum_i (W_ji a_i)^2 per draw.
+    """
+    p, draws = 0.5, 4000
+    s = 1 / (1 - p) if style == "inverted" else 1.0
+    model = small(dropout=p, dropout_style=style).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = model(x).double()
+        a = model.fc7_features(x)  # what drop7 sees
+        drop7, fc8 = model.classifier.drop7.train(), model.classifier.fc8
+        logits = fc8(drop7(a.repeat(draws, 1))).double().view(draws, *expected.shape)
+    mean = logits.mean(0)
+    w = fc8.weight.double()
+    std_error = (p * (1 - p) * s * s * (a.double().square() @ w.square().T) / draws).sqrt()
+    tolerance = 5 * std_error + 1e-5 * expected.abs()
+    assert ((mean - expected).abs() <= tolerance).all(), (mean - expected).abs().div(std_error).max()
+    # the test can tell: one draw, or the other style's scale, misses by far more
+    other = (1 - p) if style == "inverted" else 1 / (1 - p)
+    assert ((logits[0] - expected).abs() > tolerance).any()
+    assert ((other * (mean - fc8.bias.double()) + fc8.bias.double() - expected).abs() > tolerance).any()
+
+
 @pytest.mark.parametrize(
     "kwargs,match",
     [
@@ -348,3 +412,99 @@ def test_bad_arguments_raise(kwargs, match):
 def test_smallest_inputs_build():
     assert feature_map_size(63) == 0 and feature_map_size(64) == 1
     assert small(stem="small", input_size=15, width=0.125)(torch.randn(1, 3, 15, 15)).shape == (1, 10)
+
+
+# --- dropout styles, the paper's other networks, the released code's normalisation ----------------
+
+
+def test_paper_dropout_at_test_time_multiplies_by_keep_probability():
+    """Section 4.2: "at test time, we use all the neurons but multiply their outputs by 0.5"."""
+    for p in (0.5, 0.3):
+        model = small(dropout=p, dropout_style="paper").eval()
+        a = torch.rand(4, model.fc_units) + 0.1
+        with torch.no_grad():
+            torch.testing.assert_close(model.classifier.drop6(a), a * (1 - p), rtol=0, atol=0)
+            model.classifier.drop6.train()
+            out = model.classifier.drop6(a)
+        assert set(torch.unique(out / a).tolist()) <= {0.0, 1.0}  # kept units are not scaled
+    inverted = small(dropout=0.5, dropout_style="inverted").eval()
+    a = torch.rand(4, inverted.fc_units)
+    torch.testing.assert_close(inverted.classifier.drop6(a), a, rtol=0, atol=0)
+
+
+def test_the_two_styles_give_the_same_test_time_function_for_equivalent_weights():
+    """A paper-dropout network at test time equals the inverted-dropout network whose fc7 and fc8
+    weights are (1 - p) times as large (the biases unchanged); fc7 features are the same too."""
+    torch.manual_seed(0)
+    paper = small(dropout=0.5, dropout_style="paper").eval()
+    inverted = small(dropout=0.5, dropout_style="inverted").eval()
+    inverted.load_state_dict(paper.state_dict())
+    with torch.no_grad():
+        for name in ("fc7", "fc8"):
+            getattr(inverted.classifier, name).weight.mul_(0.5)
+        x = torch.randn(3, 3, 32, 32)
+        torch.testing.assert_close(paper(x), inverted(x), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(paper.fc7_features(x), inverted.fc7_features(x), rtol=1e-5, atol=1e-6)
+        paper.train()  # features are the test-time ones in any mode
+        torch.testing.assert_close(paper.fc7_features(x), inverted.fc7_features(x), rtol=1e-5, atol=1e-6)
+        same = small(dropout=0.5, dropout_style="inverted").eval()
+        same.load_state_dict(paper.state_dict())
+        assert not torch.allclose(paper.eval()(x), same(x))  # the same weights are not the same function
+
+
+def test_old_checkpoints_keep_inverted_dropout_and_their_lrn():
+    """model_args written before dropout_style existed rebuild the network they were trained as."""
+    from alexnet.lrn import LocalResponseNorm
+    from alexnet.model import PaperDropout, build_model
+
+    old = build_model(dict(num_classes=10, stem="small", input_size=32, width=0.125, lrn_convention="caffe"))
+    assert isinstance(old.classifier.drop6, nn.Dropout) and isinstance(old.classifier.drop7, nn.Dropout)
+    assert old.features.lrn1.convention == "cuda-convnet" and old.features.lrn1.k == 2.0
+    new = build_model(dict(num_classes=10, stem="small", input_size=32, width=0.125, lrn_convention="caffe",
+                           dropout_style="paper"))
+    assert isinstance(new.classifier.drop6, PaperDropout) and new.features.lrn1.k == 1.0
+    assert isinstance(AlexNet().features.lrn1, LocalResponseNorm) and AlexNet().features.lrn1.k == 2.0
+
+
+def _conv(out, side, fan_in):
+    return out * side * side * fan_in + out
+
+
+def test_one_gpu_baseline_parameter_count():
+    """Section 3.2's one-GPU net: half the kernels of conv1-conv4 in one column; footnote 2 (and
+    layers-145-half.cfg): conv5 and the FC layers as in the two-GPU net."""
+    net = AlexNet(towers=1, conv_channels=(48, 128, 192, 192, 256))
+    by_hand = (_conv(48, 11, 3) + _conv(128, 5, 48) + _conv(192, 3, 128) + _conv(192, 3, 192) + _conv(256, 3, 192)
+               + (6 * 6 * 256 * 4096 + 4096) + (4096 * 4096 + 4096) + (4096 * 1000 + 1000))
+    assert by_hand == 59_798_312
+    assert sum(p.numel() for p in net.parameters()) == by_hand
+    assert net.features.conv2.groups == 1 and net.features.lrn1.groups == 1
+
+
+def test_sixth_conv_layer_parameter_count_and_shapes():
+    """Section 6: "an extra sixth convolutional layer over the last pooling layer" (layers-146-2011.cfg:
+    256 kernels 3x3, pad 1, seeing both towers' maps, then fc6 on its 6x6x256 output)."""
+    net = AlexNet(conv6_channels=256)
+    by_hand = 60_965_224 + 256 * 3 * 3 * 256 + 256
+    assert sum(p.numel() for p in net.parameters()) == by_hand == 61_555_304
+    assert net.features.conv6.groups == 1 and net.classifier.fc6.in_features == 6 * 6 * 256
+    shapes = _record_shapes(net.eval(), torch.randn(1, 3, 224, 224))
+    assert shapes["pool5"] == (256, 6, 6) and shapes["conv6"] == (256, 6, 6)
+    init_weights_(net, "original")
+    assert net.features.conv6.bias.eq(1).all() and 0.025 < net.features.conv6.weight.std() < 0.035
+
+
+def test_per_layer_channels_and_units():
+    net = small(conv_channels=[8, 16, 24, 24, 16], fc_units=64)
+    assert net.channels == (8, 16, 24, 24, 16) and net.fc_units == 64
+    assert net.classifier.fc7.weight.shape == (64, 64) and net.features.conv3.weight.shape == (24, 16, 3, 3)
+    with pytest.raises(ValueError, match="divide"):
+        small(conv_channels=(9, 16, 24, 24, 16))
+    with pytest.raises(ValueError, match="five"):
+        small(conv_channels=(8, 16))
+
+
+def test_cnorm2_sits_after_conv2s_lrn():
+    names = [n for n, _ in small(cnorm2=True).features.named_children()]
+    assert names.index("lrn2") + 1 == names.index("cnorm2") and names.index("cnorm2") + 1 == names.index("pool2")
+    assert "cnorm2" not in [n for n, _ in small().features.named_children()]

@@ -227,7 +227,7 @@ def test_parameter_groups_paper_and_bad_scheme():
     (group,) = parameter_groups(model, 0.01, 5e-4, "paper")
     assert len(group["params"]) == 4 and group["lr"] == 0.01 and group["weight_decay"] == 5e-4
     with pytest.raises(ValueError, match="scheme"):
-        parameter_groups(model, 0.01, 5e-4, "caffe")
+        parameter_groups(model, 0.01, 5e-4, "adam")
 
 
 # --- schedules -----------------------------------------------------------------------------
@@ -325,3 +325,64 @@ def test_schedule_state_dict_round_trip_mid_run(kind):
     opt2.load_state_dict(saved["opt"])
     sched2.load_state_dict(saved["sched"])
     assert first + _lrs(sched2, errors[7:]) == expected
+
+
+# --- the released configs' bias rate, caffe's, and frozen layers -------------------------------------
+
+
+def test_cuda_convnet_biases_keep_their_rate_while_the_weights_fall():
+    """layer-params-145.cfg ends with epsW 0.00001 and epsB 0.02 after the log's three reductions from
+    epsW 0.01: the biases' rate is twice the initial weights' rate and stays there; no decay on biases."""
+    from alexnet.optim import MilestoneSchedule
+
+    model = _net()
+    opt = PaperSGD(parameter_groups(model, 0.01, 5e-4, "cuda-convnet"))
+    schedule = MilestoneSchedule(opt, (1, 2, 3))
+    for _ in range(3):
+        schedule.step()
+    lrs = {g["kind"]: g["lr"] for g in opt.param_groups}
+    assert lrs == pytest.approx({"weights": 1e-5, "biases": 0.02})
+    assert {g["kind"]: g["weight_decay"] for g in opt.param_groups} == {"weights": 5e-4, "biases": 0.0}
+    # one step at these rates, by hand: a bias moves by -0.02 g, a weight by -1e-5 (g + wd w)
+    w0, b0 = model[2].weight.detach().clone(), model[2].bias.detach().clone()
+    model(torch.randn(4, 1, 3, 3)).sum().backward()
+    gw, gb = model[2].weight.grad.clone(), model[2].bias.grad.clone()
+    opt.step()
+    torch.testing.assert_close(model[2].bias.detach(), b0 - 0.02 * gb)
+    torch.testing.assert_close(model[2].weight.detach(), w0 - 1e-5 * (gw + 5e-4 * w0))
+
+
+def test_caffe_and_its_old_name_scale_biases_with_the_weights():
+    for scheme in ("caffe", "original"):
+        opt = PaperSGD(parameter_groups(_net(), 0.01, 5e-4, scheme))
+        scale_lr_(opt, 0.1)
+        assert [g["lr"] for g in opt.param_groups] == pytest.approx([0.001, 0.002])
+
+
+def test_own_layers_get_their_own_groups_and_frozen_groups_do_not_move():
+    """A frozen group keeps its weights and its velocity, as cuda-convnet skips a layer with rate 0."""
+    from alexnet.model import AlexNet
+
+    model = AlexNet(10, stem="small", input_size=32, width=0.125)
+    groups = parameter_groups(model, 0.01, 5e-4, "cuda-convnet", own_layers=("conv1",))
+    assert [(g["layer"], g["kind"]) for g in groups] == [("conv1", "weights"), ("conv1", "biases"),
+                                                         (None, "weights"), (None, "biases")]
+    assert groups[0]["params"] == [model.features.conv1.weight] and groups[1]["params"] == [model.features.conv1.bias]
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+    opt = PaperSGD(groups)
+    x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
+    for frozen in (False, True):
+        for g in opt.param_groups:
+            g["frozen"] = frozen and g["layer"] == "conv1"
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        v_before = opt.state[model.features.conv1.weight].get("velocity")
+        v_before = None if v_before is None else v_before.clone()
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+        moved = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+        assert ("features.conv1.weight" in moved) is not frozen and "features.conv2.weight" in moved
+        if frozen:
+            assert torch.equal(opt.state[model.features.conv1.weight]["velocity"], v_before)
+    with pytest.raises(ValueError, match="no layer"):
+        parameter_groups(model, 0.01, 5e-4, "paper", own_layers=("conv9",))

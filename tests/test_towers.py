@@ -14,7 +14,6 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
-from _ranks import run_ranks
 from alexnet.distributed import make_process_groups
 from alexnet.errors import UserError
 from alexnet.model import AlexNet, init_weights_
@@ -27,6 +26,7 @@ from alexnet.towers import (
     split_sizes,
     tower_state_dict_from_grouped,
 )
+from helpers import run_ranks
 
 SMALL = dict(num_classes=10, stem="small", input_size=32, width=0.125)
 # Odd unit and class counts: fc6/fc7 have 451 units, fc8 7 classes, so the towers differ in size.
@@ -142,6 +142,12 @@ def _matches_grouped(d, kwargs) -> None:
 
     with torch.no_grad():
         torch.testing.assert_close(model.fc7_features(x), grouped.fc7_features(x))
+        # with the paper's dropout, fc6's outputs enter fc7 scaled by 1 - p at test time, on towers too
+        for m in (model, grouped):
+            m.classifier.drop6.p = 0.5
+        torch.testing.assert_close(model.fc7_features(x), grouped.fc7_features(x))
+        for m in (model, grouped):
+            m.classifier.drop6.p = 0.0
     # Checkpoints: gathered on every rank, or joined from each rank's own state dict.
     full = model.grouped_state_dict()
     joined = grouped_state_dict_from_towers(_gather_objects(model.state_dict()))

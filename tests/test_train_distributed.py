@@ -1,7 +1,7 @@
 """Data and tower parallelism through the real training entry point (section 3.2; docs/distributed.md).
 
 Every rank is a CPU process that gets torchrun's variables (RANK, WORLD_SIZE, LOCAL_RANK,
-MASTER_ADDR, MASTER_PORT) and calls :func:`alexnet.train.train`, which joins a gloo group on
+MASTER_ADDR, MASTER_PORT) and calls :func:`alexnet.training.train`, which joins a gloo group on
 127.0.0.1. The reference is one process on one device with the same *global* batch:
 rank r of R replicas takes positions r, r + R, ... of each epoch's permutation, so the R
 batches of a step hold exactly the images of the single process's batch, and DDP's average
@@ -21,13 +21,10 @@ import shutil
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
-from PIL import Image
 
-import _ranks
 from alexnet import checkpoint
 from alexnet.config import TrainConfig
 from alexnet.data import open_store
@@ -35,6 +32,8 @@ from alexnet.data.loader import Loader
 from alexnet.data.prepare import prepare_store
 from alexnet.errors import UserError
 from alexnet.evaluate import evaluate, load_member
+import helpers as _ranks  # set_rank_env, start: the rank-spawning helpers
+from helpers import write_image_folder
 
 # No augmentation, no dropout: runs on different layouts compute the same steps.
 EXACT = dict(stem="small", width=0.125, crop_size=28, loader_workers=1, device="cpu", epochs=2,
@@ -44,28 +43,13 @@ GLOBAL_BATCH = 8
 TRAIN_PER_CLASS, VAL_PER_CLASS, CLASSES = 13, 5, 3  # 39 training images: 4 steps of 8; 15 val (odd)
 
 
-def write_image_folder(root: Path) -> Path:
-    """Three classes told apart by colour and stripe direction, with noise."""
-    rng = np.random.default_rng(0)
-    palette = [(200, 40, 40), (40, 200, 40), (40, 40, 200)]
-    for c in range(CLASSES):
-        for i in range(TRAIN_PER_CLASS + VAL_PER_CLASS):
-            img = rng.integers(0, 60, (36, 36, 3)).astype(np.uint8) + np.array(palette[c], np.uint8) // 2
-            if c % 2:
-                img[:, 12:18] = 255
-            else:
-                img[12:18, :] = 255
-            folder = root / ("val" if i < VAL_PER_CLASS else "train") / f"class_{c}"
-            folder.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(img).save(folder / f"{i}.png")
-    return root
-
-
 @pytest.fixture(scope="module")
 def store_dir(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("data")
     out = tmp / "store"
-    prepare_store(write_image_folder(tmp / "src"), out, image_size=32, progress_bar=False, log=lambda s: None)
+    src = write_image_folder(tmp / "src", classes=CLASSES, per_class=TRAIN_PER_CLASS + VAL_PER_CLASS, size=36,
+                             val_per_class=VAL_PER_CLASS)
+    prepare_store(src, out, image_size=32, progress_bar=False, log=lambda s: None)
     return out
 
 
@@ -119,7 +103,7 @@ def _rank(rank: int, world_size: int, port: int, config: TrainConfig, data: Path
     _ranks.set_rank_env(rank, world_size, port)
     if kill_at:
         os.environ["ALEXNET_KILL_AT"] = kill_at
-    import alexnet.train as train_module
+    import alexnet.training.loop as train_module
     from alexnet.distributed import cleanup
 
     report = dict(writes=[], val_images=[], tower_mismatches=[], log=[])
@@ -202,7 +186,7 @@ def reference(store_dir, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("reference") / "run"
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         assert name not in os.environ, f"{name} is set: the reference must run as a single process"
-    from alexnet.train import train
+    from alexnet.training import train
 
     train(TrainConfig(**EXACT, batch_size_per_device=GLOBAL_BATCH), store_dir, run, show_progress=False,
           log=lambda s: None)
@@ -273,48 +257,41 @@ def _copy(run: Path, to: Path) -> Path:
 
 def test_resume_on_one_process_with_the_same_global_batch(store_dir, reference, interrupted, tmp_path):
     """Same global batch, half the ranks: the resumed run finishes exactly as the uninterrupted one."""
-    from alexnet.train import train
+    from alexnet.training import train
 
     run = _copy(interrupted, tmp_path / "run")
     lines: list[str] = []
     train(TrainConfig(**EXACT, batch_size_per_device=GLOBAL_BATCH, checkpoint_every_steps=2), store_dir, run,
           resume=True, show_progress=False, log=lines.append)
-    assert lines[0].startswith(f"resuming {run} at epoch 2, step 2 (global step 6)")
+    assert _resuming(lines).startswith(f"resuming {run} at epoch 2, step 2 (global step 6)")
     assert_same_weights(run, reference)
     # Epoch 2's training loss joins both ranks' sums of steps 1-2 with this process's of steps 3-4.
     assert_same_metrics(run, reference)
 
 
-def test_resume_on_one_process_with_the_same_batch_per_device(store_dir, interrupted, tmp_path):
-    """What ``alexnet train --resume`` does on fewer GPUs: the per-device batch stays, the global batch halves.
-
-    The checkpoint stands 2 steps of 8 images into epoch 2: the resumed epoch skips those 16
-    images (4 steps of 4) and serves the rest of the epoch's order, 39 // 4 = 9 steps in all.
-    """
-    from alexnet.train import train
+def test_resume_refuses_another_global_batch_and_names_the_fix(store_dir, interrupted, tmp_path):
+    """Fewer processes with the same batch per device would halve the global batch (and so change
+    the run): refused before anything in the run directory is touched, naming the flag that keeps it."""
+    from alexnet.training import train
 
     run = _copy(interrupted, tmp_path / "run")
-    lines: list[str] = []
-    metrics = train(TrainConfig(**EXACT, batch_size_per_device=GLOBAL_BATCH // 2, checkpoint_every_steps=2),
-                    store_dir, run, resume=True, show_progress=False, log=lines.append)
-    assert "at epoch 2, step 4 (global step 6)" in lines[0]
-    written = read_metrics(run)
-    assert [m["epoch"] for m in written] == [1, 2] and [m["epoch"] for m in metrics] == [1, 2]
-    assert written[1]["global_step"] == 6 + (9 - 4)
-    assert all(np.isfinite(m[k]) for m in written for k in ("train_loss", "val_top1_error"))
-    saved = checkpoint.load(run / "last.pt")["progress"]
-    assert (saved["epoch"], saved["step_in_epoch"]) == (2, 0)
+    before = _files(run)
+    for per_device in (GLOBAL_BATCH // 2, 12):
+        with pytest.raises(UserError, match=rf"global batch {GLOBAL_BATCH} -> {per_device} .*"
+                                            rf"--batch-size-per-device {GLOBAL_BATCH}"):
+            train(TrainConfig(**EXACT, batch_size_per_device=per_device, checkpoint_every_steps=2), store_dir, run,
+                  resume=True, show_progress=False, log=lambda s: None)
+    assert _files(run) == before
 
 
-def test_resume_refuses_a_global_batch_that_splits_the_images_seen(store_dir, interrupted, tmp_path):
-    from alexnet.train import train
+def _resuming(lines: list[str]) -> str:
+    """The line saying where a run resumes (a note on the killed run's lock may come first)."""
+    return next(line for line in lines if line.startswith("resuming"))
 
-    run = _copy(interrupted, tmp_path / "run")
-    before = sorted((p.name, p.stat().st_mtime_ns) for p in run.iterdir())
-    with pytest.raises(UserError, match="16 images into its epoch.*global batches of 12"):
-        train(TrainConfig(**EXACT, batch_size_per_device=12), store_dir, run, resume=True, show_progress=False,
-              log=lambda s: None)
-    assert sorted((p.name, p.stat().st_mtime_ns) for p in run.iterdir()) == before
+
+def _files(run: Path) -> list:
+    """The run's files and their modification times, but for the lock a process takes to resume."""
+    return sorted((p.name, p.stat().st_mtime_ns) for p in run.iterdir() if p.name != ".alexnet.lock")
 
 
 def test_resume_as_towers_gives_both_towers_the_same_crops(store_dir, interrupted, tmp_path):
@@ -324,10 +301,12 @@ def test_resume_as_towers_gives_both_towers_the_same_crops(store_dir, interrupte
     two towers of the new replica must draw the same crops, or they would compute on different images.
     """
     run = _copy(interrupted, tmp_path / "run")
+    saved = checkpoint.load(run / "last.pt")  # as if the interrupted run had drawn random crops all along
+    checkpoint.save(run / "last.pt", {**saved, "config": {**saved["config"], "random_crop": True}})
     config = TrainConfig(**{**EXACT, "random_crop": True}, batch_size_per_device=GLOBAL_BATCH,
                          checkpoint_every_steps=2, tower_parallel=True)
     reports = run_ranks(2, config, store_dir, run, resume=True)
     assert [r["tower_mismatches"] for r in reports] == [0, 0]
-    assert reports[0]["log"][0].startswith(f"resuming {run} at epoch 2, step 2")
+    assert _resuming(reports[0]["log"]).startswith(f"resuming {run} at epoch 2, step 2")
     assert [m["epoch"] for m in read_metrics(run)] == [1, 2]
     assert reports[1]["writes"] == []

@@ -4,4 +4,4 @@
 for anything the user can fix.
 """
 
-COMMANDS = ("prepare", "train", "evaluate", "predict", "demo", "show", "experiment", "report")
+COMMANDS = ("prepare", "train", "evaluate", "predict", "demo", "show", "experiment", "report", "export")

@@ -1,4 +1,4 @@
-"""``alexnet demo``: the whole system on the built-in data set; no arguments, no network."""
+"""``alexnet demo``: the whole system on the built-in data set; no data to fetch, no network."""
 
 from __future__ import annotations
 
@@ -13,12 +13,19 @@ def register(sub: argparse._SubParsersAction) -> None:
         "paper on, evaluate it with the centre crop and ten crops, and draw its curves and conv1 kernels.",
     )
     p.add_argument("--out", default="runs/demo", help="folder for the prepared data and the run (default runs/demo)")
+    p.add_argument("--device", default="auto", help="auto (a GPU if there is one), cpu, cuda or cuda:N (default auto)")
+    p.add_argument("--cpu-threads", type=int, default=0, metavar="N",
+                   help="CPU threads (default 0: one per core; on a machine busy with other work fewer run faster)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from alexnet.builtin import BUILTIN_RECIPE
     from alexnet.demo import run_demo
+    from alexnet.devices import apply_process_settings
 
-    run_demo(args.out, show_progress=not args.quiet)
+    config = BUILTIN_RECIPE.replace(device=args.device, cpu_threads=args.cpu_threads)  # validates both
+    apply_process_settings(config.cpu_threads, config.deterministic, log=print)
+    run_demo(args.out, show_progress=not args.quiet, config=config)
     return 0

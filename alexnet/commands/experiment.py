@@ -77,7 +77,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _base(args: argparse.Namespace):
     """The base recipe: None (the default for the data) unless a file, --set or --epochs changes it."""
-    from alexnet.demo import DEMO_CONFIG
+    from alexnet.builtin import base_recipe
 
     changes = cfg.load_file(args.base_config) if args.base_config else {}
     for item in getattr(args, "set", []):
@@ -89,7 +89,15 @@ def _base(args: argparse.Namespace):
         changes["epochs"] = args.epochs
     if not changes:
         return None
-    return cfg.from_dict(changes, DEMO_CONFIG if args.data is None else cfg.TrainConfig())
+    return cfg.from_dict(changes, base_recipe(builtin=args.data is None))
+
+
+def _apply_process_settings(base) -> None:
+    """The recipe's thread count and deterministic mode, for this whole process (the CLI's to set)."""
+    if base is not None:
+        from alexnet.devices import apply_process_settings
+
+        apply_process_settings(base.cpu_threads, base.deterministic, log=print)
 
 
 def run_relu_vs_tanh(args: argparse.Namespace) -> int:
@@ -99,9 +107,10 @@ def run_relu_vs_tanh(args: argparse.Namespace) -> int:
         raise UserError("--batch-size must be at least 1")
     base = None
     if args.base_config:
-        from alexnet.demo import DEMO_CONFIG
+        from alexnet.builtin import base_recipe
 
-        base = cfg.from_dict(cfg.load_file(args.base_config), DEMO_CONFIG if args.data is None else cfg.TrainConfig())
+        base = cfg.from_dict(cfg.load_file(args.base_config), base_recipe(builtin=args.data is None))
+    _apply_process_settings(base)
     relu_vs_tanh(args.data, args.out, seeds=args.seeds, epochs=args.epochs, level=args.error_level, net=args.net,
                  lrs=args.lr, base=base, batch_size=args.batch_size, show_progress=not args.quiet)
     return 0
@@ -112,6 +121,8 @@ def run_ablations(args: argparse.Namespace) -> int:
 
     if args.epochs is not None and args.epochs < 1:
         raise UserError("--epochs must be at least 1")
-    ablations(args.data, args.out, base=_base(args), seeds=args.seeds, variants=args.variants,
+    base = _base(args)
+    _apply_process_settings(base)
+    ablations(args.data, args.out, base=base, seeds=args.seeds, variants=args.variants,
               show_progress=not args.quiet)
     return 0

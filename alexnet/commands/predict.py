@@ -11,31 +11,52 @@ def register(sub: argparse._SubParsersAction) -> None:
         "predict",
         help="top-5 classes with probabilities for image files",
         description="Preprocess each image exactly as for evaluation (shorter side to the training "
-        "size, centre crop, mean subtraction) and print its five most probable classes.",
+        "size, centre crop, mean subtraction) and print its five most probable classes. "
+        "Exit status: 0 all images predicted, 1 some images could not be read (the others are "
+        "still printed), 2 a usage error (bad model path, bad flag).",
     )
-    p.add_argument("checkpoint", metavar="CHECKPOINT", help="checkpoint file or run directory")
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, anything Pillow reads)")
+    p.add_argument("checkpoint", metavar="MODEL",
+                   help="checkpoint file, run directory, or a folder written by 'alexnet export' (safetensors or ONNX)")
+    p.add_argument("images", nargs="+", metavar="IMAGE",
+                   help="image files (JPEG, PNG, anything Pillow reads), or folders: every image under them, recursively")
     p.add_argument("--ten-crop", action="store_true", help="average the softmax of the ten crops")
     p.add_argument("--top", type=int, default=5, help="how many classes to print per image (default 5)")
     p.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda' or 'cuda:N'")
-    p.add_argument("--json", action="store_true", help="one JSON object per image")
+    p.add_argument("--json", action="store_true",
+                   help='print one JSON object: {"model", "ten_crop", "images": [{"image", "top": [{"class", '
+                   '"probability"}]} or {"image", "error"}], "failed"}')
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from alexnet.inference import pick_device, predict_files
+    from alexnet.errors import UserError
+    from alexnet.export import is_export_dir, predict_files_onnx, read_metadata
+    from alexnet.display import printable
+    from alexnet.inference import expand_image_paths, predict_files
+    from alexnet.runtime import pick_device
 
     device = pick_device(args.device)
-    failures = 0
-    for path, result in predict_files(args.checkpoint, args.images, device=device, ten_crop=args.ten_crop, top=args.top):
+    images = expand_image_paths(args.images)
+    files = read_metadata(args.checkpoint).get("files", {}) if is_export_dir(args.checkpoint) else {}
+    if "onnx" in files and "safetensors" not in files:
+        if args.ten_crop:
+            raise UserError("an ONNX export runs the centre crop only; drop --ten-crop or export with --format safetensors")
+        results = predict_files_onnx(args.checkpoint, images, top=args.top)
+    else:
+        results = predict_files(args.checkpoint, images, device=device, ten_crop=args.ten_crop, top=args.top)
+    failures, rows = 0, []
+    for path, result in results:
         if isinstance(result, str):
             failures += 1
-            print(json.dumps({"image": path, "error": result}) if args.json else f"{path}: skipped: {result}")
+            rows.append({"image": path, "error": result})
+            if not args.json:
+                print(printable(f"{path}: skipped: {result}"))
             continue
-        if args.json:
-            print(json.dumps({"image": path, "top": [{"class": c, "probability": p} for c, p in result]}))
-        else:
-            print(path)
+        rows.append({"image": path, "top": [{"class": c, "probability": p} for c, p in result]})
+        if not args.json:
+            print(printable(path))
             for c, p in result:
-                print(f"  {p:7.2%}  {c}")
+                print(printable(f"  {p:7.2%}  {c}"))
+    if args.json:
+        print(json.dumps({"model": args.checkpoint, "ten_crop": args.ten_crop, "images": rows, "failed": failures}))
     return 1 if failures else 0

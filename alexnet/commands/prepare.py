@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from alexnet.data.images import DEFAULT_MAX_PIXELS
+from alexnet.display import printable
 from alexnet.errors import UserError
 
 BUILTIN = "builtin:fashion-mnist"
@@ -29,12 +30,28 @@ def register(subparsers) -> None:
         "--val-fraction",
         type=float,
         default=None,
-        help="fraction of each class held out for validation when SOURCE has no val/ folder (default: 0.1 then)",
+        help="fraction of each class held out for validation when SOURCE has no val/ folder, above 0 and below 1 "
+        "(default: 0.1 then; at least one image of every class that has two)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed choosing the held-out images (default: 0)")
+    p.add_argument("--val-labels", metavar="FILE", default=None,
+                   help="labels of a flat val/ folder (ILSVRC-2012 layout): 'filename label' lines, or the devkit's "
+                   "ILSVRC2012_validation_ground_truth.txt with meta.mat beside it (default: the devkit in "
+                   "SOURCE/ILSVRC2012_devkit_t12/data/; no other place is searched)")
+    p.add_argument("--val-labels-base", type=int, choices=(0, 1), default=None,
+                   help="the number of the first class when --val-labels gives classes as numbers into the sorted class list")
     p.add_argument("--channels", choices=("auto", "1", "3"), default="auto", help="1 (gray) or 3 (RGB); auto (default): 1 when every image is grayscale")
     p.add_argument("--workers", type=int, default=None, help="decoding processes (default: one per core; 0: decode in this process)")
     p.add_argument("--max-image-pixels", type=int, default=DEFAULT_MAX_PIXELS, help=f"refuse images of more pixels (width x height) as possible decompression bombs (default: {DEFAULT_MAX_PIXELS})")
+    p.add_argument(
+        "--encoding",
+        choices=("auto", "raw", "jpeg"),
+        default="auto",
+        help="how the images are stored: raw uint8 arrays (fastest to read, S*S*C bytes each) or JPEG (about a sixth "
+        "of that at 256x256; decoded by threads while training); auto (default): raw when the raw store would take "
+        "under 4 GiB, else JPEG",
+    )
+    p.add_argument("--jpeg-quality", type=int, default=90, metavar="Q", help="JPEG quality of a JPEG store, 1-100 (default: 90)")
     p.add_argument("--force", action="store_true", help="rebuild OUT even if it already holds a complete store")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -57,8 +74,12 @@ def run(args: argparse.Namespace) -> int:
         channels=args.channels,
         max_pixels=args.max_image_pixels,
         progress_bar=not args.quiet,
+        encoding=args.encoding,
+        quality=args.jpeg_quality,
+        val_labels=args.val_labels,
+        val_labels_base=args.val_labels_base,
     )
     for note in result.notes:
-        print(f"note: {note}")
-    print(result.summary)
+        print(f"note: {printable(note)}")
+    print(printable(result.summary))  # a path that is not valid UTF-8 is shown, not a crash
     return 0

@@ -20,7 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from alexnet.report import build_report
+    from alexnet.figures.report import build_report
 
     out = build_report(args.run, args.out)
     print(f"report of {args.run} in {out}")

@@ -53,7 +53,7 @@ def _default_out(checkpoint: str, name: str) -> Path:
 def run_filters(args: argparse.Namespace) -> int:
     from alexnet import checkpoint
     from alexnet.errors import UserError
-    from alexnet.plots import save_filters
+    from alexnet.figures.plots import save_filters
 
     payload = checkpoint.load(args.checkpoint)
     weight = payload["model"].get("features.conv1.weight")
@@ -71,9 +71,10 @@ def run_neighbours(args: argparse.Namespace) -> int:
 
     from alexnet.data import open_store
     from alexnet.errors import UserError
-    from alexnet.evaluate import check_compatible, load_member, probabilities
-    from alexnet.figures import features, nearest_training_images, plot_neighbours, spread_indices
-    from alexnet.inference import pick_device, progress_bar
+    from alexnet.evaluate import check_compatible, check_store, load_member, probabilities
+    from alexnet.figures.paper import features, nearest_training_images, plot_neighbours, spread_indices
+    from alexnet.inference import progress_bar
+    from alexnet.runtime import pick_device
 
     for flag, value in (("--images", args.images), ("--neighbours", args.neighbours), ("--batch-size", args.batch_size)):
         if value < 1:
@@ -83,15 +84,16 @@ def run_neighbours(args: argparse.Namespace) -> int:
     device = pick_device(args.device)
     store = open_store(args.data)
     member = load_member(args.checkpoint, device)
+    check_store(member, store, args.data)
     check_compatible([member], store.classes)
-    if (member.image_size, member.channels) != (store.image_size, store.channels):
-        raise UserError(f"{args.checkpoint} was trained on {member.image_size} px images with {member.channels} "
-                        f"channel(s), {args.data} has {store.image_size} px with {store.channels}; give its own data set")
     queries = store.split(args.split)
     train = store.split("train")
     q_idx = spread_indices(len(queries), args.images)
     images = torch.from_numpy(np.ascontiguousarray(queries.images[q_idx]))
     probs = probabilities([member], images, ten_crop=False).cpu().numpy()
+    if not np.isfinite(probs).all():
+        raise UserError(f"{args.checkpoint} gives NaN or infinite outputs on these {args.split} images, so there "
+                        "are no predictions to draw; use an earlier checkpoint")
     q_features = features(member, images)
     t_idx = spread_indices(len(train), args.max_train)
     nn_idx, nn_dist = nearest_training_images(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-from pathlib import Path
 
 from alexnet import config as cfg
 
@@ -26,14 +25,17 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from alexnet.devices import apply_process_settings, validate_device_name
     from alexnet.distributed import cleanup
-    from alexnet.train import train
+    from alexnet.training import train
+    from alexnet.training.run_dir import saved_recipe
 
     base = None
-    saved = Path(args.out) / "config.json"
-    if args.resume and saved.is_file():
-        base = cfg.from_dict(cfg.load_file(saved))  # the run's own recipe; flags may change e.g. --epochs
+    if args.resume and (saved := saved_recipe(args.out)) is not None:
+        base = cfg.from_dict(saved)  # the run's own recipe; flags may change e.g. --epochs
     config = cfg.from_args(args, base)
+    validate_device_name(config.device)  # before anything is opened or written
+    apply_process_settings(config.cpu_threads, config.deterministic, log=print)
     try:
         metrics = train(config, args.data, args.out, resume=args.resume, show_progress=not args.quiet)
     finally:

@@ -3,7 +3,8 @@
 * :func:`prepare_store` (``alexnet prepare``): decode a source data set into a store of
   S x S uint8 images with the training set's mean image and pixel PCA (:mod:`.prepare`,
   :mod:`.statistics`), resumable after an interruption (:mod:`.progress`).
-* :func:`open_store`: read a store; ``store.split("train").images`` is a memmap (:mod:`.store`).
+* :func:`open_store`: read a store; ``store.split("train").images`` is a memmap (raw store) or
+  decodes JPEGs on access (JPEG store, :mod:`.jpeg`); both index like arrays (:mod:`.store`).
 * :class:`Loader`: shuffled, sharded uint8 batches gathered by background threads (:mod:`.loader`).
 * :class:`TrainAugment`, :class:`EvalPreprocess`, :func:`ten_crop_probabilities`: random crops,
   reflections, PCA lighting, mean subtraction and the ten-crop test of section 4.1, on whole

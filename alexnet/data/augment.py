@@ -10,16 +10,22 @@ float32 (N, C, crop, crop). Per image, with every step switchable:
 3. PCA lighting: to every pixel add P (alpha * lambda'), with P the eigenvectors (columns) of the
    training set's pixel covariance, alpha ~ N(0, pca_lighting_std) drawn per image per call;
 4. subtraction of the mean image, cropped (and reflected) like the image;
-5. multiplication by ``input_scale`` (1 in the paper: raw centred 0-255 values).
+5. optionally (``lighting_shrink``, the released code) division of the centred, lit patch by
+   1 + pca_lighting_std (1.1) while the colour noise is on;
+6. multiplication by ``input_scale`` (1 in the paper: raw centred 0-255 values).
 
-About lambda' in step 3. The paper adds [p1 p2 p3][a1 l1, a2 l2, a3 l3]^T with the eigenvalues
-l_i. The store holds the eigenvalues of the covariance of 0-255 pixel values (ImageNet: roughly
-14000, 1200, 300, from the commonly quoted [0, 1]-scale values); added literally, the colour shift would have a standard deviation near 1400
-gray levels, far beyond the 0-255 range. Reimplementations that reproduce the paper use the
-eigenvalues of pixel values scaled to [0, 1] and add the shift in that scale (fb.resnet.torch:
-0.2175, 0.0188, 0.0045 with alpha std 0.1). In 0-255 units that is
-255 * P (alpha * l / 255^2) = P (alpha * l / 255), so lambda' = l / 255 here (ImageNet: about
-55, 5, 1 gray levels per unit of alpha).
+About lambda' in step 3 (``pca_scale``). The paper adds [p1 p2 p3][a1 l1, a2 l2, a3 l3]^T with
+the eigenvalues l_i, which is dimensionally inconsistent (l is in pixel^2 units): the store holds
+the eigenvalues of the covariance of 0-255 pixel values, and added literally they would shift
+colours by hundreds of grey levels. Two readings are offered:
+
+* ``"sqrt"`` (the default): lambda' = sqrt(l), the standard deviation along each eigenvector, in
+  0-255 units. This is the authors' code (convdata.py: ``pca_vecs . (randn(3) * stdevs)`` times
+  the noise coefficient 0.1). With ImageNet's shipped values sqrt(l) = 121.8, 37.1, 19.7 the shift
+  has standard deviations 12.2, 3.7, 2.0 grey levels along p1..p3.
+* ``"fb"``: lambda' = l / 255, the fb.resnet.torch convention (eigenvalues of [0, 1] pixels,
+  0.2175, 0.0188, 0.0045, the shift added in [0, 1] units: 255 * P (alpha * l / 255^2)). On
+  ImageNet about 5.8, 0.54, 0.15 grey levels: 2x weaker in brightness, 7-13x weaker in colour.
 
 Unlike the original code, which drew one crop and reflection per chunk of 32 images and took
 the colour noise from a precomputed set, every image gets its own draws.
@@ -27,9 +33,9 @@ the colour noise from a precomputed set, every image gets its own draws.
 The crop is one indexing operation over the whole batch (:func:`crop_rows`, in the spirit of
 airbench's ``batch_crop``), and so is the matching patch of the mean image; there is no Python
 loop over images. Work happens in NHWC order, where every row of a patch is one contiguous run;
-the result is returned as an (N, C, H, W) view of channels_last memory. On the CPU all of it
-is instead one pass in C (:mod:`alexnet.kernels.augment_cpu`, the same roundings), which
-can also cut the crops straight out of a memory-mapped store (:meth:`TrainAugment.from_store`).
+the result is returned as an (N, C, H, W) view of channels_last memory. The same code runs on
+a CPU and on a GPU: on a CPU the training step of the paper's network takes ~30 ms per image,
+and this augmentation well under 1 ms, so a dedicated CPU kernel would not pay for itself.
 """
 
 from __future__ import annotations
@@ -39,10 +45,8 @@ import threading
 import numpy as np
 import torch
 
-from alexnet.kernels import augment_cpu
-
-LIGHTING_SCALE = 255.0  # see "About lambda'" above
-BACKENDS = ("auto", "torch")
+LIGHTING_SCALE = 255.0  # the "fb" reading: see "About lambda'" above
+PCA_SCALES = ("sqrt", "fb")
 
 
 def _as_tensor(array, dtype=torch.float32) -> torch.Tensor:
@@ -67,9 +71,20 @@ def crop_rows(images: torch.Tensor, rows: torch.Tensor, left: torch.Tensor, size
     return out
 
 
-def lighting_shift(alpha: torch.Tensor, eigenvalues: torch.Tensor, eigenvectors: torch.Tensor) -> torch.Tensor:
-    """Section 4.1's per-image colour shift P (alpha * lambda / 255), (N, C), in 0-255 units."""
-    return (alpha * (eigenvalues / LIGHTING_SCALE)) @ eigenvectors.T
+def lighting_magnitudes(eigenvalues: torch.Tensor, pca_scale: str = "sqrt") -> torch.Tensor:
+    """lambda' of section 4.1's shift P (alpha * lambda') under ``pca_scale``, in 0-255 units:
+    sqrt(lambda) (``"sqrt"``, the authors' code) or lambda / 255 (``"fb"``)."""
+    if pca_scale == "sqrt":
+        return eigenvalues.clamp(min=0).sqrt()  # a rounding-negative eigenvalue has no spread
+    if pca_scale == "fb":
+        return eigenvalues / LIGHTING_SCALE
+    raise ValueError(f"pca_scale must be one of {PCA_SCALES}, got {pca_scale!r}")
+
+
+def lighting_shift(alpha: torch.Tensor, eigenvalues: torch.Tensor, eigenvectors: torch.Tensor,
+                   pca_scale: str = "sqrt") -> torch.Tensor:
+    """Section 4.1's per-image colour shift P (alpha * lambda'), (N, C), in 0-255 units."""
+    return (alpha * lighting_magnitudes(eigenvalues, pca_scale)) @ eigenvectors.T
 
 
 class _Scratch:
@@ -118,10 +133,16 @@ class TrainAugment:
         random_crop: random offsets (else the centre patch).
         flip: horizontal reflection with probability 0.5.
         pca_lighting_std: standard deviation of the alphas; 0 turns lighting off.
+        pca_scale: ``"sqrt"`` (shift P (alpha sqrt(lambda)), the authors' code) or ``"fb"``
+            (P (alpha lambda / 255)); see "About lambda'" in the module's docstring.
+        lighting_shrink: divide the centred, lit patch by 1 + pca_lighting_std while the noise is
+            on (the released code, to keep the input's scale near the test input's).
         subtract_mean: subtract the mean image.
         input_scale: multiply the result by this.
-        backend: "auto" (the fused C kernel of :mod:`alexnet.kernels.augment_cpu` for CPU
-            batches when it can be built, else eager torch) or "torch" (always eager torch).
+
+    ``lighting_on`` (an attribute, True at first) switches the colour noise, and with it the
+    shrink, off and on between calls (the released recipe turns it off for its last epochs);
+    the alphas are drawn either way, so the random streams do not depend on it.
 
     Call it as ``augment(images_u8, generator)``; ``images_u8`` is (N, S, S, C) on any device,
     ``generator`` a torch.Generator (on the CPU or on the images' device). The result is
@@ -138,13 +159,14 @@ class TrainAugment:
         random_crop: bool = True,
         flip: bool = True,
         pca_lighting_std: float = 0.1,
+        pca_scale: str = "sqrt",
+        lighting_shrink: bool = False,
         subtract_mean: bool = True,
         input_scale: float = 1.0,
-        backend: str = "auto",
     ) -> None:
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-        self.backend = backend
+        if pca_scale not in PCA_SCALES:
+            raise ValueError(f"pca_scale must be one of {PCA_SCALES}, got {pca_scale!r}")
+        self.pca_scale, self.lighting_shrink, self.lighting_on = pca_scale, lighting_shrink, True
         self.mean = _MeanImage(mean_image)
         self.scratch = _Scratch()
         self.size = int(self.mean.both.shape[1])
@@ -189,40 +211,6 @@ class TrainAugment:
         top, left, flip, alpha = (t.to(device) for t in self.draw(images.shape[0], generator))
         return self.apply(images, top, left, flip, alpha, out=out)
 
-    def from_store(self, images, indices, generator: torch.Generator, *, out: torch.Tensor | None = None) -> torch.Tensor:
-        """``self(images[indices], generator)`` without first copying whole images into a batch.
-
-        ``images`` is a split's (M, S, S, C) uint8 array on the CPU (``split.images``, memory-
-        mapped), ``indices`` the batch's image numbers. With the C kernel only the crop rows
-        are read, straight from the memory map; elsewhere this gathers the batch, then augments
-        it. The draws and the result are those of ``self(images[indices], generator)``.
-        """
-        indices = torch.as_tensor(np.asarray(indices), dtype=torch.int64)
-        shape = tuple(images.shape)
-        if len(shape) != 4 or shape[1:3] != (self.size, self.size) or shape[3] != self.eigenvalues.numel():
-            raise ValueError(f"expected uint8 images (M, {self.size}, {self.size}, {self.eigenvalues.numel()}), got {shape}")
-        if not self._fused("cpu"):
-            batch = torch.from_numpy(np.take(np.asarray(images), indices.numpy(), axis=0))
-            return self(batch, generator, out=out)
-        top, left, flip, alpha = self.draw(len(indices), generator)
-        return self._apply_fused(images, indices, top, left, flip, alpha, out)
-
-    def fused_on_cpu(self) -> bool:
-        """Whether CPU batches go through the one-pass C kernel (backend "auto" and a C compiler)."""
-        return self._fused("cpu")
-
-    def _fused(self, device: torch.device | str) -> bool:
-        return (self.backend == "auto" and torch.device(device).type == "cpu" and self.mean.both.device.type == "cpu"
-                and augment_cpu.available())
-
-    def _apply_fused(self, images, index, top, left, flip, alpha, out) -> torch.Tensor:
-        n, size, c = len(top), self.crop_size, self.eigenvalues.numel()
-        out = self._output(out, (n, size, size, c), torch.device("cpu"))
-        shift = lighting_shift(alpha, self.eigenvalues, self.eigenvectors) if self.pca_lighting_std > 0 else None
-        mean = self.mean.both if self.subtract_mean else None
-        augment_cpu.augment_cpu(images, index, top, left, flip, shift, mean, self.input_scale, out)
-        return out.permute(0, 3, 1, 2)
-
     @staticmethod
     def _output(out: torch.Tensor | None, shape, device) -> torch.Tensor:
         if out is None:
@@ -231,17 +219,22 @@ class TrainAugment:
             raise ValueError(f"out must be a contiguous float32 tensor of shape {shape} (N, crop, crop, C) on {device}")
         return out
 
+    # reflect without a host sync: None = on every device but the CPU (where nonzero() costs nothing)
+    sync_free_flip: bool | None = None
+
     def apply(self, images: torch.Tensor, top, left, flip, alpha, *, out: torch.Tensor | None = None) -> torch.Tensor:
         """The augmentation for given draws (what ``__call__`` does after drawing)."""
         size, device = self.crop_size, images.device
         n, c = images.shape[0], images.shape[3]
         shape = (n, size, size, c)
-        if self._fused(device):
-            return self._apply_fused(images.contiguous(), None, top, left, flip, alpha, out)
         rows = top[:, None] + torch.arange(size, device=device)
         crops = crop_rows(images, rows, left, size, out=self.scratch.get("crops", shape, torch.uint8, device))
-        flipped = flip.nonzero().squeeze(1)
-        if len(flipped):
+        if device.type != "cpu" if self.sync_free_flip is None else self.sync_free_flip:
+            # mirror every crop and keep the flipped ones: nonzero() would make the host wait for
+            # the device (and cannot be captured in a CUDA graph); the same bytes either way
+            mirrored = torch.ops.aten.flip.out(crops, [2], out=self.scratch.get("mirrored", shape, torch.uint8, device))
+            torch.where(flip[:, None, None, None], mirrored, crops, out=crops)
+        elif len(flipped := flip.nonzero().squeeze(1)):
             k = len(flipped)
             chosen = torch.index_select(crops, 0, flipped, out=self.scratch.get("chosen", shape, torch.uint8, device)[:k])
             mirrored = torch.ops.aten.flip.out(chosen, [2], out=self.scratch.get("mirrored", shape, torch.uint8, device)[:k])
@@ -250,12 +243,14 @@ class TrainAugment:
         out.copy_(crops)
         if self.subtract_mean:
             out.sub_(self.mean.under(rows, left, flip, size, self.scratch.get("mean", shape, torch.float32, device)))
-        if self.pca_lighting_std > 0:
-            shift = lighting_shift(alpha, self.eigenvalues, self.eigenvectors)  # (N, C)
+        lit = self.pca_lighting_std > 0 and self.lighting_on
+        if lit:
+            shift = lighting_shift(alpha, self.eigenvalues, self.eigenvectors, self.pca_scale)  # (N, C)
             # added to whole rows ([s0 s1 s2 s0 s1 s2 ...]): a broadcast over a long inner dimension is fast
             out.view(len(out), size, -1).add_(shift.repeat(1, size)[:, None, :])
-        if self.input_scale != 1.0:
-            out.mul_(self.input_scale)
+        scale = self.input_scale / (1.0 + self.pca_lighting_std) if lit and self.lighting_shrink else self.input_scale
+        if scale != 1.0:
+            out.mul_(scale)
         return out.permute(0, 3, 1, 2)
 
 

@@ -13,19 +13,27 @@ The paper does not say what it did with unusual files; here every file ends in o
   transparency (alpha channels, palette transparency) composited on a white background, because
   the transparent pixels of such files are usually meant to be shown on white; 16-bit images
   scaled to 8 bits (v / 257, rounded, so 65535 -> 255); bilevel images to gray;
-* or refused with a one-line reason (:class:`BadImage`): empty, not an image, corrupt or
-  truncated, larger than ``max_pixels`` (a decompression bomb), or an unsupported mode
-  (floating-point images, whose range is unknown).
+* or refused with a one-line reason (:class:`BadImage`): not found, unreadable, empty, not an
+  image, corrupt or truncated, larger than ``max_pixels`` (a decompression bomb), or an
+  unsupported mode (floating-point images, whose range is unknown).
+
+Only what a bad file can cause becomes a :class:`BadImage`: an error raised while Pillow opens,
+parses and loads the file (:func:`load_file`), or a file that is missing or unreadable. Once the
+pixels are in memory, the conversions are our own code on valid data, so an exception there is a
+bug and propagates as itself: one wrong line must not turn every image into a "corrupt file".
 """
 
 from __future__ import annotations
 
 import os
+import struct
 import warnings
+import zlib
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import PIL
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 # Pillow's own default; images over it are refused as possible decompression bombs.
@@ -41,30 +49,64 @@ class BadImage(Exception):
     """A file that cannot become a training image; ``str(e)`` is the reason."""
 
 
+# What Pillow raises on bad bytes: its parsers use OSError, SyntaxError, ValueError, EOFError,
+# struct.error and zlib.error, and some of them index or look up what the file claims.
+FILE_FAULTS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error, IndexError, KeyError, TypeError)
+PILLOW_DIR = os.path.dirname(PIL.__file__)
+
+
+def raised_by_pillow(e: BaseException) -> bool:
+    """Whether the innermost Python frame of ``e``'s traceback is Pillow's (C code it calls included)."""
+    tb = e.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return os.path.abspath(tb.tb_frame.f_code.co_filename).startswith(PILLOW_DIR + os.sep)
+
+
 def is_grayscale_file(path: str | os.PathLike) -> bool | None:
     """Whether the file's header says grayscale (no pixel data is decoded); None if unreadable."""
+    header = _header(path)
+    return None if header is None else header[0] in GRAY_MODES
+
+
+def image_size_of(path: str | os.PathLike) -> tuple[int, int] | None:
+    """(width, height) from the file's header (no pixel data is decoded); None if unreadable."""
+    header = _header(path)
+    return None if header is None else header[1]
+
+
+def _header(path) -> tuple[str, tuple[int, int]] | None:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             with Image.open(path) as img:
-                return img.mode in GRAY_MODES
-    except Exception:
+                return img.mode, img.size
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError):
         return None
+    except FILE_FAULTS as e:
+        if raised_by_pillow(e):
+            return None
+        raise
 
 
-def decode_file(path: str | os.PathLike, size: int, channels: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, list[str]]:
-    """Read ``path`` into a (size, size, channels) uint8 array; also return notes on conversions.
+def load_file(path: Path, size: int, max_pixels: int) -> tuple[Image.Image, tuple[int, int], list[str]]:
+    """Open, check and load ``path`` (EXIF orientation applied): the step where a bad file fails.
 
-    Raises :class:`BadImage` with the reason when the file cannot be used.
+    Returns the loaded image, the file's (width, height) and notes. Raises :class:`BadImage`
+    for what the file causes; anything else (a bug) propagates unchanged.
     """
-    path = Path(path)
     try:
+        if not path.is_file():
+            raise BadImage("not found" if not path.exists() else "not a file")
         if path.stat().st_size == 0:
             raise BadImage("empty file (0 bytes)")
         with warnings.catch_warnings():
             # A DecompressionBombWarning (over Image.MAX_IMAGE_PIXELS) is an error here.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+            img = Image.open(path)
+            try:
                 width, height = img.size
                 if width * height > max_pixels:
                     raise BadImage(f"too large: {width}x{height} pixels, over the limit of {max_pixels} (possible decompression bomb)")
@@ -74,22 +116,40 @@ def decode_file(path: str | os.PathLike, size: int, channels: int, max_pixels: i
                 if img.getexif().get(EXIF_ORIENTATION, 1) != 1:
                     notes.append("EXIF orientation applied")
                 ImageOps.exif_transpose(img, in_place=True)  # also loads the pixels
-                img8 = to_8bit(img, notes)
-                img8 = match_channels(img8, channels, notes)
-                if min(width, height) < size:
-                    notes.append("upscaled")
-                return np.asarray(center_square(img8, size)).reshape(size, size, channels), notes
+                img.load()
+            except BaseException:
+                img.close()
+                raise
+        return img, (width, height), notes
     except BadImage:
         raise
     except UnidentifiedImageError:
         raise BadImage("not an image (Pillow cannot identify the format)") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise BadImage(f"too large (possible decompression bomb): {e}") from None
+    except FileNotFoundError:
+        raise BadImage("not found") from None
     except PermissionError as e:
         raise BadImage(f"unreadable: {e.strerror}") from None
-    except Exception as e:  # truncated data, broken headers, decoder errors: Pillow raises many types
-        message = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise BadImage(f"corrupt or truncated: {message}") from None
+    except FILE_FAULTS as e:
+        if isinstance(e, OSError) or raised_by_pillow(e):  # truncated data, broken headers, decoder errors
+            message = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise BadImage(f"corrupt or truncated: {message}") from None
+        raise
+
+
+def decode_file(path: str | os.PathLike, size: int, channels: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, list[str]]:
+    """Read ``path`` into a (size, size, channels) uint8 array; also return notes on conversions.
+
+    Raises :class:`BadImage` with the reason when the file cannot be used.
+    """
+    img, (width, height), notes = load_file(Path(path), size, max_pixels)
+    with img:
+        img8 = to_8bit(img, notes)
+        img8 = match_channels(img8, channels, notes)
+        if min(width, height) < size:
+            notes.append("upscaled")
+        return np.asarray(center_square(img8, size)).reshape(size, size, channels), notes
 
 
 def decode_array(pixels: np.ndarray, size: int, channels: int) -> np.ndarray:

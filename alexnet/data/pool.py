@@ -1,7 +1,10 @@
 """Decoding chunks of a split in a process pool, for :mod:`alexnet.data.prepare`.
 
 Each worker writes its rows straight into the memory-mapped output file and returns only the
-failures, conversion notes and integer pixel sums of its chunk. A worker that dies (a decoder
+failures, conversion notes and integer pixel sums of its chunk. A file that cannot be used is a
+failure of that file (:class:`~alexnet.data.images.BadImage`); any other exception is a bug in
+our code and stops the run as :class:`DecodingBug`, naming the file, so that it is never
+reported as every file being corrupt. A worker that dies (a decoder
 crash, the out-of-memory killer) does not stop the run: the chunks that were in flight are
 decoded again alone, then file by file, each in a fresh process, and a file that still kills
 its process is reported as skipped.
@@ -18,7 +21,7 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 from PIL import Image
@@ -26,6 +29,11 @@ from PIL import Image
 from alexnet.data import idx
 from alexnet.data.images import BadImage, decode_array, decode_file
 from alexnet.data.statistics import pixel_sums
+from alexnet.display import printable
+
+
+class DecodingBug(RuntimeError):
+    """An exception in our decoding code (not caused by the file): prepare stops, reported as an internal error."""
 
 
 @dataclass
@@ -43,6 +51,8 @@ class Task:
     paths: list[str] | None = None
     idx_file: str | None = None
     rows: np.ndarray | None = None
+    encoding: str = "raw"  # "jpeg": out_file is the chunk's part file (alexnet.data.jpeg)
+    quality: int = 90
 
     def __len__(self) -> int:
         return len(self.paths) if self.paths is not None else len(self.rows)
@@ -104,12 +114,11 @@ def _idx_images(path: str, size: int, mtime: int) -> np.ndarray:
     return idx.read_idx(path)
 
 
-def decode_chunk(task: Task) -> ChunkResult:
-    """Decode one chunk into its rows of the output; runs in a worker process."""
-    out = _output(task.out_file, os.stat(task.out_file).st_ino)  # the inode: a rebuilt file is a new map
+def decoded_images(task: Task, notes: Counter, failures: list) -> Iterator[tuple[int, np.ndarray | None]]:
+    """(i, pixels) for every image of the chunk, in order; pixels None for a file that cannot be
+    used, whose reason is appended to ``failures``. A failure of alexnet's own code is no bad
+    file: it stops the run as a :class:`DecodingBug` naming the file."""
     size, c = task.size, task.channels
-    failures, notes = [], Counter()
-    good = np.ones(len(task), bool)
     if task.idx_file is not None:
         st = os.stat(task.idx_file)
         idx_images = _idx_images(task.idx_file, st.st_size, st.st_mtime_ns)
@@ -122,9 +131,27 @@ def decode_chunk(task: Task) -> ChunkResult:
                 pixels = decode_array(idx_images[task.rows[i]], size, c)
         except BadImage as e:
             failures.append((task.start + i, str(e)))
-            good[i] = False
-            pixels = 0
-        out[task.start + i] = pixels
+            yield i, None
+            continue
+        except Exception as e:  # our own code failed, not the file: stop and say so
+            item = task.paths[i] if task.paths is not None else f"row {task.rows[i]} of {task.idx_file}"
+            raise DecodingBug(f"decoding {printable(str(item))} failed in alexnet's own code, not because of the file "
+                              f"({type(e).__name__}: {printable(str(e))})") from e
+        yield i, pixels
+
+
+def decode_chunk(task: Task) -> ChunkResult:
+    """Decode one chunk into its rows of the output; runs in a worker process."""
+    if task.encoding == "jpeg":
+        from alexnet.data.jpeg import encode_chunk
+
+        return encode_chunk(task)
+    out = _output(task.out_file, os.stat(task.out_file).st_ino)  # the inode: a rebuilt file is a new map
+    failures, notes = [], Counter()
+    good = np.ones(len(task), bool)
+    for i, pixels in decoded_images(task, notes, failures):
+        good[i] = pixels is not None
+        out[task.start + i] = 0 if pixels is None else pixels
     result = ChunkResult(task.split, task.chunk, task.start, failures, notes, None, None, int(good.sum()))
     if task.with_stats:
         result.sum_image, result.sum_outer = pixel_sums(out[task.start : task.start + len(task)][good])

@@ -1,15 +1,19 @@
 """``alexnet prepare``: decode a source data set once into a store (section 2).
 
 Every image is rescaled so that its shorter side is S and centre-cropped to S x S
-(:mod:`alexnet.data.images`), then written as uint8 into memory-mapped ``.npy`` files
-(:mod:`alexnet.data.store`). Training then reads pixels, never files.
+(:mod:`alexnet.data.images`), then written either as uint8 into memory-mapped ``.npy`` files
+(``raw``, :mod:`alexnet.data.store`) or as one JPEG per image in part files (``jpeg``,
+:mod:`alexnet.data.jpeg`). ``encoding="auto"`` picks raw when the raw store would take less than
+``AUTO_RAW_BYTES`` (4 GiB: the built-in data, small folders) and JPEG otherwise (ImageNet: about
+240 GB raw, about 40 GB as JPEG). Training then reads stored pixels or stored JPEGs, never sources.
 
 How the work is done:
 
 * The splits are cut into chunks of consecutive images. A process pool (all cores) decodes
   chunks (:mod:`alexnet.data.pool`); each worker writes its rows straight into the
-  memory-mapped output and returns only failures, conversion notes and integer sums of the
-  pixels, so memory does not grow with the data set.
+  memory-mapped output (raw) or its chunk's part file (JPEG; the sums are then of the pixels as
+  they decode from the JPEGs, what training sees) and returns only failures, conversion notes
+  and integer sums of the pixels, so memory does not grow with the data set.
 * The mean image and the pixel covariance come from those sums, accumulated exactly in int64
   (the float64 covariance is formed once at the end), so they do not depend on the order in
   which chunks finish or on interruptions (:mod:`alexnet.data.statistics`).
@@ -19,7 +23,8 @@ How the work is done:
   the chunks not recorded; a rerun with a different source listing or size starts again cleanly.
 * A file that cannot be used is skipped and listed with its reason; the run never stops on
   one file. Its row is filled by the last good image of the split before the file is
-  truncated, so row order is file order except at those rows.
+  truncated, so row order is file order except at those rows (in a JPEG store only the index
+  rows move).
 * ``manifest.json`` is written last, atomically; until then :func:`open_store` refuses the folder.
 """
 
@@ -27,6 +32,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import sys
 import time
 from collections import Counter
@@ -37,7 +43,8 @@ from typing import Callable
 import numpy as np
 from tqdm import tqdm
 
-from alexnet.atomic import atomic_save_npy, atomic_savez, atomic_write_json
+from alexnet.atomic import atomic_save_npy, atomic_savez, atomic_write_json, fsync_dir
+from alexnet.data import jpeg
 from alexnet.data.images import DEFAULT_MAX_PIXELS, is_grayscale_file
 from alexnet.data.pool import ChunkResult, Task, clear_caches, run_tasks
 from alexnet.data.progress import PROGRESS, Progress, can_resume, clear_store
@@ -46,9 +53,13 @@ from alexnet.data.statistics import pixel_statistics
 from alexnet.data.store import (FORMAT, FORMAT_VERSION, MANIFEST, REPORT, STATS, Store, images_file, labels_file,
                                 open_store, set_npy_rows)
 from alexnet.errors import UserError
+from alexnet.runlock import holds_folder
 
 FILE_CHUNK = 64  # images per task when decoding files
 IDX_CHUNK = 1024  # rows per task for IDX sources (tiny images)
+JPEG_FILE_CHUNK = 256  # images per task, and per part file, when files are encoded as JPEG
+AUTO_RAW_BYTES = 4 * 2**30  # encoding "auto": raw below this many bytes of raw images, JPEG above
+ENCODINGS = ("auto", "raw", "jpeg")
 
 
 @dataclass
@@ -83,14 +94,16 @@ def _choose_channels(plan: Plan, channels: str) -> int:
     return 1 if readable else 3
 
 
-def _tasks(plan: Plan, out: Path, size: int, channels: int, max_pixels: int, chunk_size: int, done: dict[str, np.ndarray]) -> list[Task]:
+def _tasks(plan: Plan, out: Path, size: int, channels: int, max_pixels: int, chunk_size: int, done: dict[str, np.ndarray],
+           encoding: str = "raw", quality: int = jpeg.QUALITY) -> list[Task]:
     tasks = []
     for name, split in plan.splits.items():
         for chunk, start in enumerate(range(0, len(split), chunk_size)):
             if done[name][chunk]:
                 continue
             stop = min(start + chunk_size, len(split))
-            task = Task(name, chunk, start, str(out / images_file(name)), size, channels, max_pixels, name == "train")
+            target = out / jpeg.part_dir(name) / jpeg.part_name(chunk) if encoding == "jpeg" else out / images_file(name)
+            task = Task(name, chunk, start, str(target), size, channels, max_pixels, name == "train", encoding=encoding, quality=quality)
             if split.idx_file:
                 task.idx_file, task.rows = split.idx_file, split.rows[start:stop]
             else:
@@ -114,6 +127,45 @@ def _reserve_disk(path: Path) -> None:
             # file systems without fallocate: the space is taken as the rows are written
 
 
+def choose_encoding(encoding: str, plan: Plan, size: int, channels: str) -> str:
+    """``auto``: raw when the raw images would take under AUTO_RAW_BYTES, else JPEG."""
+    if encoding != "auto":
+        return encoding
+    c = 1 if channels == "1" else 3
+    raw_bytes = sum(len(split) for split in plan.splits.values()) * size * size * c
+    return "raw" if raw_bytes < AUTO_RAW_BYTES else "jpeg"
+
+
+def _clear_jpeg(out: Path) -> None:
+    """Remove a JPEG store's parts and indexes (after clear_store has removed the manifest)."""
+    for name in ("train", "val"):
+        try:
+            os.unlink(out / jpeg.index_file(name))
+        except FileNotFoundError:
+            pass
+        shutil.rmtree(out / jpeg.part_dir(name), ignore_errors=True)
+
+
+def _warn_if_short_of_disk(out: Path, raw_bytes: int, log: Callable[[str], None]) -> None:
+    """A JPEG store's size is known only once written; at 256x256 photographs take about an eighth
+    of their raw bytes (the README's figures), so say so up front when less than a sixth is free."""
+    need, free = raw_bytes / 6, shutil.disk_usage(out).free
+    if free < need:
+        log(f"note: {out} has {free / 1e9:.1f} GB free; a JPEG store of these images may need about {need / 1e9:.1f} GB "
+            "(a full disk stops the run, which then resumes when rerun)")
+
+
+def _can_resume_jpeg(progress: Progress | None, plan: Plan, out: Path, fingerprint: str, chunk_size: int, channels: str) -> bool:
+    if progress is None or progress.fingerprint != fingerprint or progress.chunk_size != chunk_size:
+        return False
+    if channels != "auto" and int(channels) != progress.channels:
+        return False
+    if set(progress.done) != set(plan.splits) or not all((out / jpeg.part_dir(name)).is_dir() for name in plan.splits):
+        return False
+    return all((out / jpeg.part_dir(name) / jpeg.part_name(k)).is_file() for name, d in progress.done.items() for k in np.flatnonzero(d))
+
+
+@holds_folder("out", "alexnet prepare", advice="wait for it or choose another OUT folder")
 def prepare_store(
     source: str | os.PathLike,
     out: str | os.PathLike,
@@ -129,10 +181,24 @@ def prepare_store(
     progress_bar: bool = True,
     checkpoint_seconds: float = 10.0,
     log: Callable[[str], None] = _say,
+    encoding: str = "auto",
+    quality: int = jpeg.QUALITY,
+    val_labels: str | os.PathLike | None = None,
+    val_labels_base: int | None = None,
 ) -> PrepareResult:
-    """Decode ``source`` into a store at ``out`` (see the module docstring); returns the opened store."""
+    """Decode ``source`` into a store at ``out`` (see the module docstring); returns the opened store.
+
+    ``encoding``: ``raw``, ``jpeg`` (at ``quality``, 1-100) or ``auto`` (see the module docstring).
+    ``val_labels`` / ``val_labels_base``: the file labelling a flat ``val/`` folder and the number of
+    its first class (:mod:`alexnet.data.val_labels`); recorded in the manifest's ``val_labels``.
+    """
     if image_size < 1:
         raise UserError(f"--image-size must be a positive number of pixels, got {image_size}")
+    if encoding not in ENCODINGS:
+        raise UserError(f"--encoding must be one of {', '.join(ENCODINGS)}, got {encoding!r}")
+    if not 1 <= int(quality) <= 100:
+        raise UserError(f"--jpeg-quality must be between 1 and 100, got {quality}")
+    quality = int(quality)
     if str(channels) not in ("auto", "1", "3"):
         raise UserError(f"--channels must be auto, 1 or 3, got {channels}")
     channels = str(channels)
@@ -143,51 +209,73 @@ def prepare_store(
         raise UserError(f"{out} is a file; give a folder for the store")
     if (out / MANIFEST).exists() and not force:
         raise UserError(f"{out} already holds a prepared store; add --force to rebuild it, or choose another folder")
-    plan = read_source(source, val_fraction=val_fraction, seed=seed)
+    plan = read_source(source, val_fraction=val_fraction, seed=seed, val_labels=val_labels, val_labels_base=val_labels_base,
+                       image_size=image_size)
     out.mkdir(parents=True, exist_ok=True)
     if (out / MANIFEST).exists():
         clear_store(out)
+        _clear_jpeg(out)
     size = image_size
-    chunk_size = chunk_size or (IDX_CHUNK if plan.kind == "idx" else FILE_CHUNK)
-    fingerprint = f"{plan.fingerprint(size)}:{max_pixels}"
+    chosen = choose_encoding(encoding, plan, size, channels)
+    if chosen == "raw" and quality != jpeg.QUALITY:
+        log(f"note: --jpeg-quality is ignored: the store is raw ({'chosen by --encoding auto for a small set' if encoding == 'auto' else '--encoding raw'})")
+    encoding = chosen
+    if encoding == "jpeg":
+        jpeg._simplejpeg()  # a missing decoder is one clear line now, not a failure in every worker
+    chunk_size = chunk_size or (IDX_CHUNK if plan.kind == "idx" else JPEG_FILE_CHUNK if encoding == "jpeg" else FILE_CHUNK)
+    fingerprint = f"{plan.fingerprint(size)}:{max_pixels}" + (f":jpeg{quality}" if encoding == "jpeg" else "")
     chunks = {name: -(-len(split) // chunk_size) for name, split in plan.splits.items()}
 
     progress = Progress.load(out / PROGRESS)
     resumed = 0
-    if can_resume(progress, plan, out, size, fingerprint, chunk_size, channels):
+    if encoding == "jpeg":
+        resumable = _can_resume_jpeg(progress, plan, out, fingerprint, chunk_size, channels)
+    else:
+        resumable = can_resume(progress, plan, out, size, fingerprint, chunk_size, channels)
+    if resumable:
         resumed = int(sum(d.sum() for d in progress.done.values()))
         log(f"resuming an interrupted prepare of {out}: {resumed} of {sum(chunks.values())} chunks already done")
     else:
-        if progress is not None or any((out / images_file(s)).exists() for s in ("train", "val")):
+        if progress is not None or any((out / f).exists() for s in ("train", "val") for f in (images_file(s), jpeg.part_dir(s))):
             log(f"starting {out} afresh (the previous, unfinished run was for other data or settings)")
         clear_store(out)
+        _clear_jpeg(out)
         c = _choose_channels(plan, channels)
         progress = Progress(fingerprint, c, chunk_size, chunks, size)
+        if encoding == "jpeg":
+            _warn_if_short_of_disk(out, sum(len(split) for split in plan.splits.values()) * size * size * c, log)
         for name, split in plan.splits.items():
+            if encoding == "jpeg":
+                (out / jpeg.part_dir(name)).mkdir()
+                continue
             np.lib.format.open_memmap(out / images_file(name), mode="w+", dtype=np.uint8, shape=(len(split), size, size, c))
             _reserve_disk(out / images_file(name))
         progress.save(out / PROGRESS)
     c = progress.channels
 
     if progress.state == "decoding":
-        _decode_all(plan, out, size, c, max_pixels, chunk_size, workers, progress, progress_bar, checkpoint_seconds)
+        _decode_all(plan, out, size, c, max_pixels, chunk_size, workers, progress, progress_bar, checkpoint_seconds, encoding, quality)
         missing = sum(int((~d).sum()) for d in progress.done.values())
         if missing:
             raise RuntimeError(f"{missing} chunks were not decoded")
-    store, skipped = _finish(plan, out, size, c, progress)
+    store, skipped = _finish(plan, out, size, c, progress, encoding, quality)
     summary = _summary(store, skipped, out)
     return PrepareResult(store, skipped, resumed, summary, list(plan.notes))
 
 
-def _decode_all(plan, out, size, c, max_pixels, chunk_size, workers, progress: Progress, progress_bar, checkpoint_seconds) -> None:
-    tasks = _tasks(plan, out, size, c, max_pixels, chunk_size, progress.done)
+def _decode_all(plan, out, size, c, max_pixels, chunk_size, workers, progress: Progress, progress_bar, checkpoint_seconds,
+                encoding: str = "raw", quality: int = jpeg.QUALITY) -> None:
+    tasks = _tasks(plan, out, size, c, max_pixels, chunk_size, progress.done, encoding, quality)
     total = sum(len(s) for s in plan.splits.values())
-    files = [open(out / images_file(name), "rb+") for name in plan.splits]
+    files = [] if encoding == "jpeg" else [open(out / images_file(name), "rb+") for name in plan.splits]
     last_save = time.monotonic()
 
     def checkpoint() -> None:
         for f in files:
             os.fsync(f.fileno())  # the workers' rows reach the disk before the record says so
+        if encoding == "jpeg":
+            for name in plan.splits:  # each part was fsynced by its worker; now its rename
+                fsync_dir(out / jpeg.part_dir(name))
         progress.save(out / PROGRESS)
 
     bar = None
@@ -205,6 +293,10 @@ def _decode_all(plan, out, size, c, max_pixels, chunk_size, workers, progress: P
     remaining = sum(len(t) for t in tasks)
     try:
         run_tasks(tasks, workers, max_pixels, on_result)
+    except OSError as e:
+        if e.errno == errno.ENOSPC:
+            raise UserError(f"the disk holding {out} is full; free some space (or choose another OUT) and rerun the same command to resume") from None
+        raise
     finally:
         if bar is not None:
             bar.close()
@@ -214,7 +306,7 @@ def _decode_all(plan, out, size, c, max_pixels, chunk_size, workers, progress: P
         clear_caches()
 
 
-def _finish(plan: Plan, out: Path, size: int, c: int, progress: Progress) -> tuple[Store, list[dict]]:
+def _finish(plan: Plan, out: Path, size: int, c: int, progress: Progress, encoding: str = "raw", quality: int = jpeg.QUALITY) -> tuple[Store, list[dict]]:
     """Check the classes, fill the skipped rows, write labels, statistics, report, then the manifest."""
     bad = {name: {} for name in plan.splits}
     for split, i, reason in progress.failures:
@@ -224,7 +316,8 @@ def _finish(plan: Plan, out: Path, size: int, c: int, progress: Progress) -> tup
         for i, reason in sorted(bad[name].items()):
             item = split.paths[i] if split.paths else f"{os.path.basename(split.idx_file)}[{split.rows[i]}]"
             skipped.append({"split": name, "path": _relative(item, plan.source), "reason": reason})
-    report = {"source": str(plan.source), "skipped": skipped, "conversions": dict(sorted(progress.notes.items()))}
+    report = {"source": str(plan.source), "skipped": skipped, "ignored": plan.ignored,
+              "conversions": dict(sorted(progress.notes.items()))}
     atomic_write_json(out / REPORT, report)
 
     keep = {}
@@ -241,6 +334,8 @@ def _finish(plan: Plan, out: Path, size: int, c: int, progress: Progress) -> tup
             f"class {empty[0]!r}{f' (and {len(empty) - 1} more)' if len(empty) > 1 else ''} has no usable training image: "
             f"every file was skipped (reasons in {out / REPORT}); fix or remove those files, or remove the class folder"
         )
+    if "val" in keep and not keep["val"].any():  # training validates every epoch: no store without val images
+        raise UserError(f"none of the validation images could be read (reasons in {out / REPORT}); fix them, or add readable ones")
 
     moves = {}
     for name in plan.splits:
@@ -249,7 +344,7 @@ def _finish(plan: Plan, out: Path, size: int, c: int, progress: Progress) -> tup
         holes_in = holes[holes < n_good]
         sources = np.flatnonzero(keep[name][n_good:]) + n_good
         moves[name] = (n_good, holes_in, sources)
-    if progress.state == "decoding":
+    if progress.state == "decoding" and encoding == "raw":
         for name, (n_good, holes_in, sources) in moves.items():
             if len(holes_in):
                 images = np.load(out / images_file(name), mmap_mode="r+")
@@ -263,7 +358,17 @@ def _finish(plan: Plan, out: Path, size: int, c: int, progress: Progress) -> tup
     splits_info = {}
     for name, split in plan.splits.items():
         n_good, holes_in, sources = moves[name]
-        set_npy_rows(out / images_file(name), n_good)
+        if encoding == "jpeg":
+            folder = out / jpeg.part_dir(name)
+            step = progress.chunk_size
+            try:
+                index = np.concatenate([jpeg.part_index(folder, k, min(step, len(split) - k * step)) for k in range(len(progress.done[name]))])
+            except (OSError, ValueError) as e:
+                raise UserError(f"a part of the unfinished store {out} is missing or damaged ({e}); rerun with --force to start afresh") from None
+            index[holes_in] = index[sources]
+            atomic_save_npy(out / jpeg.index_file(name), index[:n_good])
+        else:
+            set_npy_rows(out / images_file(name), n_good)
         labels = split.labels.copy()
         labels[holes_in] = split.labels[sources]
         labels = labels[:n_good]
@@ -284,6 +389,7 @@ def _finish(plan: Plan, out: Path, size: int, c: int, progress: Progress) -> tup
         "source_kind": plan.kind,
         "image_size": size,
         "channels": c,
+        "encoding": encoding,
         "classes": plan.class_names,
         "class_ids": plan.class_ids,
         "splits": splits_info,
@@ -293,7 +399,11 @@ def _finish(plan: Plan, out: Path, size: int, c: int, progress: Progress) -> tup
             "transparency composited on white; 16-bit scaled to 8-bit; EXIF orientation applied"
         ),
         "notes": plan.notes,
+        "val_labels": plan.val_labels,  # the file the validation labels came from (ILSVRC layout), else None
     }
+    if encoding == "jpeg":
+        manifest["jpeg_quality"] = quality
+        manifest["preprocessing"] += f"; stored as JPEG, quality {quality}, " + ("grayscale" if c == 1 else "4:2:0 chroma")
     atomic_write_json(out / MANIFEST, manifest)  # last: from here on the store is complete
     os.unlink(out / PROGRESS)
     return open_store(out), skipped
@@ -309,7 +419,9 @@ def _relative(path: str, source: Path) -> str:
 def _summary(store: Store, skipped: list[dict], out: Path) -> str:
     counts = ", ".join(f"{len(store.split(s))} {s}" for s in store.splits)
     s = store.image_size
-    line = f"prepared {out}: {counts} images of {store.num_classes} classes, {s}x{s}x{store.channels}"
+    stored = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    size = f"{stored / 2**30:.2f} GiB" if stored >= 2**30 else f"{stored / 2**20:.1f} MiB"
+    line = f"prepared {out}: {counts} images of {store.num_classes} classes, {s}x{s}x{store.channels}, {store.encoding} ({size})"
     if not skipped:
         return line + "; no file skipped"
     kinds = Counter(item["reason"].split(":")[0].split(" (")[0] for item in skipped)

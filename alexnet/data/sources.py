@@ -3,41 +3,63 @@
 * an image-folder tree: ``SOURCE/train/<class>/**`` and ``SOURCE/val/<class>/**``, or just
   ``SOURCE/<class>/**`` (or ``SOURCE/train/<class>`` without ``val/``), in which case a
   class-stratified fraction of each class is held out as the validation split;
-* the ILSVRC-2012 layout: ``train/<wnid>/*.JPEG`` and ``val/*.JPEG`` flat, labelled by one of
-  - ``val_labels.txt`` / ``val.txt`` / ``LOC_val_solution.csv`` (lines "filename wnid", or
-    "filename index" with a 0-based index into the sorted WNIDs, as Caffe's ``val.txt``),
-  - ``ILSVRC2012_validation_ground_truth.txt`` (1-based ILSVRC2012_IDs, one per image in file
-    name order) with the devkit's ``meta.mat`` beside it or in ``SOURCE``, which maps IDs to WNIDs;
-  and named by ``LOC_synset_mapping.txt`` or ``synset_words.txt`` ("wnid name, other name")
-  when present;
+* the ILSVRC-2012 layout: ``train/<wnid>/*.JPEG`` and ``val/*.JPEG`` flat, the validation labels
+  read from exactly one of two places, never searched for (:mod:`alexnet.data.val_labels`):
+  - the devkit unpacked into SOURCE: ``ILSVRC2012_devkit_t12/data/ILSVRC2012_validation_ground_truth.txt``
+    (the 1-based ILSVRC2012_ID of image number k on line k) with ``meta.mat`` beside it, which
+    maps the IDs to WNIDs;
+  - a file named with ``--val-labels FILE``: "filename label" lines (space- or comma-separated,
+    as Kaggle's ``LOC_val_solution.csv``), the label a WNID or a class number whose origin (0 or
+    1) ``--val-labels-base`` must state; or the devkit's ground-truth file itself.
+  Class names come from ``LOC_synset_mapping.txt`` or ``synset_words.txt`` ("wnid name, other
+  name") when present (display only);
 * Fashion-MNIST / MNIST IDX files: ``train-images-idx3-ubyte[.gz]`` and
   ``train-labels-idx1-ubyte[.gz]`` (and ``t10k-*`` for the validation split).
 
 Class indices follow the sorted class-folder names (WNIDs sort into the usual ImageNet order).
-Files are listed recursively in sorted order; names starting with "." are ignored.
+
+What is listed (nothing is dropped silently: whatever is not read is in ``report.json``):
+
+* files are listed recursively in sorted order, names as the file system gives them (a name
+  that is not valid UTF-8 keeps its bytes, as ``os.fsdecode``'s surrogate escapes; shown with
+  replacement characters);
+* hidden files and folders (names starting with "."), folders beside ``train/`` and ``val/``,
+  and things that are not regular files (FIFOs, sockets, devices) are ignored, with the reason;
+  files outside any class folder are skipped, with the reason;
+* symbolic links: a link to a file or folder outside SOURCE is followed; a link whose target lies
+  inside SOURCE, or inside a folder the layout reads (train/, val/, a class folder, wherever
+  links put them), is not: the target is listed once, under its own folder, so a link can never
+  add another class's images under a new label, or training images to the validation split; a
+  folder reached a second time (a link loop, or two links to one folder) is not walked again, and
+  two class folders that are one folder are refused; a broken link is reported as not found.
+* class names (for display: reports, figures, checkpoints) are the synset file's first name or
+  the folder name, with replacement characters for bytes that are not UTF-8; a name that two
+  classes share gets the class id added ("crane (n02012849)": ImageNet has two cranes).
+* every split must end up with images: a source too small to hold out a validation split, or
+  ``--val-fraction 0``, is refused (training validates every epoch).
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import os
-import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from alexnet.data import idx
-from alexnet.data.matfile import MatFileError, ilsvrc_id_to_wnid
+from alexnet.data.images import image_size_of
+from alexnet.data.val_labels import DEVKIT_DATA, find_val_labels
+from alexnet.display import printable
 from alexnet.errors import UserError
 
-WNID = re.compile(r"^n\d{8}$")
 SYNSET_FILES = ("LOC_synset_mapping.txt", "synset_words.txt")
-VAL_LABEL_FILES = ("val_labels.txt", "val_labels.csv", "val.txt", "LOC_val_solution.csv")
-GROUND_TRUTH = "ILSVRC2012_validation_ground_truth.txt"
 DEFAULT_VAL_FRACTION = 0.1
+SMALL_IMAGE_PIXELS = 64  # a shorter side under this suggests the demo's small-image recipe
+SIZE_SAMPLE = 64  # files whose headers are read to judge the image size
 
 
 @dataclass
@@ -58,11 +80,13 @@ class SplitPlan:
 class Plan:
     kind: str  # "image-folder", "ilsvrc" or "idx"
     source: Path
-    class_ids: list[str]
-    class_names: list[str]
+    class_ids: list[str]  # folder names as the file system gives them (surrogate escapes kept)
+    class_names: list[str]  # for display: printable
     splits: dict[str, SplitPlan]
     notes: list[str] = field(default_factory=list)
     skipped: list[dict] = field(default_factory=list)  # files refused before decoding
+    ignored: list[dict] = field(default_factory=list)  # entries not read, by the listing policy
+    val_labels: dict | None = None  # the file the validation labels came from (ILSVRC layout)
     grayscale: bool | None = None  # known from the format (IDX), else None
 
     def fingerprint(self, image_size: int) -> str:
@@ -72,7 +96,7 @@ class Plan:
             h.update(name.encode())
             h.update(np.ascontiguousarray(split.labels, np.int64).tobytes())
             if split.idx_file:
-                h.update(split.idx_file.encode())
+                h.update(split.idx_file.encode("utf-8", "surrogateescape"))
                 h.update(str(os.path.getsize(split.idx_file)).encode())
                 h.update(np.ascontiguousarray(split.rows, np.int64).tobytes())
             for p in split.paths:
@@ -80,91 +104,258 @@ class Plan:
         return h.hexdigest()
 
 
-def read_source(source: str | os.PathLike, *, val_fraction: float | None = None, seed: int = 0) -> Plan:
-    """Work out the layout of ``source`` and list its splits."""
+def read_source(source: str | os.PathLike, *, val_fraction: float | None = None, seed: int = 0,
+                val_labels: str | os.PathLike | None = None, val_labels_base: int | None = None,
+                image_size: int | None = None) -> Plan:
+    """Work out the layout of ``source`` and list its splits.
+
+    ``val_labels`` / ``val_labels_base``: the file labelling a flat ``val/`` folder and the number
+    of its first class (see :mod:`alexnet.data.val_labels`). ``image_size``: when given, a note
+    suggests the small-image recipe if the images are much smaller than that.
+    """
     source = Path(source).expanduser()
+    shown = printable(str(source))
     if not source.exists():
-        raise UserError(f"{source} does not exist: give a folder of class folders, an ILSVRC-2012 tree or Fashion-MNIST IDX files")
+        raise UserError(f"{shown} does not exist: give a folder of class folders, an ILSVRC-2012 tree or Fashion-MNIST IDX files")
     if not source.is_dir():
-        raise UserError(f"{source} is a file: give the folder that holds the data set")
-    if val_fraction is not None and not 0.0 <= val_fraction < 1.0:
-        raise UserError(f"--val-fraction must be in [0, 1), got {val_fraction}")
+        raise UserError(f"{shown} is a file: give the folder that holds the data set")
+    if val_fraction is not None and not 0.0 < val_fraction < 1.0:
+        raise UserError(f"--val-fraction must be above 0 and below 1 (training validates every epoch), got {val_fraction}")
     source = source.resolve()
     if idx.find_idx_pair(source, "train"):
+        if val_labels is not None or val_labels_base is not None:
+            raise UserError("--val-labels and --val-labels-base are for a flat val/ folder of images (the ILSVRC-2012 layout)")
         plan = _read_idx(source, val_fraction, seed)
     else:
-        plan = _read_folders(source, val_fraction, seed)
-    counts = np.bincount(plan.splits["train"].labels, minlength=len(plan.class_ids)) if "train" in plan.splits else None
-    if counts is None or counts.sum() == 0:
-        raise UserError(f"no images found in {source}")
+        plan = _read_folders(source, val_fraction, seed, val_labels, val_labels_base)
     if len(plan.class_ids) < 2:
-        raise UserError(f"{source} has a single class ({plan.class_ids[0]!r}); classification needs at least two class folders")
+        raise UserError(f"{shown} has a single class; classification needs at least two")
+    for name, split in plan.splits.items():
+        if len(split) == 0:
+            raise UserError(f"the {name} split of {shown} has no images; training needs both a training and a validation split")
+    if plan.ignored:
+        plan.notes.append(f"{len(plan.ignored)} hidden files, links or other entries were not read; report.json lists each with the reason")
+    if image_size is not None and plan.kind != "idx":
+        note = small_image_note(plan, image_size)
+        if note:
+            plan.notes.append(note)
     return plan
 
 
-# --- image folders and ILSVRC ----------------------------------------------------------------
+# --- listing files ---------------------------------------------------------------------------
 
 
 def _visible(name: str) -> bool:
     return not name.startswith(".")
 
 
-def _list_files(folder: Path) -> list[str]:
-    """All non-hidden files under ``folder``, recursively, sorted."""
-    found = []
-    for root, dirs, files in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if _visible(d))
-        found.extend(os.path.join(root, f) for f in sorted(files) if _visible(f))
-    return found
+def _inside(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
 
-def _class_folders(root: Path) -> list[str]:
-    return sorted(e.name for e in os.scandir(root) if e.is_dir() and _visible(e.name))
+class _Lister:
+    """Lists files under the source by the policy in the module docstring, recording what it passes over."""
+
+    def __init__(self, source: Path, ignored: list[dict]) -> None:
+        self.source = source
+        # the tree: the source and every folder that the layout reads (train/, val/, the class
+        # folders), wherever links put them; a link into any of them is not followed
+        self.roots: list[str] = [os.path.realpath(source)]
+        self.ignored = ignored
+        self.quiet = False
+        self.walked: set[str] = set()  # real paths of the folders walked: none twice, so no loops
+        self.linked: set[str] = set()  # real paths of the files reached through links
+
+    def add_root(self, folder: Path) -> None:
+        self.roots.append(os.path.realpath(folder))
+
+    def ignore(self, path: str, reason: str) -> None:
+        if not self.quiet:
+            self.ignored.append({"path": _relative(path, self.source), "reason": reason})
+
+    def entry_kind(self, entry: os.DirEntry) -> str | None:
+        """"dir", "file", or None (ignored, with the reason recorded). Only links cost a system
+        call: for the rest, the folder listing says what they are."""
+        path = entry.path
+        if not _visible(entry.name):
+            self.ignore(path, "hidden (the name starts with '.')")
+            return None
+        try:
+            link = entry.is_symlink()
+            mode = os.stat(path).st_mode if link else (
+                stat.S_IFDIR if entry.is_dir(follow_symlinks=False) else
+                stat.S_IFREG if entry.is_file(follow_symlinks=False) else entry.stat(follow_symlinks=False).st_mode)
+        except FileNotFoundError:
+            self.ignore(path, "not found (a broken link)" if os.path.islink(path) else "not found")
+            return None
+        except OSError as e:
+            self.ignore(path, f"unreadable: {e.strerror}")
+            return None
+        if link:
+            target = os.path.realpath(path)
+            if any(_inside(target, root) for root in self.roots):
+                self.ignore(path, f"a link to {_relative(target, self.source)}, inside the source: not followed "
+                                  "(what it points to is listed under its own folder)")
+                return None
+            if stat.S_ISDIR(mode) and any(_inside(root, target) for root in self.roots):
+                self.ignore(path, "a link to a folder that holds the source: not followed (a loop)")
+                return None
+            if stat.S_ISREG(mode):
+                if target in self.linked:
+                    self.ignore(path, "a second link to a file already listed: not read twice")
+                    return None
+                if not self.quiet:
+                    self.linked.add(target)
+        if stat.S_ISDIR(mode):
+            return "dir"
+        if stat.S_ISREG(mode):
+            return "file"
+        self.ignore(path, "not a regular file (a FIFO, socket or device)")
+        return None
+
+    def _entries(self, folder) -> list[os.DirEntry]:
+        with os.scandir(folder) as it:
+            return sorted(it, key=lambda e: e.name)
+
+    def peek_folders(self, folder: Path) -> list[str]:
+        """The sub-folders that :meth:`folders` would give, recording nothing."""
+        self.quiet = True
+        try:
+            return self.folders(folder)[0]
+        finally:
+            self.quiet = False
+
+    def folders(self, folder: Path) -> tuple[list[str], list[str]]:
+        """The sub-folders (names) and files (paths) directly in ``folder``, sorted."""
+        dirs, files = [], []
+        for entry in self._entries(folder):
+            kind = self.entry_kind(entry)
+            if kind == "dir":
+                dirs.append(entry.name)
+            elif kind == "file":
+                files.append(entry.path)
+        return dirs, files
+
+    def files(self, folder: Path) -> list[str]:
+        """Every file under ``folder``, recursively, in sorted order."""
+        found: list[str] = []
+        self._walk(str(folder), found)
+        return found
+
+    def _walk(self, folder: str, found: list[str]) -> None:
+        real = os.path.realpath(folder)
+        if real in self.walked:
+            self.ignore(folder, "a folder already listed (reached again through a link): not read twice")
+            return
+        self.walked.add(real)
+        stack = [folder]
+        while stack:
+            current = stack.pop()
+            try:
+                entries = self._entries(current)
+            except OSError as e:
+                self.ignore(current, f"unreadable folder: {e.strerror}")
+                continue
+            subfolders = []
+            for entry in entries:
+                kind = self.entry_kind(entry)
+                if kind == "file":
+                    found.append(entry.path)
+                elif kind == "dir":
+                    real = os.path.realpath(entry.path)
+                    if real in self.walked:
+                        self.ignore(entry.path, "a folder already listed (reached again through a link): not read twice")
+                    else:
+                        self.walked.add(real)
+                        subfolders.append(entry.path)
+            # depth first in sorted order, files of a folder before its sub-folders' files
+            stack.extend(reversed(subfolders))
+        return None
 
 
-def _read_folders(source: Path, val_fraction: float | None, seed: int) -> Plan:
-    train_root = source / "train" if (source / "train").is_dir() else source
-    val_root = source / "val" if (source / "val").is_dir() else None
-    class_ids = _class_folders(train_root)
-    if train_root == source and val_root is not None:
-        class_ids.remove("val")
+def _relative(path: str | os.PathLike, source: Path) -> str:
+    try:
+        return str(Path(path).relative_to(source))
+    except ValueError:
+        return str(path)
+
+
+# --- image folders and ILSVRC ----------------------------------------------------------------
+
+
+def _read_folders(source: Path, val_fraction: float | None, seed: int, val_labels: str | os.PathLike | None,
+                  val_labels_base: int | None) -> Plan:
+    ignored: list[dict] = []
+    lister = _Lister(source, ignored)
+    top_dirs, top_files = lister.folders(source)
+    has_train = "train" in top_dirs
+    train_root = source / "train" if has_train else source
+    val_root = source / "val" if "val" in top_dirs else None
+    skipped = []
+    if has_train:
+        for name in top_dirs:
+            if name not in ("train", "val", DEVKIT_DATA.parts[0]):
+                lister.ignore(str(source / name), "a folder beside train/ and val/: only those two are read")
+        for path in top_files:
+            if os.path.basename(path) not in SYNSET_FILES:
+                lister.ignore(path, "a file at the source root: only train/ and val/ are read")
+        lister.add_root(train_root)
+        class_ids, root_files = lister.folders(train_root)
+    else:
+        class_ids = [d for d in top_dirs if d != "val"]
+        root_files = [f for f in top_files if os.path.basename(f) not in SYNSET_FILES]  # names, read below
+    val_classes = lister.peek_folders(val_root) if val_root is not None else []
+    if val_root is not None:
+        lister.add_root(val_root)
+    seen: dict[str, str] = {}
+    for c in class_ids:
+        other = seen.setdefault(os.path.realpath(train_root / c), c)
+        if other != c:
+            raise UserError(f"class folders {printable(other)!r} and {printable(c)!r} of {printable(str(train_root))} are one "
+                            "folder (through a link): keep one, or copy the images if both classes are meant")
+        lister.add_root(train_root / c)
+    for c in val_classes:
+        lister.add_root(val_root / c)
+    skipped += [{"split": "train", "path": _relative(f, source), "reason": "outside any class folder"} for f in root_files]
+    shown = printable(str(train_root))
     if not class_ids:
         raise UserError(
-            f"no class folders in {train_root}: expected {train_root}/<class>/<image files> "
+            f"no class folders in {shown}: expected {shown}/<class>/<image files> "
             "(or train/ and val/ folders of class folders)"
         )
-    skipped = [
-        {"split": "train", "path": str((train_root / f).relative_to(source)), "reason": "outside any class folder"}
-        for f in sorted(os.listdir(train_root))
-        if _visible(f) and (train_root / f).is_file() and train_root != source
-    ]
     index = {c: i for i, c in enumerate(class_ids)}
     paths, labels = [], []
     for c in class_ids:
-        files = _list_files(train_root / c)
+        files = lister.files(train_root / c)
         if not files:
-            raise UserError(f"class folder {train_root / c} holds no files: add images or remove the folder")
+            raise UserError(f"class folder {printable(str(train_root / c))} holds no files: add images or remove the folder")
         paths += files
         labels += [index[c]] * len(files)
+    if len(class_ids) < 2:
+        raise UserError(f"{printable(str(source))} has a single class ({printable(class_ids[0])!r}); classification needs at least two class folders")
     train = SplitPlan("train", np.asarray(labels, np.int64), paths)
-    plan = Plan("image-folder", source, class_ids, _class_names(source, class_ids), {"train": train}, skipped=skipped)
-
-    flat_val = val_root is not None and not _class_folders(val_root)
+    plan = Plan("image-folder", source, class_ids, _class_names(source, class_ids), {"train": train},
+                skipped=skipped, ignored=ignored)
     if val_root is not None and val_fraction is not None:
-        raise UserError(f"{source} has a val/ folder; --val-fraction is only for sources without one")
+        raise UserError(f"{printable(str(source))} has a val/ folder; --val-fraction is only for sources without one")
+    flat_val = val_root is not None and not val_classes
+    if (val_labels is not None or val_labels_base is not None) and not flat_val:
+        raise UserError("--val-labels and --val-labels-base are for a val/ folder of unsorted images (the ILSVRC-2012 "
+                        f"layout); {printable(str(source))} has {'class folders in val/' if val_root else 'no val/ folder'}")
     if val_root is None:
         plan.splits.update(_hold_out(train, DEFAULT_VAL_FRACTION if val_fraction is None else val_fraction, seed, plan))
     elif flat_val:
         plan.kind = "ilsvrc"
-        plan.splits["val"] = _ilsvrc_val(source, val_root, class_ids, plan)
+        plan.splits["val"] = _ilsvrc_val(source, val_root, lister, plan, val_labels, val_labels_base)
     else:
-        val_classes = _class_folders(val_root)
         unknown = sorted(set(val_classes) - set(class_ids))
         if unknown:
-            raise UserError(f"{val_root} has class folders that train/ lacks: {', '.join(unknown[:5])}; make the two lists match")
+            raise UserError(f"{printable(str(val_root))} has class folders that train/ lacks: {printable(', '.join(unknown[:5]))}; make the two lists match")
+        _, val_files = lister.folders(val_root)
+        plan.skipped += [{"split": "val", "path": _relative(f, source), "reason": "outside any class folder"} for f in val_files]
         paths, labels = [], []
         for c in val_classes:
-            files = _list_files(val_root / c)
+            files = lister.files(val_root / c)
             paths += files
             labels += [index[c]] * len(files)
         plan.splits["val"] = SplitPlan("val", np.asarray(labels, np.int64), paths)
@@ -172,16 +363,20 @@ def _read_folders(source: Path, val_fraction: float | None, seed: int) -> Plan:
 
 
 def _hold_out(train: SplitPlan, fraction: float, seed: int, plan: Plan) -> dict[str, SplitPlan]:
-    """Move ``fraction`` of each class (chosen by ``seed``, at least one image left) to val."""
-    if fraction == 0:
-        plan.notes.append("no validation split (--val-fraction 0)")
-        return {}
+    """Move ``fraction`` of each class (chosen by ``seed``) to val: at least one image of every class
+    that has two or more, and never a class's last one."""
     rng = np.random.default_rng(seed)
     is_val = np.zeros(len(train), bool)
     for c in range(int(train.labels.max()) + 1):
         members = np.flatnonzero(train.labels == c)
-        take = min(len(members) - 1, int(round(fraction * len(members))))
+        take = min(len(members) - 1, max(1, int(round(fraction * len(members)))))
         is_val[rng.permutation(members)[:take]] = True
+    if not is_val.any():
+        smallest = int(np.bincount(train.labels).min())
+        raise UserError(
+            f"{printable(str(plan.source))} has too few images to hold out a validation split (every class has "
+            f"{smallest} image, and a class keeps its last one for training): add images, or add a val/ folder"
+        )
     plan.notes.append(f"held out {fraction:g} of each class as the validation split (seed {seed})")
 
     def subset(name, mask):
@@ -191,102 +386,92 @@ def _hold_out(train: SplitPlan, fraction: float, seed: int, plan: Plan) -> dict[
     return {"train": subset("train", ~is_val), "val": subset("val", is_val)}
 
 
-def _find(source: Path, names: tuple[str, ...], extra_dirs: tuple[Path, ...] = ()) -> Path | None:
-    # the source, its val/ and devkit folders, then up to three parents (Kaggle's
-    # LOC_synset_mapping.txt sits three levels above ILSVRC/Data/CLS-LOC)
-    dirs = [source, source / "val", *extra_dirs, *sorted(source.glob("*devkit*/data")), *list(source.parents)[:3]]
-    for d in dirs:
-        for n in names:
-            if (d / n).is_file():
-                return d / n
-    return None
-
-
 def _class_names(source: Path, class_ids: list[str]) -> list[str]:
-    """First name of each WNID from a synset-words file, else the folder names."""
-    path = _find(source, SYNSET_FILES)
-    if path is None:
-        return list(class_ids)
+    """First name of each WNID from a synset-words file (in SOURCE, its devkit's data/ or up to three
+    parents, where Kaggle's LOC_synset_mapping.txt sits), else the folder names; printable. Names are
+    for display only: labels never come from a file found this way."""
+    dirs = [source, source / "val", *sorted(source.glob("*devkit*/data")), *list(source.parents)[:3]]
+    path = next((d / n for d in dirs for n in SYNSET_FILES if (d / n).is_file()), None)
     names = {}
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        parts = line.strip().split(maxsplit=1)
-        if len(parts) == 2:
-            names[parts[0]] = parts[1].split(",")[0].strip()
-    return [names.get(c, c) for c in class_ids]
+    if path is not None:
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+            parts = line.strip().split(maxsplit=1)
+            if len(parts) == 2:
+                names[parts[0]] = parts[1].split(",")[0].strip()
+    return _unique([printable(names.get(c, c)) for c in class_ids], class_ids)
 
 
-def _ilsvrc_val(source: Path, val_root: Path, class_ids: list[str], plan: Plan) -> SplitPlan:
-    """Flat val/ images labelled by a labels file or the devkit ground truth."""
-    files = _list_files(val_root)
+def _unique(names: list[str], class_ids: list[str]) -> list[str]:
+    """Names that tell every class apart: a repeated one gets its id added ("crane (n02012849)",
+    as ImageNet has two cranes), and ids that print alike show their bytes escaped."""
+    repeated = {n for n in names if names.count(n) > 1}
+    names = [f"{n} ({printable(c)})" if n in repeated and n != printable(c) else n for n, c in zip(names, class_ids)]
+    repeated = {n for n in names if names.count(n) > 1}
+    escaped = [c.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace") for c in class_ids]
+    return [e if n in repeated else n for n, e in zip(names, escaped)]
+
+
+def _ilsvrc_val(source: Path, val_root: Path, lister: _Lister, plan: Plan, named, base) -> SplitPlan:
+    """Flat val/ images labelled by the devkit or by the file the user named."""
+    files = lister.files(val_root)
     if not files:
-        raise UserError(f"{val_root} is empty: add the validation images or remove the folder")
-    index = {c: i for i, c in enumerate(class_ids)}
-    labels_file = _find(source, VAL_LABEL_FILES)
-    ground_truth = _find(source, (GROUND_TRUTH,))
-    if labels_file is not None:
-        by_name = _read_val_labels(labels_file, class_ids)
-        plan.notes.append(f"validation labels from {labels_file}")
-        wnid_of = {}
-        for f in files:
-            name = os.path.basename(f)
-            wnid_of[f] = by_name.get(name, by_name.get(os.path.splitext(name)[0]))
-    elif ground_truth is not None:
-        meta = _find(source, ("meta.mat",), (ground_truth.parent,))
-        if meta is None:
-            raise UserError(
-                f"{ground_truth} holds devkit IDs, whose order is not the sorted WNIDs; put the devkit's "
-                f"data/meta.mat beside it (or give val labels as {source}/val_labels.txt, lines 'filename wnid')"
-            )
-        try:
-            id_to_wnid = ilsvrc_id_to_wnid(meta)
-        except MatFileError as e:
-            raise UserError(f"{e}; use the meta.mat of the ILSVRC2012 devkit") from None
-        ids = [int(t) for t in ground_truth.read_text().split()]
-        images = [f for f in files if re.search(r"ILSVRC2012_val_\d+", os.path.basename(f))]
-        if len(ids) != len(images):
-            raise UserError(f"{ground_truth} has {len(ids)} labels for {len(images)} ILSVRC2012_val_* images in {val_root}")
-        wnid_of = {f: id_to_wnid.get(i) for f, i in zip(sorted(images, key=os.path.basename), ids)}
-        plan.notes.append(f"validation labels from {ground_truth} mapped by {meta}")
-    else:
-        raise UserError(
-            f"{val_root} holds images but no labels: add {source}/val_labels.txt ('filename wnid' lines), "
-            f"or the devkit's {GROUND_TRUTH} with meta.mat, or sort val/ into class folders"
-        )
+        raise UserError(f"{printable(str(val_root))} is empty: add the validation images or remove the folder")
+    labels_of = find_val_labels(source, val_root, plan.class_ids, named, base)
+    plan.val_labels = labels_of.record
+    plan.notes.append(f"validation labels from {printable(labels_of.record['file'])} ({labels_of.record['kind']})")
+    index = {c: i for i, c in enumerate(plan.class_ids)}
     paths, labels = [], []
-    label_files = {str(p) for p in (labels_file, ground_truth) if p is not None}
     for f in files:
-        if f in label_files:
+        rel = _relative(f, source)
+        if os.path.realpath(f) == str(labels_of.file):
+            lister.ignore(f, "the validation labels file")
             continue
-        wnid = wnid_of.get(f)
-        rel = str(Path(f).relative_to(source))
+        wnid = labels_of.label_of(f)
         if wnid is None:
-            plan.skipped.append({"split": "val", "path": rel, "reason": "no label for this file"})
+            plan.skipped.append({"split": "val", "path": rel, "reason": labels_of.missing_reason(f)})
         elif wnid not in index:
-            plan.skipped.append({"split": "val", "path": rel, "reason": f"label {wnid} is not one of the training classes"})
+            plan.skipped.append({"split": "val", "path": rel, "reason": f"label {printable(wnid)} is not one of the training classes"})
         else:
             paths.append(f)
             labels.append(index[wnid])
     if not paths:
-        raise UserError(f"no file in {val_root} has a usable label; check the labels file's file names and WNIDs")
+        raise UserError(f"no file in {printable(str(val_root))} has a usable label; check the labels file's file names and classes")
     return SplitPlan("val", np.asarray(labels, np.int64), paths)
 
 
-def _read_val_labels(path: Path, class_ids: list[str]) -> dict[str, str]:
-    """{file name or stem: wnid} from 'name wnid', 'name,wnid ...' or 'name index' lines."""
-    out = {}
-    with open(path, newline="", encoding="utf-8", errors="replace") as f:
-        for row in csv.reader(f, delimiter="," if path.suffix == ".csv" else " ", skipinitialspace=True):
-            row = [t for cell in row for t in cell.split()]
-            if len(row) < 2:
-                continue
-            name, label = row[0], row[1]
-            if WNID.match(label) or label in class_ids:
-                out[name] = label
-            elif label.isdigit() and int(label) < len(class_ids):
-                out[name] = class_ids[int(label)]
-    if not out:
-        raise UserError(f"{path} has no 'filename label' lines that name a training class")
-    return out
+# --- a hint for small images -----------------------------------------------------------------
+
+
+def small_image_note(plan: Plan, image_size: int) -> str | None:
+    """A suggestion of the demo's small-image recipe when the images are small: their median
+    shorter side (from the headers of up to SIZE_SAMPLE files spread over the training split)
+    under SMALL_IMAGE_PIXELS, and ``image_size`` above it rounded up to a multiple of 8."""
+    paths = plan.splits["train"].paths
+    if not paths:
+        return None
+    picks = np.unique(np.linspace(0, len(paths) - 1, min(SIZE_SAMPLE, len(paths))).astype(int))
+    sides = [min(s) for s in (image_size_of(paths[i]) for i in picks) if s is not None]
+    if not sides:
+        return None
+    from alexnet.model import feature_map_size
+
+    side = int(np.median(sides))
+    # the smallest crop the small stem takes, and a stored size that keeps 7/8 of it (224 of 256
+    # in proportion, as the demo's 28 of 32): the images' own size rounded up to a multiple of 8
+    smallest = next(s for s in range(1, SMALL_IMAGE_PIXELS) if feature_map_size(s, "small") >= 1)
+    size = max(8, -(-side // 8) * 8)
+    while size * 7 // 8 < smallest:
+        size += 8
+    if side >= SMALL_IMAGE_PIXELS or image_size <= size:
+        return None
+    crop = size * 7 // 8
+    batch = min(32, 1 << (len(paths).bit_length() - 1))  # the demo's 32, or fewer for a folder of fewer images
+    return (
+        f"the images are small (median shorter side {side} px) and are being upscaled to {image_size}; consider "
+        f"preparing again with --image-size {size} --force, then training with the demo's small-image flags: "
+        f"alexnet train DATA --out RUN --stem small --width 0.125 --init he --input-scale 0.015625 "
+        f"--crop-size {crop} --batch-size-per-device {batch}"
+    )
 
 
 # --- IDX -------------------------------------------------------------------------------------
@@ -310,7 +495,7 @@ def _read_idx(source: Path, val_fraction: float | None, seed: int) -> Plan:
     num_classes = int(max(s.labels.max() for s in splits.values())) + 1
     names_file = source / "classes.txt"
     if names_file.is_file():
-        names = [line.strip() for line in names_file.read_text().splitlines() if line.strip()]
+        names = [printable(line.strip()) for line in names_file.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
     elif "fashion" in source.name.lower() and num_classes == len(idx.FASHION_MNIST_CLASSES):
         names = list(idx.FASHION_MNIST_CLASSES)
     else:

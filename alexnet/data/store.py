@@ -3,7 +3,8 @@
 A store is a folder::
 
     manifest.json         written last and atomically; without it the store is incomplete
-    train_images.npy      uint8 (N, S, S, C), opened memory-mapped and read-only
+    train_images.npy      uint8 (N, S, S, C), opened memory-mapped and read-only (a raw store)
+    train_jpeg/, train_index.npy   the images as JPEGs instead (a JPEG store, :mod:`alexnet.data.jpeg`)
     train_labels.npy      int64 (N,)
     val_images.npy        (when there is a validation split)
     val_labels.npy
@@ -13,18 +14,26 @@ A store is a folder::
                           over every pixel of the training set (section 4.1); pixel_covariance
     report.json           files skipped (path and reason) and conversions made
 
+The manifest's ``encoding`` says which (``raw`` when absent). ``split.images`` reads alike for
+both: indexing gives uint8 arrays, and :meth:`Split.read` fills a batch buffer.
+
 ``alexnet prepare`` writes it (:mod:`alexnet.data.prepare`); :func:`open_store` reads it.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from alexnet.data.jpeg import JpegImages, check_jpeg_index, index_file, part_dir
+from alexnet.display import printable
 from alexnet.errors import UserError
 
 FORMAT = "alexnet-store"
@@ -32,6 +41,7 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 STATS = "stats.npz"
 REPORT = "report.json"
+ENCODINGS = ("raw", "jpeg")
 
 
 def images_file(split: str) -> str:
@@ -42,16 +52,50 @@ def labels_file(split: str) -> str:
     return f"{split}_labels.npy"
 
 
+def encoding_of(manifest: dict) -> str:
+    """The manifest's image encoding; stores written before there was a choice are raw."""
+    encoding = manifest.get("encoding", "raw")
+    if encoding not in ENCODINGS:
+        raise UserError(f"the store's images are encoded as {encoding!r}, which this version cannot read (it reads {', '.join(ENCODINGS)})")
+    return encoding
+
+
+def payload_file(manifest: dict, split: str, count: int) -> tuple[str, tuple[int, ...]]:
+    """The .npy file that holds (raw) or indexes (JPEG) a split's images, and its shape."""
+    if encoding_of(manifest) == "jpeg":
+        return index_file(split), (count, 4)
+    s, c = manifest["image_size"], manifest["channels"]
+    return images_file(split), (count, s, s, c)
+
+
 @dataclass(frozen=True)
 class Split:
-    """One split of a store: ``images`` (read-only memmap, uint8 (N, S, S, C)) and ``labels`` (int64 (N,))."""
+    """One split of a store: ``images`` uint8 (N, S, S, C) and ``labels`` int64 (N,).
+
+    ``images`` is a read-only memmap in a raw store and a :class:`alexnet.data.jpeg.JpegImages`
+    in a JPEG one; both index like an array (``images[i]``, ``images[idx_array]``, slices).
+    """
 
     name: str
-    images: np.memmap
+    images: "np.memmap | JpegImages"
     labels: np.ndarray
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    @property
+    def encoding(self) -> str:
+        return "jpeg" if isinstance(self.images, JpegImages) else "raw"
+
+    def read(self, indices: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Images ``indices`` into ``out`` ((len, S, S, C) uint8, C-contiguous; made if None).
+        A JPEG split raises :class:`alexnet.data.jpeg.CorruptImage` for damaged images."""
+        if isinstance(self.images, JpegImages):
+            return self.images.read(indices, out)
+        if out is None:
+            return np.take(self.images, indices, axis=0)
+        np.take(self.images, indices, axis=0, out=out)  # releases the GIL: one copy from the memmap
+        return out
 
 
 class Store:
@@ -66,6 +110,7 @@ class Store:
         self.image_size: int = int(manifest["image_size"])
         self.channels: int = int(manifest["channels"])
         self.splits: tuple[str, ...] = tuple(manifest["splits"])
+        self.encoding: str = encoding_of(manifest)
         with np.load(path / STATS) as stats:
             self.mean_image = stats["mean_image"].astype(np.float32)
             self.pca_eigenvalues = stats["pca_eigenvalues"].astype(np.float32)
@@ -77,44 +122,188 @@ class Store:
         if name not in self.splits:
             raise UserError(f"store {self.path} has no {name!r} split (it has {', '.join(self.splits)})")
         if name not in self._splits:
-            images = np.load(self.path / images_file(name), mmap_mode="r")
+            if self.encoding == "jpeg":
+                index = np.load(self.path / index_file(name))
+                images = JpegImages(self.path / part_dir(name), index, self.image_size, self.channels, name)
+            else:
+                images = np.load(self.path / images_file(name), mmap_mode="r")
             labels = np.load(self.path / labels_file(name))
             self._splits[name] = Split(name, images, labels)
         return self._splits[name]
 
     def __repr__(self) -> str:
         counts = ", ".join(f"{s} {self.manifest['splits'][s]['count']}" for s in self.splits)
-        return f"Store({str(self.path)!r}: {self.num_classes} classes, {self.image_size}x{self.image_size}x{self.channels}, {counts})"
+        return f"Store({str(self.path)!r}: {self.num_classes} classes, {self.image_size}x{self.image_size}x{self.channels} {self.encoding}, {counts})"
 
 
 def open_store(path: str | os.PathLike) -> Store:
-    """Open a store written by ``alexnet prepare``; a missing or incomplete one is a UserError."""
+    """Open a store written by ``alexnet prepare``, checked first: a missing, incomplete or damaged
+    store is a UserError naming the file, never a crash later (see :func:`check_store`)."""
     path = Path(path).expanduser()
-    redo = f"run 'alexnet prepare SOURCE {path}' (add --force to rebuild it)"
+    manifest = check_store(path)
+    return Store(path, manifest)
+
+
+# --- checks on open --------------------------------------------------------------------------
+# Every damage ends in one line that names the file and says to prepare the store again. The
+# checks read the headers of the image files (not the pixels), the labels and the statistics.
+
+MAX_IMAGE_SIZE = 1 << 16  # a side larger than this is not something prepare writes
+SPLIT_NAMES = ("train", "val")
+
+
+def check_store(path: Path) -> dict:
+    """The manifest of the store at ``path`` after checking the manifest's schema and version,
+    each split's files (sizes against their headers, dtypes, shapes), the labels (range against
+    the class list, counts against the manifest) and the statistics (present, shapes, finite)."""
+    shown = printable(str(path))
+    redo = f"run 'alexnet prepare SOURCE {shown}' (add --force to rebuild it)"
+    manifest = _read_manifest(path, redo)
+    _check_schema(path / MANIFEST, manifest, redo)
+    encoding = manifest.get("encoding", "raw")
+    if encoding not in IMAGE_CHECKS:
+        raise UserError(f"{printable(str(path / MANIFEST))}: the images are encoded as {printable(repr(encoding))}, which "
+                        f"this version cannot read (it reads {', '.join(IMAGE_CHECKS)}); {redo}")
+    for name, info in manifest["splits"].items():
+        IMAGE_CHECKS[encoding](path, manifest, name, info["count"], redo)
+        _check_labels(path, manifest, name, info, redo)
+    _check_stats(path, manifest, redo)
+    return manifest
+
+
+def _damaged(file: Path, what: str, redo: str) -> UserError:
+    return UserError(f"{printable(str(file))} {what}; {redo}")
+
+
+def _read_manifest(path: Path, redo: str) -> dict:
     manifest_path = path / MANIFEST
     if not manifest_path.is_file():
         what = "does not exist" if not path.exists() else "is not a complete prepared store (no manifest.json)"
-        raise UserError(f"{path} {what}; {redo}")
+        raise UserError(f"{printable(str(path))} {what}; {redo}")
     try:
-        manifest = json.loads(manifest_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise UserError(f"{manifest_path} is damaged; {redo}") from None
-    if manifest.get("format") != FORMAT or manifest.get("complete") is not True:
-        raise UserError(f"{path} is not a complete prepared store; {redo}")
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise UserError(f"{path} has store format {manifest.get('format_version')}, this version reads {FORMAT_VERSION}; {redo}")
+        manifest = json.loads(manifest_path.read_bytes().decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError, OSError):
+        raise _damaged(manifest_path, "is damaged (not readable JSON)", redo) from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise _damaged(manifest_path, "is not the manifest of a prepared store", redo)
+    if manifest.get("complete") is not True:
+        raise UserError(f"{printable(str(path))} is not a complete prepared store; {redo}")
+    version = manifest.get("format_version")
+    if type(version) is not int or version != FORMAT_VERSION:
+        raise _damaged(manifest_path, f"has store format {printable(repr(version))}; this version reads {FORMAT_VERSION}", redo)
+    return manifest
+
+
+def _is_int(value, low: int, high: int | None = None) -> bool:
+    return type(value) is int and value >= low and (high is None or value <= high)
+
+
+def _check_schema(file: Path, m: dict, redo: str) -> None:
+    """Types and ranges of the fields that the code reads; bool is not taken for an int."""
+
+    def need(ok: bool, what: str) -> None:
+        if not ok:
+            raise _damaged(file, f"is damaged: {what}", redo)
+
+    need(_is_int(m.get("image_size"), 1, MAX_IMAGE_SIZE), "'image_size' must be a whole number of pixels")
+    need(m.get("channels") in (1, 3) and type(m.get("channels")) is int, "'channels' must be 1 or 3")
+    classes, class_ids = m.get("classes"), m.get("class_ids")
+    need(isinstance(classes, list) and all(isinstance(c, str) for c in classes), "'classes' must be a list of names")
+    need(isinstance(class_ids, list) and all(isinstance(c, str) for c in class_ids), "'class_ids' must be a list of names")
+    need(len(classes) == len(class_ids) >= 2, "'classes' and 'class_ids' must name the same two or more classes")
+    need(len(set(class_ids)) == len(class_ids), "'class_ids' names a class twice")
+    splits = m.get("splits")
+    need(isinstance(splits, dict) and "train" in splits and set(splits) <= set(SPLIT_NAMES),
+         "'splits' must map 'train' (and 'val') to their counts")
+    for name, info in splits.items():
+        need(isinstance(info, dict) and _is_int(info.get("count"), 1), f"split {name!r} needs a positive 'count'")
+        per_class = info.get("per_class")
+        need(isinstance(per_class, list) and len(per_class) == len(classes) and all(_is_int(n, 0) for n in per_class)
+             and sum(per_class) == info["count"], f"split {name!r}: 'per_class' must give one count per class, summing to 'count'")
+    need(isinstance(m.get("encoding", "raw"), str), "'encoding' must be a name")
+
+
+def _check_npy(file: Path, shape: tuple[int, ...], dtype: np.dtype | None, redo: str) -> None:
+    """An .npy file's header (shape, dtype, C order) and its size against the header."""
+    try:
+        with open(file, "rb") as f:
+            _, found, fortran, found_dtype = _read_npy_header(f)
+            data_offset = f.tell()
+            size = os.fstat(f.fileno()).st_size
+    except FileNotFoundError:
+        raise _damaged(file, "is missing", redo) from None
+    except (OSError, ValueError, EOFError, SyntaxError) as e:
+        raise _damaged(file, f"is damaged (its header cannot be read: {printable(str(e).splitlines()[0] if str(e) else type(e).__name__)})", redo) from None
+    if found != shape:
+        raise _damaged(file, f"has shape {found}, the manifest says {shape}", redo)
+    if dtype is not None and found_dtype != dtype:
+        raise _damaged(file, f"holds {found_dtype}, expected {dtype}", redo)
+    if fortran or found_dtype.hasobject:
+        raise _damaged(file, "is not a plain C-ordered array", redo)
+    expected = data_offset + math.prod(shape) * found_dtype.itemsize  # Python ints: no overflow
+    if size < expected:
+        raise _damaged(file, f"is truncated: {size} bytes, its header needs {expected}", redo)
+    if size > expected:
+        raise _damaged(file, f"has {size - expected} bytes more than its header describes", redo)
+
+
+def _check_raw_images(path: Path, manifest: dict, name: str, count: int, redo: str) -> None:
     s, c = manifest["image_size"], manifest["channels"]
-    for name, info in manifest["splits"].items():
-        for file, shape in ((images_file(name), (info["count"], s, s, c)), (labels_file(name), (info["count"],))):
-            try:
-                found = npy_shape(path / file)
-            except (OSError, ValueError):
-                raise UserError(f"{path / file} is missing or damaged; {redo}") from None
-            if found != shape:
-                raise UserError(f"{path / file} has shape {found}, the manifest says {shape}; {redo}")
-    if not (path / STATS).is_file():
-        raise UserError(f"{path / STATS} is missing; {redo}")
-    return Store(path, manifest)
+    _check_npy(path / images_file(name), (count, s, s, c), np.dtype(np.uint8), redo)
+
+
+def _check_jpeg_images(path: Path, manifest: dict, name: str, count: int, redo: str) -> None:
+    """The JPEG encoding (:mod:`alexnet.data.jpeg`): the index file's header, shape and size, then
+    every part file it names present and long enough for its images (file sizes only; each
+    image's CRC-32 is checked when it is read)."""
+    file, shape = payload_file(manifest, name, count)
+    _check_npy(path / file, shape, np.dtype(np.int64), redo)
+    problem = check_jpeg_index(path / part_dir(name), np.load(path / file, mmap_mode="r"))
+    if problem:
+        raise _damaged(path / file, problem, redo)
+
+
+# one check per image encoding of the manifest ("raw" when absent); an encoding not here is refused
+IMAGE_CHECKS = {"raw": _check_raw_images, "jpeg": _check_jpeg_images}
+
+
+def _check_labels(path: Path, manifest: dict, name: str, info: dict, redo: str) -> None:
+    file = path / labels_file(name)
+    _check_npy(file, (info["count"],), np.dtype(np.int64), redo)
+    try:
+        labels = np.load(file, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        raise _damaged(file, f"cannot be read ({printable(str(e))})", redo) from None
+    num_classes = len(manifest["class_ids"])
+    if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
+        raise _damaged(file, f"holds labels from {labels.min()} to {labels.max()}, outside 0..{num_classes - 1} for {num_classes} classes", redo)
+    if np.bincount(labels, minlength=num_classes).tolist() != info["per_class"]:
+        raise _damaged(file, "does not match the manifest's count of images per class", redo)
+
+
+def _check_stats(path: Path, manifest: dict, redo: str) -> None:
+    file = path / STATS
+    s, c = manifest["image_size"], manifest["channels"]
+    shapes = {"mean_image": (s, s, c), "pca_eigenvalues": (c,), "pca_eigenvectors": (c, c), "pixel_covariance": (c, c)}
+    if not file.is_file():
+        raise _damaged(file, "is missing", redo)
+    try:
+        # the headers first: a damaged header must not decide how much memory loading allocates
+        with zipfile.ZipFile(file) as z:
+            for key, shape in shapes.items():
+                if f"{key}.npy" not in z.namelist():
+                    raise _damaged(file, f"lacks {key}", redo)
+                with z.open(f"{key}.npy") as f:
+                    found, dtype = _read_npy_header(f)[1::2]
+                if found != shape or dtype.kind != "f":
+                    raise _damaged(file, f"holds {key} of shape {found} and type {dtype}, expected floats of shape {shape}", redo)
+        with np.load(file, allow_pickle=False) as stats:
+            arrays = {key: stats[key] for key in shapes}
+    except (OSError, ValueError, EOFError, KeyError, SyntaxError, zipfile.BadZipFile, zlib.error) as e:
+        raise _damaged(file, f"cannot be read ({printable(str(e).splitlines()[0] if str(e) else type(e).__name__)})", redo) from None
+    for key, a in arrays.items():
+        if not np.isfinite(a).all():
+            raise _damaged(file, f"holds {key} with NaN or infinite values", redo)
 
 
 # --- files -----------------------------------------------------------------------------------

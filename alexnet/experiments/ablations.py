@@ -2,7 +2,7 @@
 
 :func:`ablations` trains the base recipe and one variant per feature (LRN, overlapping pooling,
 dropout, PCA lighting, two towers, ReLU), for several seeds, each a run directory made by
-:func:`alexnet.train.train`, and tabulates top-1 and top-5 validation error (centre crop, last
+:func:`alexnet.training.train`, and tabulates top-1 and top-5 validation error (centre crop, last
 epoch) and the train-validation gap beside the paper's reported effect. Finished runs are
 skipped and a partial run is resumed, so an interrupted experiment continues where it stopped.
 """
@@ -16,12 +16,12 @@ from typing import Sequence
 
 import torch
 
-from alexnet.atomic import atomic_write_json
+from alexnet.atomic import atomic_write_bytes, atomic_write_json
 from alexnet.config import TrainConfig
 from alexnet.data import Store
 from alexnet.errors import UserError
 from alexnet.experiments.runs import Log, count, experiment_inputs, finite, mean_std, pct, train_or_resume
-from alexnet.figures import spread_indices, split_batches
+from alexnet.figures.paper import spread_indices, split_batches
 
 # name: (changes to the base recipe, what the paper reports for the feature)
 VARIANTS: dict[str, tuple[dict, str]] = {
@@ -30,17 +30,25 @@ VARIANTS: dict[str, tuple[dict, str]] = {
     "no-overlap": (dict(overlapping_pool=False), "overlapping pooling lowers top-1 by 0.4%, top-5 by 0.3% (section 3.4)"),
     "no-dropout": (dict(dropout=0.0), "without dropout the network overfits substantially (section 4.2)"),
     "no-pca": (dict(pca_lighting_std=0.0), "PCA lighting lowers top-1 by over 1% (section 4.1)"),
-    "one-tower": (dict(towers=1), "two towers lower top-1 by 1.7%, top-5 by 1.2% vs a one-GPU net with half "
-                                  "the kernels in conv1-4 (section 3.2)"),
+    "one-gpu": (dict(towers=1, channels="half of conv1-4"), "two towers lower top-1 by 1.7%, top-5 by 1.2% vs a "
+                "one-GPU net with half the kernels in conv1-4 (section 3.2; conv5 and the FC layers kept, as the "
+                "released layers-145-half.cfg)"),
+    # not run by default: the two towers' kernels in one tower (no grouped convolutions)
+    "one-tower": (dict(towers=1), "as two towers, without the towers' restricted connectivity"),
     "tanh": (dict(activation="tanh"), "ReLU trains about 6x faster than tanh (figure 1)"),
     # not run by default: the other reading of section 3.2's one-GPU net (every layer halved)
     "one-tower-half": (dict(towers=1, width=0.5), "as one-tower; here every layer has half the kernels and units"),
 }
-DEFAULT_VARIANTS = ("full", "no-lrn", "no-overlap", "no-dropout", "no-pca", "one-tower", "tanh")
+DEFAULT_VARIANTS = ("full", "no-lrn", "no-overlap", "no-dropout", "no-pca", "one-gpu", "tanh")
 
 
 def variant_config(base: TrainConfig, name: str, seed: int) -> TrainConfig:
     changes = dict(VARIANTS[name][0])
+    if changes.get("channels") == "half of conv1-4":
+        from alexnet.model import PAPER_CONV_CHANNELS, _divisible
+
+        conv = base.channels or tuple(_divisible(c * base.width, base.towers) for c in PAPER_CONV_CHANNELS)
+        changes["channels"] = tuple(max(1, c // 2) for c in conv[:4]) + (conv[4],)
     if "width" in changes:
         changes["width"] = base.width * changes["width"]
     return base.replace(seed=seed, **changes)
@@ -107,7 +115,7 @@ def ablations(
     summary = summarize(results, base=base, data=str(data), seeds=list(range(seeds)))
     summary["minutes"] = (time.perf_counter() - started) / 60
     atomic_write_json(out / "ablations.json", summary)
-    (out / "ablations.md").write_text(ablations_markdown(summary))
+    atomic_write_bytes(out / "ablations.md", ablations_markdown(summary).encode())
     log(f"ablations: wrote {out / 'ablations.md'} and {out / 'ablations.json'}")
     return summary
 
@@ -148,7 +156,7 @@ def ablations_markdown(s: dict) -> str:
         deltas = [pct(r[k]["minus_full"], signed=True) if r["variant"] != "full" else "" for k in ("val_top1_error", "val_top5_error")]
         gap = f"{pct(r['gap_top1']['mean'], signed=True)} ± {pct(r['gap_top1']['std'])}"
         lines.append(f"| {r['variant']} | {change} | {cells[0]} | {cells[1]} | {deltas[0]} | {deltas[1]} | {gap} | {r['paper']} |")
-    from alexnet.report import paper_differences
+    from alexnet.figures.report import paper_differences
 
     changed = paper_differences(s["base_config"])
     lines += ["", "Base recipe, where it differs from the paper's: "

@@ -13,7 +13,7 @@ on the same batches, for several seeds, records the training error as measured d
   paper did: the first seed is trained at every lr and the one that reaches the level in the
   fewest steps (else the lowest final training error) is kept for the other seeds.
 * ``net="alexnet"``: the small AlexNet of ``base`` (``TrainConfig(activation=...)``) through
-  :func:`alexnet.train.train`, with everything the base recipe switches on; one point per epoch.
+  :func:`alexnet.training.train`, with everything the base recipe switches on; one point per epoch.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import Sequence
 
 import numpy as np
 
-from alexnet.atomic import atomic_write_json
+from alexnet.atomic import atomic_write_bytes, atomic_write_json
 from alexnet.config import TrainConfig
 from alexnet.errors import UserError
 from alexnet.experiments.four_layer import POINTS_PER_EPOCH, train_four_layer
@@ -62,7 +62,7 @@ def relu_vs_tanh(
 
     ``lrs``: one learning rate for both activations, or several to choose from per activation
     (default: :data:`FOUR_LAYER_LRS` for the four-layer net, the base recipe's lr for AlexNet)."""
-    from alexnet.figures import plot_training_error
+    from alexnet.figures.paper import plot_training_error
 
     if net not in ("four-layer", "alexnet"):
         raise UserError(f"--net must be four-layer or alexnet, got {net!r}")
@@ -79,8 +79,7 @@ def relu_vs_tanh(
     def one(activation: str, lr: float, seed: int) -> dict:
         name = f"{activation}-lr{_lr_name(lr)}-seed{seed}"
         if net == "alexnet":
-            from alexnet.run_state import RunFiles
-            from alexnet.train import NonFiniteError
+            from alexnet.training import NonFiniteError, read_metrics
 
             config = base.replace(activation=activation, lr=lr, seed=seed, epochs=epochs)
             log(f"figure 1: {name} (small AlexNet) in {runs_dir / name}")
@@ -89,7 +88,7 @@ def relu_vs_tanh(
                 metrics = train_or_resume(config, data, runs_dir / name, show_progress=show_progress, log=log)
             except NonFiniteError as e:
                 log(f"figure 1: {name} diverged: {e}")
-                metrics, diverged = RunFiles(runs_dir / name, write=False).read_metrics(), True
+                metrics, diverged = read_metrics(runs_dir / name), True
             points = [dict(step=m["global_step"], epoch=float(m["epoch"]), train_error=m["train_top1_error"],
                            train_loss=m["train_loss"]) for m in metrics]
             return dict(activation=activation, lr=lr, seed=seed, points=points, diverged=diverged)
@@ -156,7 +155,7 @@ def relu_vs_tanh(
                 for r in runs],
     )
     atomic_write_json(out / "relu_vs_tanh.json", summary)
-    (out / "relu_vs_tanh.md").write_text(relu_vs_tanh_markdown(summary))
+    atomic_write_bytes(out / "relu_vs_tanh.md", relu_vs_tanh_markdown(summary).encode())
     what = "four-layer CNN" if net == "four-layer" else "small AlexNet"
     plot_training_error(summary["curves"], level, out / "relu_vs_tanh.png",
                         title=f"{what}, lr relu {chosen['relu']:g} / tanh {chosen['tanh']:g}, {len(seed_list)} seeds")

@@ -1,6 +1,6 @@
 """Build a C source into a shared library on first use, cache it, and load it with ctypes.
 
-The CPU kernels (:mod:`.lrn_cpu`, :mod:`.augment_cpu`) are plain C compiled by the system's
+The CPU kernel (:mod:`.lrn_cpu`) is plain C compiled by the system's
 compiler (``cc -O3 -march=native``) into a per-user cache directory (``~/.cache/alexnet/kernels``,
 or the temp directory where that is not writable). The file name hashes the source, the
 compiler, the flags and the CPU model and flags, since ``-march=native`` code is only valid on

@@ -20,6 +20,7 @@ on machines without a GPU.
 from __future__ import annotations
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from alexnet.kernels.layout import is_channels_last, memory_format_of
 
@@ -222,6 +223,7 @@ class LRNTritonFunction(torch.autograd.Function):
         return y
 
     @staticmethod
+    @once_differentiable  # the backward is a kernel, not torch ops: no double backward through it
     def backward(ctx, grad):
         x, d = ctx.saved_tensors
         size, alpha, beta, groups = ctx.params

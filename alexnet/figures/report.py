@@ -26,12 +26,12 @@ import math
 from dataclasses import fields
 from pathlib import Path
 
-from alexnet.config import TrainConfig
+from alexnet.config import RUNTIME_KEYS, TrainConfig
+from alexnet.training.run_dir import read_metrics
+from alexnet.atomic import atomic_write_bytes
+from alexnet.display import printable
 from alexnet.errors import UserError
 
-# Settings of how a run executes rather than what it learns: shown, never highlighted.
-RUNTIME_KEYS = ("device", "precision", "channels_last", "compile", "loader_workers", "checkpoint_every_steps",
-                "on_nonfinite", "deterministic", "tower_parallel")
 
 
 def paper_differences(values: dict) -> dict[str, tuple]:
@@ -75,25 +75,12 @@ def _table(header: list[str] | None, rows: list[list], row_classes: list[str] | 
     return f"<table>{head}<tbody>{''.join(body)}</tbody></table>"
 
 
-def _read_metrics(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    lines = []
-    for line in path.read_text().splitlines():
-        if line.strip():
-            try:
-                lines.append(json.loads(line))
-            except json.JSONDecodeError:
-                break  # a line cut short by a crash ends the table
-    return lines
-
-
 def _evaluations(run: Path) -> list[tuple[str, dict]]:
     found = []
     for path in sorted(run.glob("*.json")):
         if path.name == "config.json":
             continue
-        text = path.read_text().strip()
+        text = path.read_text(errors="replace").strip()
         try:
             value = json.loads(text)
         except json.JSONDecodeError:
@@ -120,7 +107,7 @@ def _evaluation_rows(name: str, value: dict) -> list[list]:
 def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     """Write the report of ``run_dir`` to ``out`` (default ``run_dir/report.html``); returns its path."""
     from alexnet import checkpoint
-    from alexnet.plots import filter_image, plot_curves
+    from alexnet.figures.plots import filter_image, plot_curves
 
     run = Path(run_dir)
     if not run.is_dir():
@@ -130,10 +117,10 @@ def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
         raise UserError(f"{run} is not a run directory (no config.json); give the --out folder of 'alexnet train'")
     try:
         config = json.loads(config_file.read_text())
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, UnicodeDecodeError):
         raise UserError(f"{config_file} is damaged (not JSON)") from None
     out = Path(out) if out else run / "report.html"
-    metrics = _read_metrics(run / "metrics.jsonl")
+    metrics = read_metrics(run)
     ckpt_path = next((run / n for n in ("best.pt", "last.pt") if (run / n).is_file()), None)
     payload = checkpoint.load(ckpt_path) if ckpt_path else None
 
@@ -231,6 +218,7 @@ def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
         "img{max-width:100%;border:1px solid #eee}</style></head><body>"
         + "\n".join(sections) + "</body></html>\n"
     )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(page)
+    # Names that are not valid UTF-8 (class folders, file names) are shown with U+FFFD; the page is
+    # written whole or not at all, so a failed write keeps the previous report.
+    atomic_write_bytes(out, printable(page).encode("utf-8"))
     return out

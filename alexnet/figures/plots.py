@@ -8,31 +8,45 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from alexnet.atomic import atomic_write
+
+
+def new_figure(**kwargs):
+    """A matplotlib Figure that belongs to no window and no backend (``kwargs`` as for ``Figure``).
+
+    Not pyplot: a Figure made directly draws itself to a file with Agg, so the plotting functions
+    work headless and change no process-wide matplotlib state (the backend is the CLI's choice),
+    and nothing has to be closed to free it.
+    """
+    from matplotlib.figure import Figure
+
+    return Figure(**kwargs)
+
 
 def save_figure(fig, path: str | Path, dpi: int = 100) -> Path:
-    """Write ``fig`` to ``path`` (its folder made if missing), close it, return the path."""
+    """Write ``fig`` atomically to ``path`` (its folder made if missing; format from the ending) and return the path.
+
+    A failed write (full disk, killed process) leaves the previous file as it was."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi)
-    pyplot().close(fig)
+    fmt = path.suffix[1:].lower() or "png"
+    atomic_write(path, lambda f: fig.savefig(f, format=fmt, dpi=dpi))
     return path
 
 
-def pyplot():
-    """matplotlib.pyplot on the Agg backend (files only, no screen needed)."""
-    import matplotlib
+def save_png(image: np.ndarray, path: str | Path) -> Path:
+    """A uint8 (H, W, 3) array as a PNG file, written atomically."""
+    from PIL import Image
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    path = Path(path)
+    atomic_write(path, lambda f: Image.fromarray(image).save(f, format="PNG"))
+    return path
 
 
 def plot_curves(metrics: Sequence[dict], path: str | Path) -> Path:
     """Loss and error per epoch (train and validation) and the learning rate, as one PNG."""
-    plt = pyplot()
     epochs = [m["epoch"] for m in metrics]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    fig = new_figure(figsize=(13, 3.8))
+    axes = fig.subplots(1, 3)
     axes[0].plot(epochs, [m["train_loss"] for m in metrics], marker="o", label="train loss")
     axes[0].set_title("training loss")
     axes[1].plot(epochs, [100 * m["train_top1_error"] for m in metrics], marker="o", label="train top-1")
@@ -91,9 +105,5 @@ def filter_image(weight: torch.Tensor, towers: int = 2) -> np.ndarray:
 
 
 def save_filters(weight: torch.Tensor, path: str | Path, towers: int = 2) -> Path:
-    from PIL import Image
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(filter_image(weight, towers=towers)).save(path)
-    return path
+    """Figure 3 (:func:`filter_image`) as a PNG file, written atomically."""
+    return save_png(filter_image(weight, towers=towers), path)

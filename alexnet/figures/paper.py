@@ -1,6 +1,6 @@
 """The paper's figures from a trained network: figure 1 (training error, ReLU vs tanh) and figure 4
 (top-5 predictions and the training images nearest in fc7 feature space). Figure 3 (conv1's
-kernels) is :func:`alexnet.plots.save_filters`.
+kernels) is :func:`alexnet.figures.plots.save_filters`.
 
 Figure 4 (section 6.1): "If two images produce feature activation vectors with a small Euclidean
 separation, we can say that the higher levels of the neural network consider them to be similar.
@@ -22,7 +22,8 @@ import torch
 
 from alexnet.data.store import Split
 from alexnet.evaluate import Member
-from alexnet.plots import pyplot, save_figure
+from alexnet.display import printable
+from alexnet.figures.plots import new_figure, save_figure
 
 
 def spread_indices(total: int, count: int | None) -> np.ndarray:
@@ -122,9 +123,10 @@ def plot_neighbours(
     (most probable first), ``neighbours`` [(image, label, distance)]. The bar of the correct class
     is red, the others blue (the paper marks the correct label's bar in red).
     """
-    plt = pyplot()
     k = max((len(r["neighbours"]) for r in rows), default=0)
-    fig = plt.figure(figsize=(1.3 * (k + 1) + 3.2, 1.45 * len(rows) + 0.3))
+    top_k = max((len(r["top"]) for r in rows), default=0)
+    classes = [printable(c) for c in classes]  # names that are not valid UTF-8 drawn with U+FFFD
+    fig = new_figure(figsize=(1.3 * (k + 1) + 3.2, 1.45 * len(rows) + 0.3))
     grid = fig.add_gridspec(len(rows), k + 2, width_ratios=[1, 2.4] + [1] * k, wspace=0.15, hspace=0.45,
                             left=0.02, right=0.98, bottom=0.04, top=1 - 0.55 / (1.45 * len(rows) + 0.3))
     for r, row in enumerate(rows):
@@ -144,7 +146,7 @@ def plot_neighbours(
             ax = fig.add_subplot(grid[r, j + 2])
             _show(ax, image)
             ax.set_title(f"{classes[label]}\nd={distance:.3g}", fontsize=6)
-    fig.suptitle(f"validation images, their top-5 predictions, and the {k} training images nearest in fc7 "
+    fig.suptitle(f"validation images, their top-{top_k} predictions, and the {k} training images nearest in fc7 "
                  "feature space (Euclidean distance d)", fontsize=8)
     return save_figure(fig, path, dpi)
 
@@ -155,8 +157,8 @@ def plot_training_error(curves: Sequence[dict], level: float, path: str | Path, 
     Each curve dict: ``activation``, ``seed``, ``points`` [{"epoch": float, "train_error": float}].
     A dotted horizontal line marks ``level`` (the paper's 25%).
     """
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    fig = new_figure(figsize=(6.4, 4.4))
+    ax = fig.subplots()
     colours = {"relu": "tab:blue", "tanh": "tab:red"}
     labelled = set()
     for c in curves:
@@ -173,6 +175,6 @@ def plot_training_error(curves: Sequence[dict], level: float, path: str | Path, 
     ax.grid(alpha=0.3)
     ax.legend()
     if title:
-        ax.set_title(title, fontsize=9)
+        ax.set_title(printable(title), fontsize=9)
     fig.tight_layout()
     return save_figure(fig, path)

@@ -1,0 +1,443 @@
+"""A trained network outside this package: safetensors weights and an ONNX graph, and loading them back.
+
+An export is a folder:
+
+    alexnet.json             what is needed to rebuild and use the network (below); written last,
+                             so a folder without it is an unfinished export
+    model.safetensors        the weights, single-device layout (``--format safetensors``)
+    mean_image.safetensors   the training set's per-pixel mean, key ``mean_image``, float32 (S, S, C)
+    model.onnx               the whole test-time path as one graph (``--format onnx``)
+    torchvision_alexnet.pth  a state dict under torchvision's keys (``--format torchvision``)
+
+``alexnet.json`` holds ``model_args`` (keyword arguments of :func:`alexnet.model.build_model`),
+``classes``, ``image_size`` (the side S of the stored images), ``channels``, ``crop_size``,
+``subtract_mean``, ``input_scale``, where the mean image is, and the ONNX graph's inputs and opset.
+
+The ONNX graph takes what ``alexnet prepare`` and ``alexnet predict`` make of an image: a uint8
+batch ``images`` of shape (N, S, S, C) (NHWC; the image's shorter side resized to S, the central
+S x S square), N free. It cuts the centre ``crop_size`` patch, subtracts the mean image's
+patch, multiplies by ``input_scale``, runs the network in eval mode and returns ``probabilities``
+(N, classes), the softmax. Opset :data:`ONNX_OPSET`, exported with ``torch.onnx.export(dynamo=True)``
+(the default exporter of torch 2.9 and later, chosen over the deprecated TorchScript one; it
+needs ``onnxscript``, in the ``onnx`` extra).
+
+The network is rebuilt from the checkpoint's weights with :func:`alexnet.model.build_model`, so
+training-time swaps (fused blocks, a space-to-depth conv1) never reach the graph, and exported
+from its ``eval()`` forward, so whatever the dropout style, the graph computes its test-time
+function. LRN leaves through a plain-torch path, never the fused kernels
+of :mod:`alexnet.kernels`: each LRN becomes ONNX's ``LRN`` operator (per tower: Split, LRN,
+Concat). ONNX divides its alpha by ``size`` (``x / (bias + alpha / size * sum) ** beta``, as Caffe),
+so the paper's alpha (which multiplies the plain sum) is written as ``alpha * size``. ONNX's
+window for an even ``size`` is not this package's, so an even-sized LRN is written as primitive
+operations instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import json
+import logging
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from alexnet.atomic import atomic_write_bytes
+from alexnet.errors import UserError
+from alexnet.lrn import LocalResponseNorm, effective_alpha, lrn_reference
+
+FORMAT = "alexnet-export"
+VERSION = 1
+META_FILE = "alexnet.json"
+WEIGHTS_FILE = "model.safetensors"
+MEAN_FILE = "mean_image.safetensors"
+ONNX_FILE = "model.onnx"
+TORCHVISION_FILE = "torchvision_alexnet.pth"
+FORMATS = ("safetensors", "onnx", "torchvision")
+ONNX_OPSET = 18
+ONNX_INPUT, ONNX_OUTPUT = "images", "probabilities"
+_FILES = {"safetensors": (WEIGHTS_FILE, MEAN_FILE), "onnx": (ONNX_FILE,), "torchvision": (TORCHVISION_FILE,)}
+
+
+def is_export_dir(path: str | Path) -> bool:
+    return Path(path).is_dir() and (Path(path) / META_FILE).is_file()
+
+
+# --------------------------------------------------------------------------------------------
+# Writing
+
+
+def metadata(payload: dict, source: str) -> dict:
+    """The ``alexnet.json`` of a checkpoint payload (no files listed yet)."""
+    data, config = payload["data"], payload.get("config", {})
+    mean = data["mean_image"]
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "source": str(source),
+        "model_args": dict(payload["model_args"]),
+        "classes": list(data["classes"]),
+        "image_size": int(data["image_size"]),
+        "channels": int(data["channels"]),
+        "crop_size": int(config["crop_size"]),
+        "subtract_mean": bool(config.get("subtract_mean", True)),
+        "input_scale": float(config.get("input_scale", 1.0)),
+        "mean_image": {"file": MEAN_FILE, "key": "mean_image", "dtype": "float32", "shape": list(mean.shape),
+                       "layout": "HWC, 0-255 pixel units"},
+        "training_config": _plain(config),
+        "files": {},
+    }
+
+
+def _plain(value):
+    """``value`` with anything JSON cannot hold turned into a string."""
+    return json.loads(json.dumps(value, default=str))
+
+
+def _prepare_out_dir(out: Path, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out} is a file; --out names a folder for the export")
+    ours = [out / META_FILE] + [out / name for f in FORMATS for name in _FILES[f]]
+    present = [p.name for p in ours if p.exists()]
+    others = sorted(p.name for p in out.iterdir() if p not in ours) if out.is_dir() else []
+    if others:  # a run folder, a data set, anything else: an export there would mix with it
+        raise UserError(f"{out} holds other files ({', '.join(others[:3])}); export to a new or empty folder")
+    if present and not overwrite:
+        raise UserError(f"{out} already holds an export ({', '.join(present)}); choose another --out or add --overwrite")
+    out.mkdir(parents=True, exist_ok=True)
+    if overwrite:
+        # The description goes first: until the new one is written the folder reads as unfinished.
+        for p in ours:
+            if p.exists():
+                p.unlink()
+
+
+def write_export(payload: dict, out: str | Path, formats: Sequence[str], *, source: str = "", overwrite: bool = False) -> dict:
+    """Export a checkpoint payload to the folder ``out`` in ``formats``; returns the written ``alexnet.json``."""
+    out = Path(out)
+    formats = list(dict.fromkeys(formats))
+    for f in formats:
+        if f not in FORMATS:
+            raise UserError(f"unknown export format {f!r}; use {', '.join(FORMATS)}")
+    if "onnx" in formats:
+        _require("onnx", "onnxscript", "onnxruntime")
+    if "torchvision" in formats and payload["model_args"].get("arch") != "torchvision":
+        raise UserError("--format torchvision needs a network with torchvision's layout (from 'alexnet import-torchvision'); "
+                        "the paper's AlexNet has other layers")
+    meta = metadata(payload, source)
+    _prepare_out_dir(out, overwrite)
+    # The mean image is needed by every format's user (the ONNX graph holds it too).
+    _write_safetensors(out / MEAN_FILE, {"mean_image": payload["data"]["mean_image"]})
+    meta["files"]["mean_image"] = MEAN_FILE
+    if "safetensors" in formats:
+        _write_safetensors(out / WEIGHTS_FILE, payload["model"])
+        meta["files"]["safetensors"] = WEIGHTS_FILE
+    if "onnx" in formats:
+        model = _model_from_payload(payload, source)
+        export_onnx(model, {**inference_meta(meta), "classes": meta["classes"]}, payload["data"]["mean_image"], out / ONNX_FILE)
+        meta["files"]["onnx"] = ONNX_FILE
+        meta["onnx"] = {
+            "file": ONNX_FILE, "opset": ONNX_OPSET,
+            "input": {"name": ONNX_INPUT, "dtype": "uint8", "layout": "NHWC",
+                      "shape": ["N", meta["image_size"], meta["image_size"], meta["channels"]]},
+            "output": {"name": ONNX_OUTPUT, "dtype": "float32", "shape": ["N", len(meta["classes"])],
+                       "what": "softmax probabilities, in the order of 'classes'"},
+        }
+    if "torchvision" in formats:
+        from alexnet.torchvision_alexnet import to_torchvision_state_dict, unfold_input_std
+
+        state = payload["model"]
+        std = payload.get("config", {}).get("input_std_folded_into_conv1")
+        if std:
+            state = unfold_input_std(state, tuple(std))
+        buffer = io.BytesIO()
+        torch.save(to_torchvision_state_dict(state), buffer)
+        atomic_write_bytes(out / TORCHVISION_FILE, buffer.getvalue())
+        meta["files"]["torchvision"] = TORCHVISION_FILE
+        meta["torchvision"] = {"file": TORCHVISION_FILE, "input_std_unfolded": bool(std),
+                               "preprocessing": "torchvision's ImageNet normalisation" if std else
+                               "this export's mean image and input_scale, not torchvision's normalisation"}
+    atomic_write_bytes(out / META_FILE, (json.dumps(meta, indent=1) + "\n").encode())
+    return meta
+
+
+def _write_safetensors(path: Path, tensors: dict) -> None:
+    from safetensors.torch import save
+
+    data = save({k: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype).contiguous()
+                 for k, v in tensors.items()})
+    atomic_write_bytes(path, data)
+
+
+def _require(*modules: str) -> None:
+    import importlib.util
+
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        raise UserError(f"ONNX export needs {', '.join(missing)}: pip install 'alexnet[onnx]'")
+
+
+def _model_from_payload(payload: dict, source: str) -> nn.Module:
+    from alexnet import checkpoint
+    from alexnet.model import build_model
+
+    try:
+        model = build_model(payload["model_args"])
+    except (TypeError, ValueError) as e:
+        raise UserError(f"{source} describes a network this alexnet cannot build ({e}); upgrade alexnet") from None
+    checkpoint.load_model_state(model, payload["model"], str(source))
+    return model.eval()
+
+
+def inference_meta(meta: dict) -> dict:
+    return {k: meta[k] for k in ("image_size", "channels", "crop_size", "subtract_mean", "input_scale")}
+
+
+# --------------------------------------------------------------------------------------------
+# ONNX
+
+
+@torch.library.custom_op("alexnet_export::lrn", mutates_args=())
+def _lrn_op(x: torch.Tensor, size: int, alpha: float, beta: float, k: float, groups: int) -> torch.Tensor:
+    """LRN in plain torch ops (``alpha`` multiplies the plain sum); a named op so the exporter can map it to ONNX's LRN."""
+    return lrn_reference(x, size, alpha, beta, k, "paper", groups)
+
+
+@_lrn_op.register_fake
+def _(x, size, alpha, beta, k, groups):
+    return torch.empty_like(x)
+
+
+class PlainLRN(nn.Module):
+    """A :class:`LocalResponseNorm` computed with plain torch ops, for export."""
+
+    def __init__(self, lrn: LocalResponseNorm) -> None:
+        super().__init__()
+        self.size, self.beta, self.k, self.groups = lrn.size, lrn.beta, lrn.k, lrn.groups
+        self.alpha = effective_alpha(lrn.alpha, lrn.size, lrn.convention)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.size % 2 == 0:  # ONNX's window differs for even sizes: primitive ops
+            return lrn_reference(x, self.size, self.alpha, self.beta, self.k, "paper", self.groups)
+        return _lrn_op(x, self.size, self.alpha, self.beta, self.k, self.groups)
+
+
+def _lrn_to_onnx(x, size: int, alpha: float, beta: float, k: float, groups: int):
+    """ONNX's LRN computes ``x / (bias + alpha / size * sum) ** beta``: its alpha is ours times ``size``."""
+    from onnxscript import opset18 as op
+
+    def lrn(t):
+        return op.LRN(t, size=size, alpha=alpha * size, beta=beta, bias=k)
+
+    if groups == 1:
+        return lrn(x)
+    return op.Concat(*[lrn(t) for t in op.Split(x, axis=1, num_outputs=groups)], axis=1)
+
+
+def plain_torch_copy(model: nn.Module) -> nn.Module:
+    """An eval-mode copy of ``model`` with every LRN computed in plain torch ops (no custom kernels)."""
+    model = copy.deepcopy(model).eval()
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, LocalResponseNorm):
+                setattr(parent, name, PlainLRN(child))
+    return model
+
+
+class InferencePath(nn.Module):
+    """uint8 images (N, S, S, C) -> softmax probabilities: centre crop, centring, scale, network.
+
+    The same arithmetic as :class:`alexnet.data.augment.EvalPreprocess` with one centre crop
+    followed by the softmax of :func:`alexnet.evaluate.probabilities`.
+    """
+
+    def __init__(self, network: nn.Module, mean_image: torch.Tensor, *, image_size: int, crop_size: int,
+                 subtract_mean: bool = True, input_scale: float = 1.0, **_ignored) -> None:
+        super().__init__()
+        self.network = network
+        self.top = (image_size - crop_size) // 2
+        self.crop_size, self.subtract_mean, self.input_scale = crop_size, subtract_mean, float(input_scale)
+        patch = mean_image.detach().float()[self.top : self.top + crop_size, self.top : self.top + crop_size]
+        self.register_buffer("mean_patch", patch.permute(2, 0, 1).contiguous())
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        a, b = self.top, self.top + self.crop_size
+        x = images[:, a:b, a:b, :].permute(0, 3, 1, 2).float()
+        if self.subtract_mean:
+            x = x - self.mean_patch
+        if self.input_scale != 1.0:
+            x = x * self.input_scale
+        return torch.softmax(self.network(x).float(), dim=1)
+
+
+@contextlib.contextmanager
+def _quiet_exporter():
+    """The exporter prints progress and warns about torchvision ops it cannot find; keep the CLI's output clean."""
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "onnxscript", "onnx_ir")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    import warnings
+
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def onnx_model(module: nn.Module, example: torch.Tensor, *, input_name: str = ONNX_INPUT,
+               output_name: str = ONNX_OUTPUT, metadata: dict | None = None):
+    """``module`` (eval mode, plain torch: see :func:`plain_torch_copy`) as an ``onnx.ModelProto``, axis 0 free."""
+    with _quiet_exporter(), torch.no_grad():
+        program = torch.onnx.export(
+            module, (example,), None, dynamo=True, opset_version=ONNX_OPSET,
+            input_names=[input_name], output_names=[output_name],
+            dynamic_shapes=({0: torch.export.Dim("N")},),
+            custom_translation_table={torch.ops.alexnet_export.lrn.default: _lrn_to_onnx},
+            external_data=False, verbose=False,
+        )
+    for key, value in (metadata or {}).items():
+        program.model.metadata_props[key] = value
+    proto = program.model_proto
+    foreign = sorted({f"{n.domain}::{n.op_type}" for n in proto.graph.node if n.domain not in ("", "ai.onnx")})
+    if foreign or len(proto.functions):
+        raise RuntimeError(f"the exported graph is not plain ONNX: {foreign or 'it has local functions'}")
+    return proto
+
+
+def export_onnx(network: nn.Module, meta: dict, mean_image: torch.Tensor, path: str | Path) -> None:
+    """Write the inference path of ``network`` (see :class:`InferencePath`) as an ONNX file at ``path``."""
+    net = InferencePath(plain_torch_copy(network).float().cpu(), mean_image.cpu(), **meta).eval()
+    s, c = int(meta["image_size"]), int(meta["channels"])
+    proto = onnx_model(net, torch.zeros(2, s, s, c, dtype=torch.uint8),
+                       metadata={"alexnet": json.dumps({**meta, "opset": ONNX_OPSET})})
+    atomic_write_bytes(path, proto.SerializeToString())
+
+
+# --------------------------------------------------------------------------------------------
+# Reading
+
+
+def read_metadata(path: str | Path) -> dict:
+    """``alexnet.json`` of the export folder ``path``, checked; UserError otherwise."""
+    path = Path(path)
+    file = path / META_FILE
+    try:
+        meta = json.loads(file.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path} is not an alexnet export (no {META_FILE})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise UserError(f"{file} is damaged (not JSON); export the checkpoint again") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise UserError(f"{file} does not describe an alexnet export")
+    if meta.get("version", 0) > VERSION:
+        raise UserError(f"{path} was exported by a newer alexnet (format {meta['version']}); upgrade alexnet")
+    return meta
+
+
+def _read_safetensors(file: Path) -> dict:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not file.is_file():
+        raise UserError(f"{file} is missing; export the checkpoint again")
+    try:
+        return load_file(str(file))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise UserError(f"{file} is not a readable safetensors file ({str(e).splitlines()[0]}); export the checkpoint again") from None
+
+
+def checkpoint_payload(path: str | Path) -> dict:
+    """A safetensors export as a checkpoint payload (model_args, data, config, model); nothing built yet."""
+    path = Path(path)
+    meta = read_metadata(path)
+    files = meta.get("files", {})
+    if "safetensors" not in files:
+        names = {"onnx": "an ONNX model", "torchvision": "torchvision-keyed weights"}
+        what = " and ".join(names.get(f, f) for f in files if f != "mean_image") or "no network"
+        raise UserError(f"{path} holds {what}, not safetensors weights; export with --format safetensors "
+                        "(alexnet predict also runs an ONNX export)")
+    try:
+        mean = _read_safetensors(path / meta["mean_image"]["file"])[meta["mean_image"]["key"]]
+        config = {**meta.get("training_config", {}), **{k: meta[k] for k in ("crop_size", "subtract_mean", "input_scale")}}
+        data = dict(classes=list(meta["classes"]), image_size=int(meta["image_size"]), channels=int(meta["channels"]),
+                    mean_image=mean)
+        model_args = dict(meta["model_args"])
+    except (KeyError, TypeError) as e:
+        raise UserError(f"{path / META_FILE} lacks {e}; export the checkpoint again") from None
+    from alexnet import checkpoint
+
+    payload = dict(model_args=model_args, data=data, config=config, model=_read_safetensors(path / files["safetensors"]))
+    checkpoint.validate(payload, str(path), for_inference=True)
+    return payload
+
+
+def load_exported(path: str | Path) -> tuple[nn.Module, dict, torch.Tensor]:
+    """(network in eval mode on the CPU, alexnet.json, mean image (S, S, C)) of a safetensors export."""
+    payload = checkpoint_payload(path)
+    return _model_from_payload(payload, str(path)), read_metadata(path), payload["data"]["mean_image"]
+
+
+def load_payload(path: str | Path) -> dict:
+    """A checkpoint file, run folder or safetensors export as a checkpoint payload."""
+    from alexnet import checkpoint
+
+    return checkpoint_payload(path) if is_export_dir(path) else checkpoint.load(path)
+
+
+class OnnxRunner:
+    """An ONNX export run with onnxruntime on the CPU: uint8 (N, S, S, C) -> probabilities."""
+
+    def __init__(self, path: str | Path) -> None:
+        path = Path(path)
+        self.meta = read_metadata(path)
+        if "onnx" not in self.meta.get("files", {}):
+            raise UserError(f"{path} holds no ONNX model; export with --format onnx")
+        try:
+            import onnxruntime
+        except ImportError:
+            raise UserError("running an ONNX export needs onnxruntime: pip install 'alexnet[onnx]'") from None
+        file = path / self.meta["files"]["onnx"]
+        try:
+            self.session = onnxruntime.InferenceSession(str(file), providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime raises its own kinds for missing or damaged files
+            raise UserError(f"{file} cannot be loaded by onnxruntime ({str(e).splitlines()[0]}); export again") from None
+        self.classes = list(self.meta["classes"])
+        self.image_size, self.channels = int(self.meta["image_size"]), int(self.meta["channels"])
+
+    def probabilities(self, images_u8: np.ndarray) -> np.ndarray:
+        return self.session.run([ONNX_OUTPUT], {ONNX_INPUT: np.ascontiguousarray(images_u8, dtype=np.uint8)})[0]
+
+
+def predict_files_onnx(path: str | Path, files: Iterable[str], *, top: int = 5):
+    """As :func:`alexnet.inference.predict_files`, through an ONNX export and onnxruntime."""
+    from alexnet.data.images import BadImage, decode_file
+    from alexnet.evaluate import top5_table
+
+    if top < 1:
+        raise UserError("--top must be at least 1")
+    from alexnet.inference import unreadable_path
+
+    runner = OnnxRunner(path)
+    for file in files:
+        missing = unreadable_path(file)
+        if missing:
+            yield file, missing
+            continue
+        try:
+            image, _ = decode_file(file, runner.image_size, runner.channels)
+        except BadImage as e:
+            yield file, str(e)
+            continue
+        probs = runner.probabilities(np.asarray(image)[None])
+        if not np.isfinite(probs).all():
+            yield file, "the network's output for this image is NaN or infinite, so it predicts nothing"
+            continue
+        yield file, top5_table(probs, runner.classes, k=min(top, len(runner.classes)))[0]

@@ -1,0 +1,243 @@
+"""Learning (section 5): the loop, one code path for one process or many (torchrun).
+
+Per epoch: the epoch's seeded order of the training images, and for each batch augmentation
+on the model's device, forward, cross-entropy, backward and PaperSGD (:func:`train_one_epoch`);
+then the validation error on the centre crop (:func:`validate`), a step of the schedule, a
+line of metrics and the checkpoints (:func:`end_epoch`). What each part owns:
+
+    recipe.py    the network, PaperSGD, the schedule and the augmentation from the config
+    layout.py    how the ranks hold the network: placement, DDP, shards, reductions, seeds
+    state.py     the run state a checkpoint holds, and its restoration
+    resume.py    whether a resume continues the same run
+    inputs.py    uint8 batches from the store to augmented batches on the device
+    guards.py    non-finite values and the ln(classes) stall
+    run_dir.py   the files of the run directory and its lock
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from alexnet.config import TrainConfig
+from alexnet.data import Store, open_store
+from alexnet.data.loader import Loader
+from alexnet.evaluate import Member, evaluate
+from alexnet.faults import kill_point
+from alexnet.runtime import Runtime, resolve_runtime
+from alexnet.training.guards import NonFiniteGuard, StallWatch, sync_interval
+from alexnet.training.inputs import device_batches
+from alexnet.training.layout import DataParallel, join
+from alexnet.training.recipe import (apply_epoch_settings, build_augment, build_model, build_optimizer, check_data,
+                                     data_info, epoch_settings, model_args, store_identity)
+from alexnet.training.resume import check_resume
+from alexnet.training.run_dir import RunDir
+from alexnet.training.state import EpochSums, Position, RunState
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class Run:
+    """What the parts of the loop share, built once by :func:`train`."""
+
+    config: TrainConfig
+    layout: DataParallel
+    rt: Runtime
+    files: RunDir
+    state: RunState
+    header: dict  # model_args, data and config: what every checkpoint says about the network
+    log: Log
+    show_progress: bool
+    stall: StallWatch | None = None  # set when the epoch length is known
+
+    def save_last(self) -> None:
+        """Checkpoint the run state into last.pt (collective)."""
+        self.files.save(self.files.last, {**self.header, **self.state.checkpoint(
+            self.layout, self.config.batch_size_per_device)})
+
+
+def train(config: TrainConfig, data: str | Path, run_dir: str | Path, *, resume: bool = False,
+          show_progress: bool = True, log: Log = print) -> list[dict]:
+    """Train with ``config`` on the prepared store ``data`` into ``run_dir``; returns every epoch's metrics."""
+    store = open_store(data)
+    layout = join(config.device, config.tower_parallel)
+    check_data(config, store, layout.groups.replicas)
+    log = log if layout.is_main else _silent  # rank 0 speaks for the run; what it logs is reduced over ranks
+    with RunDir(run_dir, owner=layout.is_main, log=log) as files:
+        run = start(config, store, layout, files, files.checkpoint_to_resume(resume), log, show_progress)
+        if run.state.pos.epoch >= config.epochs:
+            log(f"{run_dir} has finished its {config.epochs} epochs; pass --epochs N with N > {config.epochs} to go on")
+            return files.start(config, run.state.pos.epoch)
+        metrics = files.start(config, run.state.pos.epoch)
+        train_loader = layout.loader(store, "train", config.batch_size_per_device, train=True, seed=config.seed,
+                                     workers=config.loader_workers, shuffle_window=config.shuffle_window_images)
+        val_loader = layout.loader(store, "val", config.batch_size_per_device, train=False, seed=config.seed,
+                                   workers=config.loader_workers)
+        if layout.device.type == "cuda" and store.encoding == "jpeg" \
+                and config.loader_workers < (os.cpu_count() or 1) // layout.proc.world_size:
+            log(f"note: {config.loader_workers} threads decode this JPEG store; --loader-workers up to the cores per "
+                "process keeps a GPU fed")
+        augment, centre = build_augment(config, store, run.rt.device)
+        val_member = Member(run.state.model, centre, list(store.classes))
+        step_model = layout.step_model(run.state.model, config.compile)
+        steps = min(len(train_loader), config.max_steps_per_epoch or len(train_loader))
+        run.stall = StallWatch(store.num_classes, patience_steps=min(2 * steps, 2000))
+        for epoch in range(run.state.pos.epoch, config.epochs):
+            apply_epoch_settings(epoch_settings(config, epoch), run.state.optimizer, augment)  # colour noise, frozen layers
+            train_loader.set_epoch(epoch, start_step=run.state.pos.step_in_epoch)
+            batches = device_batches(train_loader, augment, run.state.generator, run.rt)
+            seconds, images = train_one_epoch(run, step_model, batches, epoch, steps)
+            val = validate(val_member, val_loader, run)
+            metrics.append(end_epoch(run, epoch, seconds, images, val, metrics))
+    return metrics
+
+
+def start(config: TrainConfig, store: Store, layout: DataParallel, files: RunDir, saved: dict | None, log: Log,
+          show_progress: bool) -> Run:
+    """The network, optimizer, schedule and random streams of a new run, or of ``saved`` resumed."""
+    rt = resolve_runtime(config, layout.device)
+    if saved is not None:  # refuse another recipe before anything is built or written
+        notes = check_resume(saved, config, layout.info(config.batch_size_per_device), store_identity(store),
+                             str(files.last))
+    torch.manual_seed(config.seed)  # the same initial weights on every rank
+    model = layout.place(build_model(config, store, new_run=saved is None, log=log), rt.memory_format)
+    optimizer, schedule = build_optimizer(config, model)
+    generator = torch.Generator(rt.device)
+    layout.seed(config.seed, generator)
+    state = RunState(model, optimizer, schedule, generator, Position())
+    if saved is not None:
+        keep_lrs = config.lr == saved["config"]["lr"]
+        state.restore(saved, layout, seed=config.seed, batch_size_per_device=config.batch_size_per_device,
+                      keep_lrs=keep_lrs)
+        pos = state.pos
+        if pos.epoch < config.epochs:
+            log(f"resuming {files.dir} at epoch {pos.epoch + 1}, step {pos.step_in_epoch} (global step {pos.global_step})")
+        for note in notes:
+            log(note)
+        if not keep_lrs:  # a hand-made step of the schedule, as the paper's authors took
+            log(f"learning rate {config.lr:g} from --lr replaces the checkpoint's {saved['lrs'][0]:g} from here on")
+    header = dict(model_args=model_args(config, store), data=data_info(store), config=config.to_dict())
+    return Run(config, layout, rt, files, state, header, log, show_progress)
+
+
+def train_one_epoch(run: Run, step_model: nn.Module, batches, epoch: int, steps: int) -> tuple[float, int]:
+    """Section 5's update over one epoch (from where the run stands in it); returns its seconds and images."""
+    config, state, pos = run.config, run.state, run.state.pos
+    state.model.train()
+    guard = NonFiniteGuard(config.on_nonfinite, run.layout.any_rank, run.rt.device)
+    sync_every = sync_interval(config.nonfinite_check_every_steps, run.rt.device, config.on_nonfinite)
+    sums, bar = EpochSums(run.rt.device), _progress(run, steps, pos.step_in_epoch, f"epoch {epoch + 1}/{config.epochs}")
+    losses, started, images = [], time.perf_counter(), 0
+    for x, labels in batches:
+        if pos.step_in_epoch >= steps:
+            break
+        with run.rt.autocast():
+            logits = step_model(x)
+        loss = F.cross_entropy(logits.float(), labels)
+        state.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        guard.observe(loss, state.model)
+        kill_point("step")
+        pos.step_in_epoch, pos.global_step = pos.step_in_epoch + 1, pos.global_step + 1
+        every = config.checkpoint_every_steps
+        save_now = bool(every) and pos.global_step % every == 0 and pos.step_in_epoch < steps
+        synced = pos.step_in_epoch % sync_every == 0 or pos.step_in_epoch == steps or save_now
+        if synced and guard.verdict(f"epoch {epoch + 1}, step {pos.step_in_epoch} (global step {pos.global_step})",
+                                    _what_is_kept(run)):
+            pos.skipped_steps += 1
+            _write(bar, run.log, f"warning: non-finite loss or gradient at epoch {epoch + 1} "
+                                 f"step {pos.step_in_epoch}; step skipped")
+        else:
+            state.optimizer.step()
+            sums.add(loss, logits, labels)
+        images += len(labels) * run.layout.groups.replicas
+        if synced:
+            losses.append(float(loss.detach()))
+            if pos.step_in_epoch % 10 == 0 or pos.step_in_epoch == steps:
+                _watch_stall(run, sum(losses) / len(losses), bar)
+                losses = []
+        if bar is not None:
+            bar.update(1)
+            if synced:
+                rate = images / max(time.perf_counter() - started, 1e-9)
+                bar.set_postfix(loss=f"{float(loss.detach()):.3f}", img_s=f"{rate:.0f}", refresh=False)
+        if save_now:
+            sums.fold_into(pos)
+            run.save_last()
+    if bar is not None:
+        bar.close()
+    sums.fold_into(pos)
+    return time.perf_counter() - started, images
+
+
+def validate(member: Member, loader: Loader, run: Run) -> dict:
+    """Top-1 and top-5 error on the validation split's centre crops, over every replica's shard."""
+    loader.set_epoch(0)
+    return evaluate([member], loader, precision=run.rt.precision, reduce=run.layout.reduce)
+
+
+def end_epoch(run: Run, epoch: int, seconds: float, images: int, val: dict, metrics: list[dict]) -> dict:
+    """Schedule, metrics line, checkpoints and curves at the end of an epoch; returns the line."""
+    config, state, pos = run.config, run.state, run.state.pos
+    totals = run.layout.reduce(torch.tensor([pos.loss_sum, pos.correct, pos.seen], dtype=torch.float64)).tolist()
+    train_loss, train_err = totals[0] / max(totals[2], 1), 1 - totals[1] / max(totals[2], 1)
+    lr = state.optimizer.param_groups[0]["lr"]
+    reduced = state.schedule.step(val["top1_error"])
+    line = dict(epoch=epoch + 1, train_loss=train_loss, train_top1_error=train_err,
+                val_top1_error=val["top1_error"], val_top5_error=val["top5_error"], lr=lr,
+                images_per_s=images / max(seconds, 1e-9), epoch_seconds=seconds,
+                global_step=pos.global_step, skipped_steps=pos.skipped_steps)
+    run.files.append_metrics(line)
+    run.log(f"epoch {epoch + 1}: train loss {train_loss:.4f}, train error {train_err:.2%}, "
+            f"val top-1 error {val['top1_error']:.2%}, top-5 {val['top5_error']:.2%}, lr {lr:g}, "
+            f"{line['images_per_s']:.0f} images/s" + (f"; lr divided by {1 / config.lr_factor:g}" if reduced else ""))
+    _watch_stall(run, train_loss, None)
+    improved = val["top1_error"] < pos.best_val_top1_error
+    state.pos = pos.next_epoch(val["top1_error"])
+    run.save_last()
+    weights = run.layout.to_single(state.model, state.model.state_dict()) if improved or config.tensorboard else {}
+    if improved:
+        run.files.save(run.files.best, dict(**run.header, model=weights, epoch=epoch + 1, val=val))
+    run.files.plot([*metrics, line], weights.get("features.conv1.weight"), towers=config.towers)
+    return line
+
+
+def _watch_stall(run: Run, mean_loss: float, bar) -> None:
+    """Warn once per run when the loss has sat at ln(classes) for the watch's patience."""
+    pos = run.state.pos
+    if not pos.stall_warned and run.stall.observe(pos.global_step, mean_loss):
+        pos.stall_warned = True
+        _write(bar, run.log, run.stall.message(pos.global_step))
+
+
+def _what_is_kept(run: Run) -> str:
+    if run.files.last.exists():
+        return f"{run.files.last} keeps the last good state"
+    return "no checkpoint had been written yet (the first comes at the end of epoch 1, or with --checkpoint-every-steps)"
+
+
+def _silent(message: str) -> None:
+    pass
+
+
+def _progress(run: Run, total: int, initial: int, desc: str):
+    if not (run.show_progress and run.layout.is_main):
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, unit="step", leave=False, dynamic_ncols=True)
+
+
+def _write(bar, log: Log, message: str) -> None:
+    if bar is not None:
+        bar.write(message)
+    else:
+        log(message)

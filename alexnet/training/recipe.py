@@ -1,0 +1,158 @@
+"""From a recipe (:class:`~alexnet.config.TrainConfig`) and a store to the objects of section 5:
+the network, PaperSGD with its parameter groups, the schedule and the augmentation.
+
+Also what a checkpoint records about the model and the data, so that a network can be used
+without the store it was trained on (evaluate, predict, export) and a resume can tell whether
+it is given the same data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from alexnet.config import TrainConfig
+from alexnet.data.augment import EvalPreprocess, TrainAugment
+from alexnet.data.store import MANIFEST, Store
+from alexnet.errors import UserError
+from alexnet.model import AlexNet, init_weights_
+from alexnet.optim import MilestoneSchedule, PaperSGD, PlateauSchedule, parameter_groups
+
+
+def check_data(config: TrainConfig, store: Store, replicas: int) -> None:
+    """Refuse a store this recipe cannot train on with ``replicas`` replicas, before anything is built."""
+    if store.num_classes < 2:
+        raise UserError(f"{store.path} has a single class; classification needs at least two")
+    if config.crop_size > store.image_size:
+        raise UserError(f"--crop-size {config.crop_size} is larger than the prepared images ({store.image_size} px)")
+    if "val" not in store.splits:
+        raise UserError(f"{store.path} has no validation split, which training needs every epoch; "
+                        "prepare it again with a val/ folder or --val-fraction")
+    images, global_batch = len(store.split("train")), config.batch_size_per_device * replicas
+    if images < global_batch:
+        raise UserError(f"the training split has {images} images, fewer than one global batch of {global_batch} "
+                        f"({replicas} replica(s) x {config.batch_size_per_device}); lower --batch-size-per-device")
+
+
+def model_args(config: TrainConfig, store: Store) -> dict:
+    """Keyword arguments of AlexNet for this recipe and data set (saved in checkpoints; they
+    always name ``dropout_style``, which tells them from those of earlier versions)."""
+    args = dict(
+        num_classes=store.num_classes, towers=config.towers, lrn=config.lrn,
+        lrn_convention=config.lrn_convention, lrn_before_relu=config.lrn_before_relu,
+        overlapping_pool=config.overlapping_pool, activation=config.activation, dropout=config.dropout,
+        dropout_style=config.dropout_style,
+        in_channels=store.channels, input_size=config.crop_size, width=config.width, stem=config.stem,
+    )
+    # the newer shape arguments only when used, so that other readers of model_args see the keys they know
+    extra = dict(conv_channels=list(config.channels) or None, fc_units=config.fc_units,
+                 conv6_channels=config.conv6_channels, cnorm2=config.cnorm2)
+    args.update({k: v for k, v in extra.items() if v})
+    return args
+
+
+def store_identity(store: Store) -> str:
+    """A digest of the store's manifest: the same for any copy of the store, wherever it lies."""
+    return hashlib.sha256((store.path / MANIFEST).read_bytes()).hexdigest()[:16]
+
+
+def data_info(store: Store) -> dict:
+    return dict(classes=list(store.classes), image_size=store.image_size, channels=store.channels,
+                mean_image=torch.from_numpy(store.mean_image.copy()), store_identity=store_identity(store))
+
+
+def build_model(config: TrainConfig, store: Store, *, new_run: bool = True, log=print) -> nn.Module:
+    """The single-device network with the recipe's init, drawn from the current torch seed; for a
+    new run with ``init_from``, every layer that fits is then loaded from that checkpoint."""
+    model = init_weights_(AlexNet(**model_args(config, store)), config.init)
+    if config.fc8_bias_zero:
+        with torch.no_grad():
+            model.classifier.fc8.bias.zero_()
+    if new_run and config.init_from:
+        notes = load_parent(model, config.init_from)
+        log(f"fine-tuning from {config.init_from}: {notes}")
+    return model
+
+
+def load_parent(model: nn.Module, path: str) -> str:
+    """Copy into ``model`` every parameter of the checkpoint at ``path`` that has the same name and
+    shape, except fc8's (a new task's outputs start afresh: section 6 fine-tuned a net pre-trained
+    on 22k classes to 1000); returns a line saying which layers came from it and which did not."""
+    from alexnet import checkpoint
+
+    try:
+        parent = checkpoint.load(path)
+    except UserError as e:
+        raise UserError(f"--init-from: {e}") from None
+    theirs = parent["model"]
+    loaded, fresh = [], []
+    own = model.state_dict()
+    with torch.no_grad():
+        for name, tensor in own.items():
+            layer = name.split(".")[-2] if "." in name else name
+            source = theirs.get(name)
+            if layer != "fc8" and source is not None and source.shape == tensor.shape:
+                tensor.copy_(source)
+                loaded.append(layer)
+            else:
+                fresh.append(layer)
+    loaded, fresh = list(dict.fromkeys(loaded)), list(dict.fromkeys(fresh))
+    if not loaded:
+        raise UserError(f"--init-from {path}: no layer of that network fits this one (another architecture, "
+                        "channel count or crop size); fine-tune with the parent's model flags")
+    partly = sorted(set(loaded) & set(fresh))
+    if partly:
+        raise UserError(f"--init-from {path}: layer(s) {', '.join(partly)} fit only in part; "
+                        "fine-tune with the parent's model flags")
+    return f"loaded {', '.join(loaded)}; drawn afresh {', '.join(fresh) or 'none'}"
+
+
+def build_optimizer(config: TrainConfig, model: nn.Module) -> tuple[PaperSGD, PlateauSchedule | MilestoneSchedule]:
+    """PaperSGD over the recipe's parameter groups, and the learning-rate schedule."""
+    own_layers = tuple(dict.fromkeys(config.freeze + (("conv1",) if config.freeze_conv1_last_epochs else ())))
+    optimizer = PaperSGD(parameter_groups(model, config.lr, config.weight_decay, config.param_groups, own_layers),
+                         lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    if config.schedule == "plateau":
+        schedule = PlateauSchedule(optimizer, factor=config.lr_factor, patience_epochs=config.plateau_patience_epochs,
+                                   threshold=config.plateau_threshold, max_reductions=config.max_lr_reductions)
+    else:
+        schedule = MilestoneSchedule(optimizer, config.milestones_epochs, factor=config.lr_factor)
+    return optimizer, schedule
+
+
+def build_augment(config: TrainConfig, store: Store, device: torch.device) -> tuple[TrainAugment, EvalPreprocess]:
+    """Section 4.1's training augmentation and the validation centre crop, on ``device``."""
+    train = TrainAugment(store.mean_image, store.pca_eigenvalues, store.pca_eigenvectors, crop_size=config.crop_size,
+                         random_crop=config.random_crop, flip=config.flip, pca_lighting_std=config.pca_lighting_std,
+                         pca_scale=config.pca_scale, lighting_shrink=config.lighting_shrink,
+                         subtract_mean=config.subtract_mean, input_scale=config.input_scale).to(device)
+    val = EvalPreprocess(store.mean_image, crop_size=config.crop_size, subtract_mean=config.subtract_mean,
+                         input_scale=config.input_scale).to(device)
+    return train, val
+
+
+@dataclass(frozen=True)
+class EpochSettings:
+    """What the recipe changes from epoch to epoch (the released recipe's last epochs)."""
+
+    lighting: bool  # PCA colour noise on
+    frozen: tuple[str, ...]  # layers not updated
+
+
+def epoch_settings(config: TrainConfig, epoch: int) -> EpochSettings:
+    """The settings of epoch ``epoch`` (0-based) of a run of ``config.epochs``: a function of the
+    epoch number alone, so that a resumed run applies what the uninterrupted one did."""
+    left = config.epochs - epoch  # this epoch and those after it
+    frozen = config.freeze + (("conv1",) if left <= config.freeze_conv1_last_epochs and "conv1" not in config.freeze else ())
+    return EpochSettings(lighting=left > config.lighting_off_last_epochs, frozen=frozen)
+
+
+def apply_epoch_settings(settings: EpochSettings, optimizer: torch.optim.Optimizer, augment: TrainAugment) -> None:
+    """Switch the colour noise and freeze the layers of ``settings`` (PaperSGD skips frozen groups;
+    :func:`build_optimizer` gave those layers groups of their own)."""
+    augment.lighting_on = settings.lighting
+    for group in optimizer.param_groups:
+        group["frozen"] = group.get("layer") in settings.frozen

@@ -1,0 +1,132 @@
+"""The run directory: what a run leaves on disk, written by rank 0 alone, owned by one process.
+
+    config.json     the resolved recipe, rewritten when a resume changes a runtime key
+    metrics.jsonl   one line per finished epoch
+    last.pt         everything needed to resume (:mod:`alexnet.training.state`)
+    best.pt         the weights of the epoch with the lowest validation error
+    curves.png      the training and validation curves
+    tensorboard/    the same scalars and conv1's kernels as TensorBoard events (``--tensorboard``)
+    .lock           held while a process trains into the directory (:mod:`alexnet.runlock`)
+
+Every file is replaced atomically (:mod:`alexnet.atomic`); metrics lines are appended and
+fsynced, and a resume keeps only the lines of the epochs its checkpoint holds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from pathlib import Path
+from typing import Callable
+
+from alexnet import checkpoint
+from alexnet.atomic import atomic_write_bytes
+from alexnet.config import TrainConfig
+from alexnet.errors import UserError
+from alexnet.faults import kill_point
+
+
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    """The lines of a run's metrics.jsonl, the one reader of that file: none when it has none yet;
+    a last line cut short by a crash is left out; a damaged line before it is an error."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    rows = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    lines = []
+    for number, line in enumerate(rows, 1):
+        try:
+            lines.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number == len(rows):
+                break
+            raise UserError(f"{path} line {number} is damaged; remove that line to continue") from None
+    return lines
+
+
+def saved_recipe(run_dir: str | Path) -> dict | None:
+    """The recipe a run directory records (config.json), or None when it has none."""
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        return None
+    try:
+        values = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise UserError(f"{path} is damaged; it is rewritten from the checkpoint if you resume with the run's flags") from None
+    return values if isinstance(values, dict) else None
+
+
+class RunDir:
+    """A run directory as one process (rank 0, the ``owner``) writes it; other ranks only read."""
+
+    def __init__(self, path: str | Path, *, owner: bool, log: Callable[[str], None] = print) -> None:
+        self.dir, self.owner, self.log = Path(path), owner, log
+        self.config, self.metrics = self.dir / "config.json", self.dir / "metrics.jsonl"
+        self.last, self.best, self.curves = self.dir / "last.pt", self.dir / "best.pt", self.dir / "curves.png"
+        self._lock = contextlib.ExitStack()  # the lock and, when on, the TensorBoard writer
+        self.tensorboard = None
+
+    def __enter__(self) -> "RunDir":
+        if self.owner:
+            from alexnet.runlock import run_lock
+
+            if self.dir.exists() and not self.dir.is_dir():
+                raise UserError(f"--out {self.dir} is a file; name a folder for the run")
+            self.dir.mkdir(parents=True, exist_ok=True)
+            if not os.access(self.dir, os.W_OK):
+                raise UserError(f"run directory {self.dir} is not writable; choose another --out")
+            self._lock.enter_context(run_lock(self.dir, "alexnet train", log=lambda note: self.log(f"note: {note}")))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._lock.close()
+
+    def checkpoint_to_resume(self, resume: bool) -> dict | None:
+        """The checkpoint a resume continues from, or None for a new run; refuses the wrong mode."""
+        if not resume:
+            if self.last.exists():
+                raise UserError(f"{self.dir} already holds a run; pass --resume to continue it or choose another --out")
+            return None
+        if not self.last.exists():
+            raise UserError(f"nothing to resume: {self.last} does not exist; start without --resume")
+        return checkpoint.load(self.last)
+
+    def start(self, config: TrainConfig, epochs_done: int) -> list[dict]:
+        """Write the recipe and keep the metrics of the epochs the checkpoint holds (a crash may
+        have appended one more line); returns those metrics. With ``config.tensorboard`` the
+        TensorBoard events are opened too (hiding what a crash wrote past the checkpoint)."""
+        kept = [m for m in read_metrics(self.dir) if m["epoch"] <= epochs_done]
+        if self.owner and config.tensorboard:
+            from alexnet.tensorboard import TensorBoardWriter
+
+            self.tensorboard = self._lock.enter_context(contextlib.closing(
+                TensorBoardWriter(self.dir, purge_step=epochs_done + 1)))
+        if self.owner:
+            # These two writes also reach the crash tests' "checkpoint-write" kill point, as checkpoints do.
+            atomic_write_bytes(self.config, json.dumps(config.to_dict(), indent=2).encode(),
+                               fault_point="checkpoint-write")
+            atomic_write_bytes(self.metrics, "".join(json.dumps(m) + "\n" for m in kept).encode(),
+                               fault_point="checkpoint-write")
+        return kept
+
+    def append_metrics(self, line: dict) -> None:
+        if self.owner:
+            with open(self.metrics, "a") as f:
+                f.write(json.dumps(line) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+        kill_point("metrics-append")
+
+    def save(self, path: Path, payload: dict) -> None:
+        if self.owner:
+            checkpoint.save(path, payload)
+
+    def plot(self, metrics: list[dict], conv1_weight, towers: int) -> None:
+        """The curves so far; the epoch's scalars and conv1's kernels for TensorBoard when it is on."""
+        if self.owner:
+            from alexnet.figures.plots import plot_curves
+
+            plot_curves(metrics, self.curves)
+            if self.tensorboard is not None:
+                self.tensorboard.log_epoch(metrics[-1], conv1_weight, towers=towers)

@@ -1,0 +1,233 @@
+"""``--recipe original``: the authors' released recipe, each element its own key, against the configs.
+
+The expected values below are read off layers-145.cfg / layer-params-145.cfg / convdata.py (and the
+run's log at the end of layer-params-145.cfg), written out here by hand rather than imported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from alexnet import config as cfg
+from alexnet.config import TrainConfig, from_dict
+from alexnet.lrn import LocalResponseNorm, SpatialResponseNorm
+from helpers import QUIET, TINY, make_store
+
+# Each element of the released recipe and its value; README's table lists the same.
+RELEASED = dict(
+    lrn_convention="cuda-convnet",  # cmrnorm: scale / size, minDiv = 2
+    lrn_before_relu=True,  # rnorm1 takes conv1 (no neuron); the ReLU comes with pool1
+    cnorm2=True,  # rnorm after rnorm2: size 5, scale 0.001, pow 0.75
+    init="original",  # initW 0.03 in conv3-conv5
+    fc8_bias_zero=True,  # fc1000 has no initB
+    param_groups="cuda-convnet",  # epsB 0.02 fixed while epsW falls; biases without decay
+    dropout_style="paper",  # hs layers: unscaled while training
+    pca_scale="sqrt",  # pca_vecs . (randn * stdevs) * 0.1
+    lighting_shrink=True,  # cropped /= 1 + color_noise_coeff
+    lighting_off_last_epochs=24,  # colour noise 0 from epoch 67 of a run stopped at 91
+    freeze_conv1_last_epochs=19,  # conv1 epsW 0 from epoch 72
+)
+
+
+def _parse(argv: list[str], base: TrainConfig | None = None) -> TrainConfig:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--config")
+    cfg.add_arguments(parser)
+    return cfg.from_args(parser.parse_args(argv), base)
+
+
+def test_every_element_is_visible_in_the_resolved_config():
+    config = _parse(["--recipe", "original"])
+    assert config.recipe == "original"
+    assert {k: getattr(config, k) for k in RELEASED} == RELEASED
+    saved = config.to_dict()  # what config.json holds
+    assert {k: saved[k] for k in RELEASED} == RELEASED
+    assert from_dict(json.loads(json.dumps(saved))) == config  # and it reads back as the same recipe
+    # the paper's recipe is still the default
+    paper = TrainConfig()
+    assert paper.recipe == "paper" and all(getattr(paper, k) != v for k, v in RELEASED.items()
+                                           if k not in ("dropout_style", "pca_scale"))
+
+
+def test_each_element_is_also_its_own_flag_and_flags_given_win(tmp_path):
+    argv = ["--lrn-convention", "cuda-convnet", "--lrn-before-relu", "--cnorm2", "--init", "original",
+            "--fc8-bias-zero", "--param-groups", "cuda-convnet", "--dropout-style", "paper", "--pca-scale", "sqrt",
+            "--lighting-shrink", "--lighting-off-last-epochs", "24", "--freeze-conv1-last-epochs", "19"]
+    by_flags = _parse(argv)
+    assert {k: getattr(by_flags, k) for k in RELEASED} == RELEASED and by_flags.recipe == "paper"
+
+    mixed = _parse(["--recipe", "original", "--lrn-convention", "paper", "--no-cnorm2"])
+    assert mixed.lrn_convention == "paper" and mixed.cnorm2 is False
+    assert mixed.param_groups == "cuda-convnet" and mixed.lighting_off_last_epochs == 24
+
+    # a key of the --config file wins over a recipe named on the command line, and the reverse
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps({"lighting_off_last_epochs": 5}))
+    from_file = _parse(["--config", str(path), "--recipe", "original"])
+    assert from_file.lighting_off_last_epochs == 5 and from_file.freeze_conv1_last_epochs == 19
+    path.write_text(json.dumps({"recipe": "original"}))
+    assert _parse(["--config", str(path), "--init", "he"]).init == "he"
+    assert _parse(["--config", str(path)]).init == "original"
+
+
+def test_recipe_over_the_builtin_base_keeps_the_base_elsewhere():
+    from alexnet.builtin import BUILTIN_RECIPE
+
+    config = from_dict({"recipe": "original"}, BUILTIN_RECIPE)
+    assert config.width == BUILTIN_RECIPE.width and config.stem == "small"
+    assert {k: getattr(config, k) for k in RELEASED} == RELEASED
+
+
+def test_recipes_saved_by_the_earlier_version_read_as_they_ran():
+    """A config.json written before dropout_style existed: inverted dropout, lambda/255 colour noise,
+    and 'caffe' LRN (then alpha/n with k=2) now called 'cuda-convnet'."""
+    new_keys = ("recipe", "cnorm2", "dropout_style", "channels", "fc_units", "conv6_channels", "fc8_bias_zero",
+                "init_from", "freeze", "pca_scale", "lighting_shrink", "lighting_off_last_epochs",
+                "freeze_conv1_last_epochs")
+    old = {k: v for k, v in TrainConfig().to_dict().items() if k not in new_keys}
+    old.update(lrn_convention="caffe", param_groups="original")
+    read = from_dict(old)
+    assert (read.dropout_style, read.pca_scale, read.lrn_convention, read.param_groups) == \
+        ("inverted", "fb", "cuda-convnet", "original")
+    # a partial file of the new version is read as written
+    assert from_dict({"lrn_convention": "caffe"}).lrn_convention == "caffe"
+    assert from_dict({"dropout": 0.5}).dropout_style == "paper"
+
+
+@pytest.mark.parametrize("bad,match", [({"freeze": "conv9"}, "no layer"), ({"freeze": "conv6"}, "no layer"),
+                                       ({"channels": "48,128"}, "five"), ({"channels": "47,128,192,192,256"}, "divide"),
+                                       ({"recipe": "authors"}, "recipe"), ({"pca_scale": "linear"}, "pca_scale"),
+                                       ({"lighting_off_last_epochs": -1}, ">= 0"),
+                                       ({"conv6_channels": 256, "tower_parallel": True}, "sixth")])
+def test_bad_values_are_one_line_errors(bad, match):
+    from alexnet.errors import UserError
+
+    with pytest.raises(UserError, match=match):
+        from_dict(bad)
+
+
+def test_released_lrn_conventions_against_the_formula():
+    """cuda-convnet: x / (2 + alpha/n * sum)^beta; Caffe's bvlc_alexnet: x / (1 + alpha/n * sum)^beta."""
+    from alexnet.model import AlexNet
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(0, 30, (2, 8, 3, 3))
+    n, alpha, beta = 5, 1e-4, 0.75
+
+    def formula(k):
+        out = np.empty_like(x)
+        for c in range(8):
+            lo, hi = max(0, c - n // 2), min(7, c + n // 2)
+            out[:, c] = x[:, c] / (k + alpha / n * (x[:, lo:hi + 1] ** 2).sum(1)) ** beta
+        return out
+
+    for convention, k in (("cuda-convnet", 2.0), ("caffe", 1.0)):
+        lrn = AlexNet(lrn_convention=convention, towers=1).features.lrn1
+        assert lrn.k == k
+        got = LocalResponseNorm(lrn.size, lrn.alpha, lrn.beta, lrn.k, convention=lrn.convention)(torch.from_numpy(x))
+        np.testing.assert_allclose(got.numpy(), formula(k), rtol=1e-10)
+
+
+@pytest.mark.parametrize("side", [3, 7])
+def test_spatial_normalisation_against_a_numpy_loop(side):
+    """cnorm2 as cuda-convnet computes it: window rows/columns y-2 .. y+2 clipped at the borders,
+    denominator 1 + 0.001/25 * sum of squares, to the power 0.75, each map on its own."""
+    rng = np.random.default_rng(side)
+    x = rng.normal(0, 40, (2, 4, side, side))
+    want = np.empty_like(x)
+    for b in range(2):
+        for c in range(4):
+            for y in range(side):
+                for xx in range(side):
+                    total = 0.0
+                    for yy in range(y - 2, y + 3):
+                        for xc in range(xx - 2, xx + 3):
+                            if 0 <= yy < side and 0 <= xc < side:
+                                total += x[b, c, yy, xc] ** 2
+                    want[b, c, y, xx] = x[b, c, y, xx] / (1.0 + 0.001 / 25 * total) ** 0.75
+    got = SpatialResponseNorm(5, 1e-3, 0.75, 1.0)(torch.from_numpy(x))
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-12)
+    grad_check = torch.from_numpy(x[:1, :2]).requires_grad_()
+    assert torch.autograd.gradcheck(SpatialResponseNorm(), (grad_check / 10,))
+
+
+def test_per_epoch_settings_of_a_90_epoch_run():
+    """Colour noise in epochs 1-66, off in 67-90 (the last 24); conv1 updated in 1-71, frozen in 72-90."""
+    from alexnet.training.recipe import epoch_settings
+
+    config = from_dict({"recipe": "original"})
+    settings = [epoch_settings(config, e) for e in range(90)]
+    assert [s.lighting for s in settings] == [True] * 66 + [False] * 24
+    assert [s.frozen for s in settings] == [()] * 71 + [("conv1",)] * 19
+    paper = [epoch_settings(TrainConfig(), e) for e in range(90)]
+    assert all(s.lighting and s.frozen == () for s in paper)
+    assert epoch_settings(config.replace(freeze=("conv1", "conv2")), 89).frozen == ("conv1", "conv2")
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return make_store(tmp_path_factory.mktemp("store"))
+
+
+def test_the_network_and_optimizer_the_recipe_builds(store):
+    from alexnet.data import open_store
+    from alexnet.training.recipe import (EpochSettings, apply_epoch_settings, build_augment, build_model,
+                                         build_optimizer)
+
+    config = from_dict({"recipe": "original"}, TINY)
+    s = open_store(store)
+    torch.manual_seed(0)
+    model = build_model(config, s, log=lambda m: None)
+    names = [n for n, _ in model.features.named_children()]
+    assert names.index("lrn1") < names.index("act1") and names.index("lrn2") + 1 == names.index("cnorm2")
+    assert model.features.lrn1.convention == "cuda-convnet" and model.features.lrn1.k == 2.0
+    assert model.classifier.fc8.bias.eq(0).all() and model.classifier.fc7.bias.eq(1).all()
+    assert model.features.conv1.bias.eq(0).all() and model.features.conv2.bias.eq(1).all()
+    optimizer, _ = build_optimizer(config, model)
+    kinds = [(g["layer"], g["kind"], g["lr"], g["weight_decay"], g.get("fixed_lr")) for g in optimizer.param_groups]
+    assert kinds == [("conv1", "weights", 0.01, 5e-4, None), ("conv1", "biases", 0.02, 0.0, True),
+                     (None, "weights", 0.01, 5e-4, None), (None, "biases", 0.02, 0.0, True)]
+    augment, _ = build_augment(config, s, torch.device("cpu"))
+    assert augment.pca_scale == "sqrt" and augment.lighting_shrink
+    apply_epoch_settings(EpochSettings(lighting=False, frozen=("conv1",)), optimizer, augment)
+    assert not augment.lighting_on and [g["frozen"] for g in optimizer.param_groups] == [True, True, False, False]
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.mark.slow
+def test_a_resumed_run_applies_the_same_epoch_settings(store, tmp_path, monkeypatch):
+    """Two epochs straight, or one, a stop and a resume, cross the change of settings alike: the same
+    weights, bit for bit (the settings come from the epoch number, not from the process's history)."""
+    from alexnet import checkpoint
+    from alexnet.training import train
+    from alexnet.training.run_dir import RunDir
+
+    config = from_dict(dict(recipe="original", epochs=2, max_steps_per_epoch=2, lighting_off_last_epochs=1,
+                            freeze_conv1_last_epochs=1), TINY)
+    train(config, store, tmp_path / "straight", **QUIET)
+
+    def stop_after_first_checkpoint(self, *args, **kwargs):  # end of epoch 1: last.pt is written, then the process "dies"
+        raise _Stop
+
+    with monkeypatch.context() as m:
+        m.setattr(RunDir, "plot", stop_after_first_checkpoint)
+        with pytest.raises(_Stop):
+            train(config, store, tmp_path / "stopped", **QUIET)
+    after_one = checkpoint.load(tmp_path / "stopped" / "last.pt")
+    assert after_one["progress"]["epoch"] == 1
+    train(config, store, tmp_path / "stopped", resume=True, **QUIET)
+    a = checkpoint.load(tmp_path / "straight" / "last.pt")["model"]
+    b = checkpoint.load(tmp_path / "stopped" / "last.pt")["model"]
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    # the last epoch froze conv1 (weights and biases) and trained the rest
+    for name in a:
+        assert torch.equal(a[name], after_one["model"][name]) == name.startswith("features.conv1."), name

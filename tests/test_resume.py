@@ -1,0 +1,178 @@
+"""A resume continues the same run or says why not (alexnet.training.resume), and the non-finite
+guard runs the GPU's policy on the CPU (alexnet.training.guards)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from alexnet import checkpoint
+from alexnet.cli import main
+from alexnet.errors import UserError
+from alexnet.training import NonFiniteError, read_metrics, train
+from alexnet.training.guards import GPU_SYNC_EVERY_STEPS, NonFiniteGuard, sync_interval
+from helpers import QUIET, TINY, make_store
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> Path:
+    return make_store(tmp_path_factory.mktemp("resume"), per_class=12)
+
+
+@pytest.fixture(scope="module")
+def finished(store, tmp_path_factory) -> Path:
+    """A one-epoch run, copied by each test that resumes it."""
+    run = tmp_path_factory.mktemp("finished") / "run"
+    train(TINY, store, run, **QUIET)
+    return run
+
+
+def _copy(run: Path, to: Path) -> Path:
+    shutil.copytree(run, to)
+    return to
+
+
+def _files(run: Path) -> dict:
+    """Every file of a run directory with its bytes, but for the lock a resuming process takes."""
+    return {p.name: p.read_bytes() for p in sorted(run.iterdir()) if p.name != ".alexnet.lock"}
+
+
+@pytest.mark.parametrize("change, named", [
+    (dict(init="paper"), "init 'he' -> 'paper'"),
+    (dict(seed=1), "seed 0 -> 1"),
+    (dict(schedule="milestones"), "schedule 'plateau' -> 'milestones'"),
+    (dict(param_groups="original"), "param_groups 'paper' -> 'original'"),
+    (dict(width=0.25), "width 0.125 -> 0.25"),
+    (dict(pca_lighting_std=0.0), "pca_lighting_std 0.1 -> 0.0"),
+    (dict(batch_size_per_device=8), "global batch 16 -> 8"),
+    (dict(epochs=2, init="paper", seed=3), "init 'he' -> 'paper'; seed 0 -> 3"),
+])
+def test_a_change_that_alters_the_run_is_refused_and_touches_nothing(store, finished, tmp_path, change, named):
+    run = _copy(finished, tmp_path / "run")
+    before = _files(run)
+    with pytest.raises(UserError, match="is a run of another recipe") as refused:
+        train(TINY.replace(**{"epochs": 2, **change}), store, run, resume=True, **QUIET)
+    assert named in str(refused.value) and "\n" not in str(refused.value)
+    assert _files(run) == before
+
+
+def test_another_store_is_refused_and_a_copy_of_the_same_store_is_not(store, finished, tmp_path):
+    other = make_store(tmp_path / "other", per_class=12, seed=5)  # other images, same shapes and classes
+    run = _copy(finished, tmp_path / "run")
+    with pytest.raises(UserError, match="data: another store"):
+        train(TINY.replace(epochs=2), other, run, resume=True, **QUIET)
+    moved = shutil.copytree(store, tmp_path / "moved")  # the same store elsewhere is the same data
+    assert [m["epoch"] for m in train(TINY.replace(epochs=2), moved, run, resume=True, **QUIET)] == [1, 2]
+
+
+def test_runtime_changes_are_accepted_said_and_recorded(store, finished, tmp_path):
+    run = _copy(finished, tmp_path / "run")
+    said: list[str] = []
+    train(TINY.replace(epochs=2, loader_workers=0, checkpoint_every_steps=3, on_nonfinite="skip", tensorboard=True),
+          store, run, resume=True, show_progress=False, log=said.append)
+    for note in ("loader_workers 1 -> 0", "checkpoint_every_steps 0 -> 3", "epochs 1 -> 2"):
+        assert any(note in line for line in said), (note, said)
+    recorded = json.loads((run / "config.json").read_text())  # config.json tells the truth about the run
+    assert (recorded["loader_workers"], recorded["checkpoint_every_steps"], recorded["epochs"]) == (0, 3, 2)
+    assert checkpoint.load(run / "last.pt")["config"]["on_nonfinite"] == "skip"
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))  # --tensorboard wrote the resumed epoch
+
+
+def test_a_finished_run_says_so_and_trains_no_further(store, finished, tmp_path):
+    run = _copy(finished, tmp_path / "run")
+    before = _files(run)
+    said: list[str] = []
+    metrics = train(TINY, store, run, resume=True, show_progress=False, log=said.append)
+    assert [m["epoch"] for m in metrics] == [1] and read_metrics(run) == metrics
+    assert any("has finished its 1 epochs" in line for line in said) and not any("resuming" in s for s in said)
+    assert _files(run)["last.pt"] == before["last.pt"]
+
+
+def test_the_cli_refuses_a_changed_recipe_in_one_line_with_exit_2(store, finished, tmp_path, capsys):
+    run = _copy(finished, tmp_path / "run")
+    before = _files(run)
+    code = main(["train", str(store), "--out", str(run), "--resume", "--epochs", "2", "--init", "paper", "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "init 'he' -> 'paper'" in err[0]
+    assert _files(run) == before
+
+
+# --- the non-finite guard --------------------------------------------------------------------
+
+
+def test_sync_interval_defaults_and_override():
+    assert sync_interval(0, torch.device("cpu"), "stop") == 1
+    assert sync_interval(0, torch.device("cuda", 0), "stop") == GPU_SYNC_EVERY_STEPS
+    assert sync_interval(0, torch.device("cuda", 0), "skip") == 1
+    assert sync_interval(7, torch.device("cpu"), "stop") == 7
+    with pytest.raises(UserError, match="skip"):
+        TINY.replace(on_nonfinite="skip", nonfinite_check_every_steps=4)
+
+
+def test_guard_keeps_the_flag_until_the_verdict():
+    model = torch.nn.Linear(2, 1)
+    model(torch.ones(1, 2)).sum().backward()
+    guard = NonFiniteGuard("skip", any_rank=lambda t: t, device=torch.device("cpu"))
+    guard.observe(torch.tensor(1.0), model)
+    assert guard.verdict("step 1", "") is False
+    guard.observe(torch.tensor(float("nan")), model)
+    guard.observe(torch.tensor(1.0), model)  # a later finite step does not clear it
+    assert guard.verdict("step 3", "") is True and guard.verdict("step 4", "") is False  # cleared once judged
+    model.weight.grad[0, 0] = float("inf")
+    stop = NonFiniteGuard("stop", any_rank=lambda t: t, device=torch.device("cpu"))
+    stop.observe(torch.tensor(1.0), model)
+    with pytest.raises(NonFiniteError, match="at step 5; the run keeps"):
+        stop.verdict("step 5", "the run keeps")
+
+
+def test_the_gpu_interval_on_the_cpu_stops_at_the_first_synced_step(store, tmp_path):
+    """lr 1e30 blows the weights up in step 1, so step 2's loss is not finite; read every 4 steps, the
+    run stops at step 4, the first read, and says truthfully that no checkpoint exists yet."""
+    every = 4
+    config = TINY.replace(lr=1e30, batch_size_per_device=4, nonfinite_check_every_steps=every)
+    with pytest.raises(NonFiniteError, match=rf"epoch 1, step {every} \(global step {every}\); no checkpoint"):
+        train(config, store, tmp_path / "run", **QUIET)
+    assert not (tmp_path / "run" / "last.pt").exists()
+
+
+def test_a_checkpoint_never_holds_a_non_finite_step(store, tmp_path):
+    """A checkpoint forces the read: with checkpoints every step the run stops at step 2 and keeps step 1's."""
+    config = TINY.replace(lr=1e30, batch_size_per_device=4, nonfinite_check_every_steps=4, checkpoint_every_steps=1)
+    with pytest.raises(NonFiniteError, match="step 2 .*last.pt keeps the last good state"):
+        train(config, store, tmp_path / "run", **QUIET)
+    kept = checkpoint.load(tmp_path / "run" / "last.pt")
+    assert kept["progress"]["global_step"] == 1
+    assert all(torch.isfinite(t).all() for t in kept["model"].values())
+
+
+def test_a_run_directory_has_one_owner(store, finished, tmp_path, capsys):
+    """While one process trains into RUN (here: holds its lock), a second is refused in one line."""
+    from alexnet.runlock import run_lock
+
+    run = _copy(finished, tmp_path / "run")
+    before = _files(run)
+    with run_lock(run, "alexnet train"):
+        code = main(["train", str(store), "--out", str(run), "--resume", "--epochs", "2", "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "is in use by 'alexnet train'" in err[0]
+    assert _files(run) == before
+
+
+@pytest.mark.parametrize("damage, says", [
+    (lambda p: p.pop("progress"), "no 'progress' section"),
+    (lambda p: p["progress"].update(epoch=None, bogus=1), "'progress' section is damaged"),
+    (lambda p: p["velocity"].update({"features.conv1.weight": torch.zeros(3)}), "velocities do not match"),
+    (lambda p: p.update(lrs=[float("nan")]), "learning rates are damaged"),
+    (lambda p: p["model"].update({"classifier.fc8.bias": torch.full((3,), float("inf"))}), "finite"),
+])
+def test_a_damaged_run_state_is_refused_in_one_line(store, finished, tmp_path, damage, says):
+    run = _copy(finished, tmp_path / "run")
+    payload = checkpoint.load(run / "last.pt")
+    damage(payload)
+    checkpoint.save(run / "last.pt", payload)
+    with pytest.raises(UserError, match=says):
+        train(TINY.replace(epochs=2), store, run, resume=True, **QUIET)
