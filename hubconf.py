@@ -30,13 +30,13 @@ def torchvision_alexnet(num_classes: int = 1000, weights: str | None = None, **k
     package's layer names. ``weights``: a file holding torchvision's AlexNet state dict (such as
     ``alexnet-owt-*.pth``), loaded as is: the network then expects torchvision's input,
     ``(x / 255 - mean) / std`` per channel with ImageNet's mean and std."""
-    import torch
-
+    from alexnet.checkpoint import read_torch_file
     from alexnet.torchvision_alexnet import TorchvisionAlexNet, from_torchvision_state_dict
 
     model = TorchvisionAlexNet(num_classes, **kwargs)
     if weights is not None:
-        model.load_state_dict(from_torchvision_state_dict(torch.load(weights, map_location="cpu", weights_only=True)))
+        state = read_torch_file(weights, expect="torchvision's AlexNet weights (a .pth state dict)", legacy=True)
+        model.load_state_dict(from_torchvision_state_dict(state))
     return model
 
 

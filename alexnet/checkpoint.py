@@ -54,6 +54,7 @@ IMAGE_MAGIC = ((b"\x89PNG\r\n\x1a\n", "a PNG image"), (b"\xff\xd8\xff", "a JPEG 
                (b"BM", "a BMP image"), (b"II*\x00", "a TIFF image"), (b"MM\x00*", "a TIFF image"))
 ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since PyTorch 1.6
 PICKLE_MAGIC = b"\x80"  # a bare pickle (protocol 2+), or PyTorch's legacy format
+LEGACY_MAGIC = b"\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19."  # PyTorch's pre-1.6 format: protocol 2, its magic number
 
 
 def _kind(head: bytes) -> str | None:
@@ -74,7 +75,10 @@ def _kind(head: bytes) -> str | None:
         except UnicodeDecodeError as e:
             if e.start >= len(head) - 3:  # a character cut at the end of the sample
                 return "a text file"
-    return "not a PyTorch file"
+    return UNKNOWN
+
+
+UNKNOWN = "not a PyTorch file"
 
 
 def _check_archive(path: Path) -> None:
@@ -92,8 +96,69 @@ def _check_archive(path: Path) -> None:
                         "the file); refused without reading it")
 
 
+CHECKPOINT = "an alexnet checkpoint (a .pt file written by 'alexnet train')"
+
+
+def read_torch_file(path: str | Path, *, expect: str = CHECKPOINT, legacy: bool = False,
+                    map_location: str | torch.device = "cpu") -> Any:
+    """What ``torch.load(path, weights_only=True)`` returns, or a one-line UserError saying what the file is.
+
+    The one reader of PyTorch files given by a user (checkpoints, torchvision's weights). Before
+    torch reads the file, its first bytes name an image, a text file or a bare pickle for what it
+    is (``expect`` says what was wanted), and a zip archive whose members would inflate is refused
+    unread. ``legacy`` also accepts PyTorch's pre-1.6 format (torchvision's published weights). No
+    message of torch's unpickler is passed on: it can advise ``weights_only=False``, which would run
+    the file's code.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path} not found")
+    if path.is_dir():
+        raise UserError(f"{path} is a folder, not {expect}")
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(512)
+    except OSError as e:
+        raise UserError(f"cannot read {path}: {e.strerror or e}") from None
+    if size == 0:
+        raise UserError(f"{path} is empty (0 bytes), not {expect}")
+    kind = None if legacy and head.startswith(LEGACY_MAGIC) else _kind(head)
+    if kind == UNKNOWN:
+        raise UserError(f"{path} is not a PyTorch file (neither torch.save's zip format nor a kind of file alexnet "
+                        f"knows); it is not {expect}")
+    if kind is not None:
+        raise UserError(f"{path} is {kind}, not {expect}")
+    if head.startswith(ZIP_MAGIC):
+        _check_archive(path)
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        if any(w in str(e) for w in ("Unsupported global", "GLOBAL", "Unsupported class")):
+            raise UserError(f"refused to load {path}: it holds Python objects that would run code when loaded; "
+                            "only load files that hold tensors alone") from None
+        raise UserError(f"{path} is not a readable PyTorch file (truncated, corrupt or not one: "
+                        f"{_unpickler_detail(e)}); it is not {expect}") from None
+    except Exception as e:  # the unpickler raises many kinds on garbage: all mean "not readable"
+        raise UserError(f"{path} is not a readable PyTorch file (truncated, corrupt or not one: "
+                        f"{type(e).__name__}); it is not {expect}") from None
+
+
+def _unpickler_detail(e: Exception) -> str:
+    """The reason in torch's weights-only unpickler message, without its advice to load unsafely."""
+    lines = [x.strip() for x in str(e).splitlines()]
+    for i, line in enumerate(lines):
+        if "WeightsUnpickler error:" in line:
+            rest = line.split("WeightsUnpickler error:", 1)[1].strip() or next((x for x in lines[i + 1:] if x), "")
+            return rest or type(e).__name__
+    return type(e).__name__
+
+
 def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load and validate a checkpoint without executing code; one-line UserError for anything else.
+
+    ``path`` may also be a run folder (its best.pt, else last.pt) or a safetensors export folder
+    (:func:`alexnet.export.checkpoint_payload`; the tensors are on the CPU).
 
     Before torch reads the file its first bytes and its zip directory are checked (an image, a
     text file or a bare pickle is named for what it is). After, :func:`validate` checks the
@@ -106,30 +171,16 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
         for name in ("best.pt", "last.pt"):
             if (path / name).is_file():
                 return load(path / name, map_location)
+        from alexnet.export import META_FILE, checkpoint_payload
+
+        if (path / META_FILE).is_file():  # an export folder: every reader of a trained network takes one
+            return checkpoint_payload(path)
         raise UserError(f"{path} is a folder with no best.pt or last.pt; name a checkpoint file")
-    try:
-        size = path.stat().st_size
-        with open(path, "rb") as f:
-            head = f.read(512)
-    except OSError as e:
-        raise UserError(f"cannot read checkpoint {path}: {e.strerror or e}") from None
-    if size == 0:
-        raise UserError(f"checkpoint {path} is empty (0 bytes); use an earlier checkpoint")
-    kind = _kind(head)
-    if kind is not None:
-        raise UserError(f"{path} is {kind}, not an alexnet checkpoint (a .pt file written by 'alexnet train')")
-    _check_archive(path)
-    try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as e:
-        if "Unsupported global" in str(e) or "GLOBAL" in str(e) or "Unsupported class" in str(e):
-            raise UserError(
-                f"refused to load {path}: it holds Python objects that would run code when loaded; "
-                "only load checkpoints written by alexnet"
-            ) from None
-        raise UserError(f"{path} is not a readable checkpoint (truncated or corrupt): {str(e).splitlines()[0]}") from None
-    except Exception as e:  # the unpickler raises many kinds on garbage: all mean "not readable"
-        raise UserError(f"{path} is not a readable checkpoint (truncated, corrupt or not a checkpoint): {str(e).splitlines()[0]}") from None
+    payload = read_torch_file(path, map_location=map_location)
+    if isinstance(payload, dict) and payload and payload.get("format") != FORMAT and all(
+            isinstance(k, str) and k.startswith(("features.", "classifier.")) for k in payload):
+        raise UserError(f"{path} is a bare state dict, not an alexnet checkpoint; if it holds torchvision's AlexNet, "
+                        f"turn it into one with 'alexnet import-torchvision {path} --out FILE.pt'")
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise UserError(f"{path} is a PyTorch file but not an alexnet checkpoint")
     if not isinstance(payload.get("version"), int) or payload["version"] > VERSION:

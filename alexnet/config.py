@@ -243,33 +243,51 @@ def _base_type(tp):
     return tp, None
 
 
+_TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+def _scalar(base, value):
+    """``value`` as ``base`` (bool, int, float or str), or ValueError; nothing is rounded or stringified."""
+    if isinstance(value, bool) and base is not bool:
+        raise ValueError  # JSON true is not the number 1
+    if base is str:
+        if not isinstance(value, str):  # 5 or ["x"] in a file is not the name "5" or "['x']"
+            raise ValueError
+        return value
+    if base is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, (str, int)) and str(value).lower() in ("1", "true", "yes", "on"):
+            return True
+        if isinstance(value, (str, int)) and str(value).lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError
+    if not isinstance(value, (str, int, float)):  # a list, a table, a TOML date, null
+        raise ValueError
+    if base is int and isinstance(value, float) and not value.is_integer():
+        raise ValueError  # 1.5 kernels is not 1
+    result = base(value)
+    if base is float and not math.isfinite(result):
+        raise ValueError
+    return result
+
+
 def _coerce(name: str, tp, value):
     base, item = _base_type(tp)
+    plural = {int: "integers", float: "numbers", str: "strings"}
+    want = f"a list of {plural.get(item, item)}" if base is tuple else _TYPE_NAMES.get(base, base)
     try:
-        if isinstance(value, bool) and base is not bool:
-            raise ValueError  # JSON true is not the number 1
         if base is tuple:
             if isinstance(value, str):
                 value = [value]
-            if item is str or isinstance(value, (list, tuple)):  # "48,128" or ["48", "128"] or ["48,128"]
-                value = [v for part in value for v in (part.replace(",", " ").split() if isinstance(part, str) else [part])]
-            return tuple(item(v) for v in value)
-        if base is bool:
-            if isinstance(value, bool):
-                return value
-            if str(value).lower() in ("1", "true", "yes", "on"):
-                return True
-            if str(value).lower() in ("0", "false", "no", "off"):
-                return False
-            raise ValueError
-        if base is int and isinstance(value, float) and not value.is_integer():
-            raise ValueError
-        result = base(value)
-        if base is float and not math.isfinite(result):
-            raise ValueError
-        return result
+            if not isinstance(value, (list, tuple)):
+                raise ValueError
+            # "48,128" or ["48", "128"] or ["48,128"]
+            value = [v for part in value for v in (part.replace(",", " ").split() if isinstance(part, str) else [part])]
+            return tuple(_scalar(item, v) for v in value)
+        return _scalar(base, value)
     except (TypeError, ValueError, OverflowError):
-        raise UserError(f"config key {name!r} wants a {getattr(base, '__name__', base)}, got {value!r}") from None
+        raise UserError(f"config key {name!r} wants {want}, got {value!r}") from None
 
 
 def from_dict(values: dict, base: TrainConfig | None = None) -> TrainConfig:

@@ -98,9 +98,12 @@ def _plain(value):
     return json.loads(json.dumps(value, default=str))
 
 
-def _prepare_out_dir(out: Path, overwrite: bool) -> None:
+def _prepare_out_dir(out: Path, overwrite: bool, source: str = "") -> None:
     if out.exists() and not out.is_dir():
         raise UserError(f"{out} is a file; --out names a folder for the export")
+    if source and out.exists() and Path(source).exists() and Path(source).resolve() == out.resolve():
+        # --overwrite would delete the export being read: a failure half-way would leave neither
+        raise UserError(f"--out {out} is the export being read ({source}); export to another folder")
     ours = [out / META_FILE] + [out / name for f in FORMATS for name in _FILES[f]]
     present = [p.name for p in ours if p.exists()]
     others = sorted(p.name for p in out.iterdir() if p not in ours) if out.is_dir() else []
@@ -129,7 +132,7 @@ def write_export(payload: dict, out: str | Path, formats: Sequence[str], *, sour
         raise UserError("--format torchvision needs a network with torchvision's layout (from 'alexnet import-torchvision'); "
                         "the paper's AlexNet has other layers")
     meta = metadata(payload, source)
-    _prepare_out_dir(out, overwrite)
+    _prepare_out_dir(out, overwrite, source)
     # The mean image is needed by every format's user (the ONNX graph holds it too).
     _write_safetensors(out / MEAN_FILE, {"mean_image": payload["data"]["mean_image"]})
     meta["files"]["mean_image"] = MEAN_FILE

@@ -19,6 +19,16 @@ FILTERS_TAG = "conv1_filters"
 SUBDIR = "tensorboard"
 
 
+def summary_writer_class():
+    """torch's SummaryWriter, or a one-line UserError when the extra is not installed; training
+    calls this before it builds or writes anything, so a run never fails on it half-way."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise UserError("--tensorboard needs the tensorboard package: pip install 'alexnet[tensorboard]'") from None
+    return SummaryWriter
+
+
 class TensorBoardWriter:
     """Writes one run's epochs for TensorBoard.
 
@@ -29,10 +39,7 @@ class TensorBoardWriter:
     """
 
     def __init__(self, run_dir: str | Path, purge_step: int | None = None) -> None:
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            raise UserError("--tensorboard needs the tensorboard package: pip install 'alexnet[tensorboard]'") from None
+        SummaryWriter = summary_writer_class()
         self.log_dir = Path(run_dir) / SUBDIR
         self._writer = SummaryWriter(str(self.log_dir), purge_step=purge_step)
 

@@ -18,6 +18,7 @@ from PIL import Image
 
 from alexnet import checkpoint
 from alexnet.cli import build_parser, main
+from alexnet.export import write_export
 from alexnet.model import AlexNet
 from helpers import make_store
 
@@ -47,9 +48,23 @@ def paths(tmp_path_factory) -> dict[str, str]:
     run2.mkdir()
     (run2 / "config.json").write_text("{}")
     (run2 / "last.pt").write_text("text where a checkpoint should be")
+    write_export(checkpoint.load(ckpt), root / "export", ["safetensors"], source=str(ckpt))
+    onnx_only = root / "onnx_only"  # what 'export --format onnx' leaves: no weights for PyTorch to read
+    onnx_only.mkdir()
+    meta = json.loads((root / "export" / "alexnet.json").read_text())
+    (onnx_only / "alexnet.json").write_text(json.dumps({**meta, "files": {"mean_image": "mean_image.safetensors",
+                                                                          "onnx": "model.onnx"}}))
+    recipes = {  # recipe files with values of the wrong type: never rounded, stringified or ignored
+        "num_as_path.json": '{"init_from": 5}', "float_kernels.json": '{"channels": [48.5, 128, 192, 192, 128]}',
+        "nested.json": '{"freeze": [["conv1"]]}', "list_as_name.json": '{"recipe": ["original"]}',
+        "date.toml": "lr = 1979-05-27\n", "table.toml": "[channels]\na = 1\n", "null.json": '{"epochs": null}',
+    }
+    for name, text in recipes.items():
+        (root / name).write_text(text)
     return dict(STORE=str(store), STORE16=str(other), CKPT=str(ckpt), TEXT=str(root / "notes.txt"),
                 IMAGE=str(root / "photo.png"), DIR=str(root / "empty_dir"), MISSING=str(root / "missing"),
-                BADRUN=str(run), BADCKPTRUN=str(run2), OUT=str(root / "out"), SRC=str(store.parent / "src"))
+                BADRUN=str(run), BADCKPTRUN=str(run2), OUT=str(root / "out"), SRC=str(store.parent / "src"),
+                EXPORT=str(root / "export"), ONNXEXPORT=str(onnx_only), **{f"RECIPE:{n}": str(root / n) for n in recipes})
 
 
 # (argv with NAMES from the fixture, regex the one line must match)
@@ -62,6 +77,10 @@ CASES = [
     # prepare
     (["prepare", "MISSING", "OUT"], "MISSING"),
     (["prepare", "SRC", "TEXT"], "is a file"),
+    (["prepare", "SRC", "SRC", "--force"], r"src holds other files than a store \(train, val\); prepare into a new"),
+    (["prepare", "SRC", "BADRUN", "--force"], r"holds other files than a store \(config.json\)"),
+    (["prepare", "SRC", "OUT", "--encoding", "jpeg", "--jpeg-quality", "0"], "--jpeg-quality must be between 1 and 100"),
+    (["prepare", "SRC", "OUT", "--encoding", "jpeg", "--jpeg-quality", "101"], "--jpeg-quality must be between 1 and 100"),
     (["prepare", "SRC", "OUT", "--image-size", "0"], "--image-size"),
     (["prepare", "SRC", "OUT", "--image-size", "big"], "invalid int value: 'big'"),
     (["prepare", "SRC", "OUT", "--image-siz", "8"], "unrecognized arguments: --image-siz 8; did you mean --image-size"),
@@ -70,13 +89,27 @@ CASES = [
     (["prepare", "SRC"], "required: OUT"),
     # train: argument validation only
     (["train", "STORE"], "required: --out"),
-    (["train", "STORE", "--out", "OUT", "--lr", "abc"], "'lr' wants a float"),
+    (["train", "STORE", "--out", "OUT", "--lr", "abc"], "'lr' wants a number, got 'abc'"),
     (["train", "STORE", "--out", "OUT", "--lr", "-1"], "lr must be positive"),
     (["train", "STORE", "--out", "OUT", "--epoch", "3"], "unrecognized arguments: --epoch 3; did you mean --epochs"),
     (["train", "STORE", "--out", "OUT", "--schedule", "cosine"], "invalid choice: 'cosine'"),
     (["train", "STORE", "--out", "OUT", "--cpu-threads", "-2"], "cpu_threads must be >= 0"),
     (["train", "STORE", "--out", "OUT", "--config", "MISSING"], "config file .* does not exist"),
     (["train", "STORE", "--out", "OUT", "--config", "IMAGE"], "config file .*photo.png"),
+    (["train", "STORE", "--out", "OUT", "--config", "RECIPE:num_as_path.json"], "'init_from' wants a string, got 5"),
+    (["train", "STORE", "--out", "OUT", "--config", "RECIPE:float_kernels.json"], "'channels' wants a list of integers"),
+    (["train", "STORE", "--out", "OUT", "--config", "RECIPE:nested.json"], r"'freeze' wants a list of strings, got \[\['conv1'\]\]"),
+    (["train", "STORE", "--out", "OUT", "--config", "RECIPE:list_as_name.json"], "'recipe' wants a string"),
+    (["train", "STORE", "--out", "OUT", "--config", "RECIPE:date.toml"], "'lr' wants a number, got datetime.date"),
+    (["train", "STORE", "--out", "OUT", "--config", "RECIPE:table.toml"], "'channels' wants a list of integers, got {'a': 1}"),
+    (["train", "STORE", "--out", "OUT", "--config", "RECIPE:null.json"], "'epochs' wants an integer, got None"),
+    (["train", "STORE", "--out", "OUT", "--recipe", "original", "--no-lrn", "--channels", "1,2,3"], "channels must be five"),
+    (["train", "STORE", "--out", "OUT", "--conv6-channels", "8", "--tower-parallel"], "does not split a sixth"),
+    (["train", "STORE", "--out", "OUT", "--shuffle-window-images", "-1"], "shuffle_window_images must be >= 0"),
+    (["train", "STORE", "--out", "OUT", "--freeze", "conv9"], "freeze: no layer 'conv9'"),
+    (["train", "STORE", "--out", "OUT", "--stem", "small", "--crop-size", "28", "--width", "0.125",
+      "--batch-size-per-device", "4", "--init-from", "TEXT"],
+     "--init-from: .*notes.txt is a text file"),
     (["train", "STORE", "--out", "OUT", "--device", "tpu"], "'tpu' is not a device torch knows"),
     (["train", "STORE", "--out", "OUT", "--device", "meta"], "shape-only device"),
     # evaluate
@@ -86,7 +119,10 @@ CASES = [
     (["evaluate", "MISSING", "STORE"], "checkpoint .*missing not found"),
     (["evaluate", "DIR", "STORE"], "is a folder with no best.pt or last.pt"),
     (["evaluate", "CKPT", "MISSING"], "missing does not exist"),
-    (["evaluate", "CKPT", "TEXT"], "notes.txt"),
+    (["evaluate", "CKPT", "TEXT"], "notes.txt is a file, not a prepared data set"),
+    (["evaluate", "CKPT", "CKPT"], "c.pt is a file, not a prepared data set"),
+    (["evaluate", "CKPT", "SRC"], r"src is not a prepared data set .*make one: alexnet prepare \S*src NEW_FOLDER"),
+    (["evaluate", "CKPT", "EXPORT"], r"export is not a prepared data set \(no manifest.json\); name the folder"),
     (["evaluate", "CKPT", "STORE16"], r"trained on 32 px images with 3 channel\(s\), .* holds 16 px images"),
     (["evaluate", "CKPT", "STORE", "--batch-size", "0"], "--batch-size must be at least 1"),
     (["evaluate", "CKPT", "STORE", "--batch-size", "x"], "invalid int value: 'x'"),
@@ -110,6 +146,8 @@ CASES = [
     (["show", "neighbors", "CKPT", "STORE"], "invalid choice: 'neighbors'"),
     (["show", "filters", "TEXT"], "is a text file"),
     (["show", "filters", "MISSING"], "not found"),
+    (["show", "filters", "ONNXEXPORT"], "holds an ONNX model, not safetensors weights"),
+    (["show", "filters", "DIR"], "is a folder with no best.pt or last.pt"),
     (["show", "neighbours", "CKPT", "STORE16"], "trained on 32 px images"),
     (["show", "neighbours", "CKPT", "STORE", "--images", "0"], "--images must be at least 1"),
     (["show", "neighbours", "CKPT", "STORE", "--device", "tpu"], "not a device torch knows"),
@@ -132,8 +170,15 @@ CASES = [
     (["export", "CKPT"], "required: --out"),
     (["export", "TEXT", "--out", "OUT"], "is a text file"),
     (["export", "MISSING", "--out", "OUT"], "not found"),
+    (["export", "DIR", "--out", "OUT"], "is a folder with no best.pt or last.pt"),  # a run without checkpoints
+    (["export", "CKPT", "--out", "TEXT"], "notes.txt is a file; --out names a folder"),
+    (["export", "CKPT", "--out", "BADRUN"], "holds other files"),  # a run directory
+    (["export", "EXPORT", "--out", "EXPORT", "--overwrite"], "is the export being read"),
+    (["export", "CKPT", "--out", "OUT", "--format", "torchvision"], "needs a network with torchvision's layout"),
     (["import-torchvision", "MISSING", "--out", "OUT"], "missing"),
-    (["import-torchvision", "TEXT", "--out", "OUT"], "notes.txt"),
+    (["import-torchvision", "TEXT", "--out", "OUT"], "notes.txt is a text file, not torchvision's AlexNet weights"),
+    (["import-torchvision", "IMAGE", "--out", "OUT"], "photo.png is a PNG image, not torchvision's"),
+    (["import-torchvision", "CKPT", "--out", "DIR", "--overwrite"], "--out .*empty_dir is a folder; name the checkpoint file"),
     # demo
     (["demo", "--out", "TEXT"], "notes.txt"),
     (["demo", "--quite"], "unrecognized arguments: --quite; did you mean --quiet"),
@@ -232,3 +277,12 @@ def test_evaluate_reports_no_error_rate_when_outputs_are_nan(paths, tmp_path, ca
     assert "error" not in captured.out and "%" not in captured.out
     lines = [x for x in captured.err.splitlines() if x.strip() and not x.startswith("evaluate:")]  # no progress bar
     assert len(lines) == 1 and re.search(r"\d+ of \d+ val images gave NaN or infinite network outputs", lines[0])
+
+
+def test_every_reader_of_a_trained_network_takes_an_export_folder(paths, tmp_path, capsys):
+    """checkpoint.load reads a safetensors export as it reads a run folder: show, export, --init-from alike."""
+    assert main(["show", "filters", paths["EXPORT"], "--out", str(tmp_path / "f.png")]) == 0
+    assert (tmp_path / "f.png").is_file()
+    from_export, from_checkpoint = checkpoint.load(paths["EXPORT"]), checkpoint.load(paths["CKPT"])
+    assert all(torch.equal(from_export["model"][k], v) for k, v in from_checkpoint["model"].items())
+    assert torch.equal(from_export["data"]["mean_image"], from_checkpoint["data"]["mean_image"])

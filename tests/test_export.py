@@ -133,6 +133,10 @@ def test_export_refuses_to_mix_with_an_existing_export(tmp_path):
         write_export(payload, tmp_path / "f", ["pickle"])
     with pytest.raises(UserError, match="torchvision's layout"):
         write_export(payload, tmp_path / "g", ["torchvision"])
+    before = {p.name: p.read_bytes() for p in (tmp_path / "e").iterdir()}
+    with pytest.raises(UserError, match="is the export being read"):  # --overwrite would delete what it reads
+        write_export(payload, tmp_path / "e", ["safetensors"], source=str(tmp_path / "e" / "."), overwrite=True)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "e").iterdir()} == before
 
 
 def test_onnx_export_without_the_extra_is_one_clear_line(tmp_path, monkeypatch):

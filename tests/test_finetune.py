@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 
 import pytest
 import torch
@@ -109,3 +110,49 @@ def test_a_parent_that_does_not_fit_is_one_line(store, parent, tmp_path):
     with pytest.raises(UserError, match="no layer of that network fits"):
         build_model(TINY.replace(init_from=str(parent), width=0.25), open_store(store),
                     log=lambda m: None)
+
+
+def test_a_parent_is_read_as_any_network_source_and_refused_when_it_would_compute_something_else(
+        store, parent, tmp_path, capsys):
+    """An export folder works as a parent; torchvision's layout, another input scale or another
+    channel count is one line naming the cause, and a refused run leaves no folder behind."""
+    from alexnet.cli import main
+    from alexnet.export import write_export
+    from alexnet.torchvision_alexnet import TorchvisionAlexNet
+    from alexnet.training.recipe import build_model
+
+    write_export(checkpoint.load(parent), tmp_path / "export", ["safetensors"], source=str(parent))
+    said = []
+    torch.manual_seed(0)
+    model = build_model(TINY.replace(init_from=str(tmp_path / "export")), open_store(store), log=said.append)
+    assert torch.equal(model.features.conv1.weight, checkpoint.load(parent)["model"]["features.conv1.weight"])
+    assert "loaded conv1, conv2, conv3, conv4, conv5, fc6, fc7" in said[0]
+
+    tv = TorchvisionAlexNet(3)  # an 'import-torchvision' checkpoint: same layer names, other computation
+    s = open_store(store)
+    checkpoint.save(tmp_path / "tv.pt", dict(model_args=dict(arch="torchvision", num_classes=3), model=tv.state_dict(),
+                                             data=dict(classes=list(s.classes), image_size=s.image_size,
+                                                       channels=3, mean_image=torch.zeros(s.image_size, s.image_size, 3)),
+                                             config=dict(crop_size=28, input_scale=1 / 255, subtract_mean=True)))
+    one_channel = dict(checkpoint.load(parent))
+    one_channel.pop("format"), one_channel.pop("version")
+    net = AlexNet(10, stem="small", input_size=TINY.crop_size, width=TINY.width, in_channels=1)
+    one_channel.update(model=net.state_dict(), model_args={**one_channel["model_args"], "in_channels": 1},
+                       data={**one_channel["data"], "channels": 1,
+                             "mean_image": one_channel["data"]["mean_image"][..., :1].contiguous()})
+    checkpoint.save(tmp_path / "gray.pt", one_channel)
+    flags = ["--stem", "small", "--width", str(TINY.width), "--crop-size", str(TINY.crop_size),
+             "--batch-size-per-device", "16", "--epochs", "1", "--input-scale", str(TINY.input_scale)]
+    for extra, message in [
+        (["--init-from", str(tmp_path / "tv.pt")], "is a network of torchvision's layout"),
+        (["--init-from", str(parent), "--input-scale", "0.5"],
+         "trained with input_scale 0.015625, this run has 0.5.*give --input-scale 0.015625 as"),
+        (["--init-from", str(tmp_path / "gray.pt")], r"conv1 fit only in part \(features.conv1.weight is \(12, 1, 3, 3\)"),
+        (["--init-from", str(tmp_path / "nothing.pt")], "not found"),
+    ]:
+        out = tmp_path / "runs" / "new"
+        capsys.readouterr()
+        code = main(["train", str(store), "--out", str(out), *flags, *extra])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and len(err.splitlines()) == 1 and re.search(message, err), err
+        assert not out.exists()  # refused before training: no empty run folder left behind

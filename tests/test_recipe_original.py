@@ -231,3 +231,18 @@ def test_a_resumed_run_applies_the_same_epoch_settings(store, tmp_path, monkeypa
     # the last epoch froze conv1 (weights and biases) and trained the rest
     for name in a:
         assert torch.equal(a[name], after_one["model"][name]) == name.startswith("features.conv1."), name
+
+
+@pytest.mark.parametrize("epochs", [1, 20, 30, 40, 48, 49, 91])
+def test_a_run_shorter_than_the_released_one_is_told_what_its_last_epochs_cover(epochs):
+    """The notes agree with epoch_settings, counted epoch by epoch: said when half the run or more is affected."""
+    from alexnet.training.recipe import epoch_settings, schedule_notes
+
+    config = cfg.from_dict({"recipe": "original", "epochs": epochs})
+    runs = [epoch_settings(config, e) for e in range(epochs)]
+    dark, frozen = sum(not s.lighting for s in runs), sum("conv1" in s.frozen for s in runs)
+    notes = schedule_notes(config)
+    assert any("--lighting-off-last-epochs" in n for n in notes) == (2 * dark >= epochs)
+    assert any("--freeze-conv1-last-epochs" in n for n in notes) == (2 * frozen >= epochs)
+    assert any("all of its epochs" in n for n in notes) == (frozen == epochs or dark == epochs)
+    assert schedule_notes(config.replace(lighting_off_last_epochs=0, freeze_conv1_last_epochs=0)) == []

@@ -80,3 +80,21 @@ def test_missing_extra_is_one_clear_line(tmp_path, monkeypatch):
     monkeypatch.delitem(sys.modules, "torch.utils.tensorboard.writer", raising=False)
     with pytest.raises(UserError, match=r"pip install 'alexnet\[tensorboard\]'"):
         TensorBoardWriter(tmp_path)
+
+
+def test_train_without_the_extra_stops_before_touching_the_run(tmp_path, monkeypatch, capsys):
+    """``alexnet train --tensorboard`` without the package: one line, exit 2, no run folder, nothing built."""
+    from alexnet.cli import main
+    from alexnet.training import loop
+    from helpers import make_store
+
+    store = make_store(tmp_path / "data", classes=3, per_class=4)
+    monkeypatch.setitem(sys.modules, "tensorboard", None)
+    monkeypatch.delitem(sys.modules, "torch.utils.tensorboard", raising=False)
+    monkeypatch.delitem(sys.modules, "torch.utils.tensorboard.writer", raising=False)
+    monkeypatch.setattr(loop, "build_model", lambda *a, **k: pytest.fail("built a network before refusing"))
+    code = main(["train", str(store), "--out", str(tmp_path / "run"), "--stem", "small", "--width", "0.125",
+                 "--crop-size", "28", "--batch-size-per-device", "4", "--tensorboard"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "pip install 'alexnet[tensorboard]'" in err, err
+    assert not (tmp_path / "run").exists()

@@ -5,6 +5,7 @@ torch.nn.functional alone, reading that state dict by torchvision's names."""
 from __future__ import annotations
 
 import json
+import os
 import math
 from pathlib import Path
 
@@ -163,7 +164,13 @@ def tiny_torchvision_keys(fc8_outputs: int = 10) -> dict:
     return state
 
 
-def test_cli_import_refuses_what_is_not_torchvisions_alexnet(tmp_path, capsys):
+class _RunsCode:
+    def __reduce__(self):
+        return (os.system, ("touch PWNED",))
+
+
+def test_cli_import_refuses_what_is_not_torchvisions_alexnet(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     sd = tiny_torchvision_keys()
     torch.save({k: v for k, v in sd.items() if not k.startswith("classifier.6")}, tmp_path / "headless.pth")
     torch.save({**sd, "features.1.weight": torch.zeros(2)}, tmp_path / "extra.pth")
@@ -171,11 +178,17 @@ def test_cli_import_refuses_what_is_not_torchvisions_alexnet(tmp_path, capsys):
     torch.save([torch.zeros(2)], tmp_path / "list.pth")
     (tmp_path / "garbage.pth").write_bytes(b"\x00" * 100)
     (tmp_path / "three.txt").write_text("a\nb\nc\n")
+    (tmp_path / "notes.txt").write_text("some text, not weights\n")  # torch's unpickler said "pop from empty list"
+    torch.save(sd, tmp_path / "legacy.pth", _use_new_zipfile_serialization=False)
+    torch.save({**sd, "x": _RunsCode()}, tmp_path / "evil.pth", _use_new_zipfile_serialization=False)
     out = str(tmp_path / "x.pt")
     for argv, message in [
         (["headless.pth"], "no classifier.6.weight"),
         (["extra.pth"], "'features.1.weight' is not a key of torchvision's AlexNet"),
-        (["garbage.pth"], "not a readable PyTorch file"),
+        (["garbage.pth"], "is not a PyTorch file"),
+        (["notes.txt"], "is a text file, not torchvision's AlexNet weights"),
+        (["legacy.pth"], "other shapes"),  # PyTorch's pre-1.6 format, as torchvision's published weights: read
+        (["evil.pth"], "would run code"),
         (["list.pth"], "does not hold a state dict"),
         (["other.pth"], "other shapes"),
         (["other.pth", "--classes", str(tmp_path / "three.txt")], "has 3 names, the network 10 outputs"),
@@ -187,4 +200,5 @@ def test_cli_import_refuses_what_is_not_torchvisions_alexnet(tmp_path, capsys):
         assert main(["import-torchvision", str(tmp_path / argv[0]), *argv[1:], "--out", out]) == 2
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1, err
-    assert not (tmp_path / "x.pt").exists()
+        assert "weights_only" not in err  # torch's advice to load unsafely is never passed on
+    assert not (tmp_path / "x.pt").exists() and not (tmp_path / "PWNED").exists()

@@ -84,7 +84,6 @@ def _read_classes(spec: str | None, count: int) -> list[str]:
 
 
 def run_import(args: argparse.Namespace) -> int:
-    import pickle
     from pathlib import Path
 
     import torch
@@ -96,6 +95,8 @@ def run_import(args: argparse.Namespace) -> int:
     src, out = Path(args.weights), Path(args.out)
     if not src.is_file():
         raise UserError(f"{src} does not exist or is not a file")
+    if out.is_dir():
+        raise UserError(f"--out {out} is a folder; name the checkpoint file to write, e.g. {out / 'torchvision.pt'}")
     if out.exists() and not args.overwrite:
         raise UserError(f"{out} exists; choose another --out or add --overwrite")
     if out.resolve() == src.resolve():
@@ -104,14 +105,7 @@ def run_import(args: argparse.Namespace) -> int:
         raise UserError(f"--crop-size {args.crop_size} must be between 1 and --image-size {args.image_size}")
     if args.crop_size < 63:
         raise UserError(f"--crop-size {args.crop_size} is too small for torchvision's AlexNet (63 px or more)")
-    try:
-        state = torch.load(src, map_location="cpu", weights_only=True)
-    except Exception as e:  # the unpickler raises many kinds on a damaged or foreign file
-        message = str(e)
-        if isinstance(e, pickle.UnpicklingError) and ("Unsupported global" in message or "GLOBAL" in message):
-            raise UserError(f"refused to load {src}: it holds Python objects that would run code; "
-                            "save the state dict alone (torch.save(model.state_dict(), path))") from None
-        raise UserError(f"{src} is not a readable PyTorch file: {(message.splitlines() or [type(e).__name__])[0]}") from None
+    state = checkpoint.read_torch_file(src, expect="torchvision's AlexNet weights (a .pth state dict)", legacy=True)
     state = _unwrap(state, src)
     try:
         payload = import_checkpoint_payload(state, _read_classes(args.classes, _fc8_outputs(state, src)),

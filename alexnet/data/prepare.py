@@ -50,8 +50,9 @@ from alexnet.data.pool import ChunkResult, Task, clear_caches, run_tasks
 from alexnet.data.progress import PROGRESS, Progress, can_resume, clear_store
 from alexnet.data.sources import Plan, read_source
 from alexnet.data.statistics import pixel_statistics
-from alexnet.data.store import (FORMAT, FORMAT_VERSION, MANIFEST, REPORT, STATS, Store, images_file, labels_file,
-                                open_store, set_npy_rows)
+from alexnet.data.store import (FORMAT, FORMAT_VERSION, MANIFEST, REPORT, STATS, Store, foreign_entries, images_file,
+                                labels_file, open_store, set_npy_rows)
+from alexnet.display import printable
 from alexnet.errors import UserError
 from alexnet.runlock import holds_folder
 
@@ -209,6 +210,10 @@ def prepare_store(
         raise UserError(f"{out} is a file; give a folder for the store")
     if (out / MANIFEST).exists() and not force:
         raise UserError(f"{out} already holds a prepared store; add --force to rebuild it, or choose another folder")
+    foreign = foreign_entries(out) if out.is_dir() else []
+    if foreign:  # --force rebuilds a store, never writes one among other files
+        raise UserError(f"{out} holds other files than a store ({', '.join(map(printable, foreign[:3]))}"
+                        f"{', ...' if len(foreign) > 3 else ''}); prepare into a new or empty folder")
     plan = read_source(source, val_fraction=val_fraction, seed=seed, val_labels=val_labels, val_labels_base=val_labels_base,
                        image_size=image_size)
     out.mkdir(parents=True, exist_ok=True)

@@ -21,9 +21,9 @@ import numpy as np
 from alexnet.atomic import atomic_savez, fsync_dir, stale_temporaries
 from alexnet.data.pool import ChunkResult
 from alexnet.data.sources import Plan
-from alexnet.data.store import MANIFEST, REPORT, STATS, images_file, labels_file, npy_shape
+from alexnet.data.store import MANIFEST, PROGRESS_FILE, REPORT, STATS, images_file, labels_file, npy_shape
 
-PROGRESS = "prepare-progress.npz"
+PROGRESS = PROGRESS_FILE
 
 
 class Progress:

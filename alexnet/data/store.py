@@ -152,6 +152,23 @@ MAX_IMAGE_SIZE = 1 << 16  # a side larger than this is not something prepare wri
 SPLIT_NAMES = ("train", "val")
 
 
+PROGRESS_FILE = "prepare-progress.npz"  # an unfinished prepare's record (alexnet.data.progress)
+
+
+def foreign_entries(path: Path) -> list[str]:
+    """The names in the folder ``path`` that no store writes: a store's folder holds the store alone,
+    so a folder with any of these is someone's other data, never to be prepared into."""
+    from alexnet.runlock import LOCK_FILE
+
+    own = {MANIFEST, STATS, REPORT, PROGRESS_FILE, LOCK_FILE}
+    own |= {name(s) for s in SPLIT_NAMES for name in (images_file, labels_file, index_file, part_dir)}
+    try:
+        names = os.listdir(path)
+    except OSError:
+        return []
+    return sorted(n for n in names if n not in own and not (n.startswith(".") and n.endswith(".tmp")))
+
+
 def check_store(path: Path) -> dict:
     """The manifest of the store at ``path`` after checking the manifest's schema and version,
     each split's files (sizes against their headers, dtypes, shapes), the labels (range against
@@ -177,7 +194,14 @@ def _damaged(file: Path, what: str, redo: str) -> UserError:
 
 def _read_manifest(path: Path, redo: str) -> dict:
     manifest_path = path / MANIFEST
+    if path.exists() and not path.is_dir():  # a checkpoint, an image, a text: never a store, never to prepare into
+        raise UserError(f"{printable(str(path))} is a file, not a prepared data set (the folder 'alexnet prepare' "
+                        "writes); name that folder")
     if not manifest_path.is_file():
+        if path.is_dir() and foreign_entries(path):  # a photo folder, a run folder: no advice to prepare into it
+            shown = printable(str(path))
+            raise UserError(f"{shown} is not a prepared data set (no manifest.json); name the folder 'alexnet prepare' "
+                            f"wrote (if {shown} holds your images, make one: alexnet prepare {shown} NEW_FOLDER)")
         what = "does not exist" if not path.exists() else "is not a complete prepared store (no manifest.json)"
         raise UserError(f"{printable(str(path))} {what}; {redo}")
     try:

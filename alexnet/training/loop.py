@@ -36,7 +36,7 @@ from alexnet.training.guards import NonFiniteGuard, StallWatch, sync_interval
 from alexnet.training.inputs import device_batches
 from alexnet.training.layout import DataParallel, join
 from alexnet.training.recipe import (apply_epoch_settings, build_augment, build_model, build_optimizer, check_data,
-                                     data_info, epoch_settings, model_args, store_identity)
+                                     data_info, epoch_settings, model_args, schedule_notes, store_identity)
 from alexnet.training.resume import check_resume
 from alexnet.training.run_dir import RunDir
 from alexnet.training.state import EpochSums, Position, RunState
@@ -70,6 +70,10 @@ def train(config: TrainConfig, data: str | Path, run_dir: str | Path, *, resume:
     store = open_store(data)
     layout = join(config.device, config.tower_parallel)
     check_data(config, store, layout.groups.replicas)
+    if config.tensorboard and layout.is_main:
+        from alexnet.tensorboard import summary_writer_class
+
+        summary_writer_class()  # the extra is there, or one line now, before the run directory is touched
     log = log if layout.is_main else _silent  # rank 0 speaks for the run; what it logs is reduced over ranks
     with RunDir(run_dir, owner=layout.is_main, log=log) as files:
         run = start(config, store, layout, files, files.checkpoint_to_resume(resume), log, show_progress)
@@ -107,6 +111,9 @@ def start(config: TrainConfig, store: Store, layout: DataParallel, files: RunDir
     if saved is not None:  # refuse another recipe before anything is built or written
         notes = check_resume(saved, config, layout.info(config.batch_size_per_device), store_identity(store),
                              str(files.last))
+    if saved is None:
+        for note in schedule_notes(config):
+            log(note)
     torch.manual_seed(config.seed)  # the same initial weights on every rank
     model = layout.place(build_model(config, store, new_run=saved is None, log=log), rt.memory_format)
     optimizer, schedule = build_optimizer(config, model)

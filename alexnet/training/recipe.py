@@ -72,23 +72,43 @@ def build_model(config: TrainConfig, store: Store, *, new_run: bool = True, log=
         with torch.no_grad():
             model.classifier.fc8.bias.zero_()
     if new_run and config.init_from:
-        notes = load_parent(model, config.init_from)
+        notes = load_parent(model, config.init_from, config)
         log(f"fine-tuning from {config.init_from}: {notes}")
     return model
 
 
-def load_parent(model: nn.Module, path: str) -> str:
-    """Copy into ``model`` every parameter of the checkpoint at ``path`` that has the same name and
-    shape, except fc8's (a new task's outputs start afresh: section 6 fine-tuned a net pre-trained
-    on 22k classes to 1000); returns a line saying which layers came from it and which did not."""
-    from alexnet import checkpoint
+def load_parent(model: nn.Module, path: str, config: TrainConfig | None = None) -> str:
+    """Copy into ``model`` every parameter of the checkpoint (or run folder, or safetensors export)
+    at ``path`` that has the same name and shape, except fc8's (a new task's outputs start afresh:
+    section 6 fine-tuned a net pre-trained on 22k classes to 1000); returns a line saying which
+    layers came from it and which did not.
+
+    Refused: a parent of another architecture (torchvision's layout shares layer names and some
+    shapes but not what its layers compute), one whose inputs were scaled or centred otherwise
+    than ``config``'s (its conv1 would see inputs of another scale), and layers that fit in part.
+    """
+    from alexnet.export import load_payload
 
     try:
-        parent = checkpoint.load(path)
+        parent = load_payload(path)
     except UserError as e:
         raise UserError(f"--init-from: {e}") from None
+    arch = parent["model_args"].get("arch", "alexnet")
+    if arch != "alexnet":
+        raise UserError(f"--init-from {path} is a network of {arch}'s layout; 'alexnet train' builds the paper's "
+                        "network, whose layers compute something else; use a parent trained by 'alexnet train'")
+    theirs_config = parent.get("config", {})
+    if config is not None:
+        for key in ("input_scale", "subtract_mean"):
+            value = theirs_config.get(key, getattr(config, key))
+            if value != getattr(config, key):
+                flag = (f"--input-scale {value!r}" if key == "input_scale" else
+                        "--subtract-mean" if value else "--no-subtract-mean")
+                raise UserError(f"--init-from {path} was trained with {key} {value!r}, this run has "
+                                f"{getattr(config, key)!r}: its conv1 would see inputs of another scale; "
+                                f"give {flag} as the parent had it")
     theirs = parent["model"]
-    loaded, fresh = [], []
+    loaded, fresh, shapes = [], [], {}
     own = model.state_dict()
     with torch.no_grad():
         for name, tensor in own.items():
@@ -99,14 +119,17 @@ def load_parent(model: nn.Module, path: str) -> str:
                 loaded.append(layer)
             else:
                 fresh.append(layer)
+                if source is not None:
+                    shapes.setdefault(layer, f"{name} is {tuple(source.shape)} there, {tuple(tensor.shape)} here")
     loaded, fresh = list(dict.fromkeys(loaded)), list(dict.fromkeys(fresh))
     if not loaded:
         raise UserError(f"--init-from {path}: no layer of that network fits this one (another architecture, "
                         "channel count or crop size); fine-tune with the parent's model flags")
     partly = sorted(set(loaded) & set(fresh))
     if partly:
-        raise UserError(f"--init-from {path}: layer(s) {', '.join(partly)} fit only in part; "
-                        "fine-tune with the parent's model flags")
+        raise UserError(f"--init-from {path}: layer(s) {', '.join(partly)} fit only in part "
+                        f"({'; '.join(shapes[x] for x in partly if x in shapes)}); fine-tune with the parent's "
+                        "model flags (--crop-size, --width, ...) on a store of its channel count")
     return f"loaded {', '.join(loaded)}; drawn afresh {', '.join(fresh) or 'none'}"
 
 
@@ -148,6 +171,20 @@ def epoch_settings(config: TrainConfig, epoch: int) -> EpochSettings:
     left = config.epochs - epoch  # this epoch and those after it
     frozen = config.freeze + (("conv1",) if left <= config.freeze_conv1_last_epochs and "conv1" not in config.freeze else ())
     return EpochSettings(lighting=left > config.lighting_off_last_epochs, frozen=frozen)
+
+
+def schedule_notes(config: TrainConfig) -> list[str]:
+    """Lines saying when the last-epochs settings cover most of a run: the released recipe's 24 and
+    19 epochs count back from ``epochs`` (its run was 91 long), so a short run spends most or all
+    of itself without colour noise or with conv1 frozen."""
+    notes = []
+    for epochs_, flag, what in ((config.lighting_off_last_epochs, "--lighting-off-last-epochs", "without colour noise"),
+                                (config.freeze_conv1_last_epochs, "--freeze-conv1-last-epochs", "with conv1 frozen")):
+        if epochs_ and 2 * epochs_ >= config.epochs:
+            part = "all" if epochs_ >= config.epochs else f"the last {epochs_}"
+            notes.append(f"note: {flag} {epochs_} counts back from --epochs {config.epochs}: {part} of its epochs "
+                         f"train {what}; give {flag} 0 (or a smaller N) for a short run")
+    return notes
 
 
 def apply_epoch_settings(settings: EpochSettings, optimizer: torch.optim.Optimizer, augment: TrainAugment) -> None:

@@ -73,9 +73,9 @@ class RunDir:
 
             if self.dir.exists() and not self.dir.is_dir():
                 raise UserError(f"--out {self.dir} is a file; name a folder for the run")
-            self.dir.mkdir(parents=True, exist_ok=True)
-            if not os.access(self.dir, os.W_OK):
+            if self.dir.is_dir() and not os.access(self.dir, os.W_OK):
                 raise UserError(f"run directory {self.dir} is not writable; choose another --out")
+            # run_lock makes the folder, and removes it again if the run fails before writing into it
             self._lock.enter_context(run_lock(self.dir, "alexnet train", log=lambda note: self.log(f"note: {note}")))
         return self
 
