@@ -282,7 +282,9 @@ def _coerce(name: str, tp, value):
                 value = [value]
             if not isinstance(value, (list, tuple)):
                 raise ValueError
-            # "48,128" or ["48", "128"] or ["48,128"]
+            # "48,128" or ["48", "128"] or ["48,128"]; an empty item ("conv1,,fc8") is a mistake, not nothing
+            if any(isinstance(part, str) and any(not x.strip() for x in part.split(",")) for part in value):
+                raise ValueError
             value = [v for part in value for v in (part.replace(",", " ").split() if isinstance(part, str) else [part])]
             return tuple(_scalar(item, v) for v in value)
         return _scalar(base, value)

@@ -107,6 +107,7 @@ CASES = [
     (["train", "STORE", "--out", "OUT", "--conv6-channels", "8", "--tower-parallel"], "does not split a sixth"),
     (["train", "STORE", "--out", "OUT", "--shuffle-window-images", "-1"], "shuffle_window_images must be >= 0"),
     (["train", "STORE", "--out", "OUT", "--freeze", "conv9"], "freeze: no layer 'conv9'"),
+    (["train", "STORE", "--out", "OUT", "--freeze", "conv1,,fc8"], "'freeze' wants a list of strings"),
     (["train", "STORE", "--out", "OUT", "--stem", "small", "--crop-size", "28", "--width", "0.125",
       "--batch-size-per-device", "4", "--init-from", "TEXT"],
      "--init-from: .*notes.txt is a text file"),
