@@ -20,13 +20,16 @@ from __future__ import annotations
 
 import io
 import os
+import signal
 import socket
 import struct
+import subprocess
+import sys
+import textwrap
+import time
 import zlib
 from datetime import timedelta
 from pathlib import Path
-
-import time
 
 import numpy as np
 import torch
@@ -258,3 +261,46 @@ def wait_for_orphans(store: Path) -> None:
             except BlockingIOError:
                 assert time.monotonic() < hang, "worker processes outlived their killed parent"
                 time.sleep(0.01)
+
+
+def quiet_prepare(source, out, **kw):
+    """``prepare_store`` in this process, without progress bar or log lines."""
+    kw.setdefault("workers", 0)
+    kw.setdefault("progress_bar", False)
+    kw.setdefault("log", lambda message: None)
+    return prepare_store(source, out, **kw)
+
+
+def prepare_killed_mid_run(source: Path, out: Path, *, chunks: int = 3, before_kill=None, **kw) -> None:
+    """Run ``prepare_store(source, out, **kw)`` in a child process that stops itself (blocks for ever)
+    right after its progress record first says ``chunks`` chunks are done, and says so on stdout;
+    then SIGKILL it, so the kill lands mid-run whatever the machine's speed. ``before_kill(pid)`` runs
+    while the child is stopped."""
+    code = textwrap.dedent(
+        f"""
+        import threading
+        from alexnet.data.progress import Progress
+        save = Progress.save
+
+        def save_then_stop(self, path):
+            save(self, path)
+            if sum(int(d.sum()) for d in self.done.values()) >= {chunks}:
+                print("stopped", flush=True)
+                threading.Event().wait()
+
+        Progress.save = save_then_stop
+        from alexnet.data.prepare import prepare_store
+        prepare_store({str(source)!r}, {str(out)!r}, checkpoint_seconds=0, progress_bar=False, **{kw!r})
+        """
+    )
+    repo = Path(__file__).resolve().parent.parent
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=repo, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline() == "stopped\n", "the run ended before it stopped itself"
+        if before_kill is not None:
+            before_kill(proc.pid)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()

@@ -4,11 +4,7 @@ corruption reported by index and file, and the windowed shuffle's order."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +18,7 @@ from alexnet.data import jpeg
 from alexnet.data.prepare import choose_encoding
 from alexnet.data.progress import PROGRESS, Progress
 from alexnet.errors import UserError
-from helpers import TINY, wait_for_orphans
+from helpers import TINY, wait_for_orphans, prepare_killed_mid_run
 
 pytest.importorskip("simplejpeg")
 
@@ -232,32 +228,7 @@ def test_missing_or_truncated_parts_are_one_clear_error(stores, tmp_path):
 def test_a_killed_jpeg_prepare_resumes_to_the_same_store(tmp_path):
     src = write_photos(tmp_path / "src", classes=3, per_class=12)
     out = tmp_path / "store"
-    code = textwrap.dedent(
-        f"""
-        import threading
-        from alexnet.data.progress import Progress
-        save = Progress.save
-
-        def save_then_stop(self, path):
-            save(self, path)
-            if sum(int(d.sum()) for d in self.done.values()) >= 3:
-                print("stopped", flush=True)
-                threading.Event().wait()
-
-        Progress.save = save_then_stop
-        from alexnet.data.prepare import prepare_store
-        prepare_store({str(src)!r}, {str(out)!r}, image_size=24, chunk_size=4, workers=2, encoding="jpeg",
-                      checkpoint_seconds=0, progress_bar=False)
-        """
-    )
-    proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout.readline() == "stopped\n", "the run ended before it stopped itself"
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.kill()
-        proc.wait()
-        proc.stdout.close()
+    prepare_killed_mid_run(src, out, image_size=24, chunk_size=4, workers=2, encoding="jpeg")
     progress = Progress.load(out / PROGRESS)
     assert 3 <= sum(int(d.sum()) for d in progress.done.values()) < sum(len(d) for d in progress.done.values())
     with pytest.raises(UserError, match="alexnet prepare"):

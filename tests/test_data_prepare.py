@@ -13,20 +13,16 @@ import pytest
 from PIL import Image
 
 from alexnet import cli
-from alexnet.data import builtin_fashion_mnist, open_store, prepare_store
+from alexnet.data import builtin_fashion_mnist, open_store
 from alexnet.data import pool as pool_module
 from alexnet.errors import UserError
-from helpers import make_tree, noise_image, write_bad_files, write_convertible_files
+from helpers import make_tree, noise_image, quiet_prepare, write_bad_files, write_convertible_files
 
 S = 16
 
 
 def run(source, out, **kw):
-    kw.setdefault("image_size", S)
-    kw.setdefault("workers", 0)
-    kw.setdefault("progress_bar", False)
-    kw.setdefault("log", lambda message: None)
-    return prepare_store(source, out, **kw)
+    return quiet_prepare(source, out, **{"image_size": S, **kw})
 
 
 def test_tree_with_bad_files(tmp_path):

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +12,7 @@ import pytest
 from alexnet.data import open_store, prepare_store
 from alexnet.data.progress import PROGRESS, Progress
 from alexnet.errors import UserError
-from helpers import make_tree, wait_for_orphans
+from helpers import make_tree, wait_for_orphans, prepare_killed_mid_run
 
 ARGS = dict(image_size=24, chunk_size=4, progress_bar=False, log=lambda message: None)
 REPO = Path(__file__).resolve().parent.parent
@@ -36,36 +33,12 @@ def processes_mentioning(text: str) -> list[int]:
 def test_sigkill_mid_run_then_resume(tmp_path):
     src = make_tree(tmp_path / "src", classes=("a", "b", "c"), per_class=12, val_per_class=4)
     out = tmp_path / "store"
-    # The run stops itself (blocks for ever) right after its record first says 3 chunks are done,
-    # and says so on stdout: the kill lands mid-run whatever the machine's speed.
-    code = textwrap.dedent(
-        f"""
-        import threading
-        from alexnet.data.progress import Progress
-        save = Progress.save
 
-        def save_then_stop(self, path):
-            save(self, path)
-            if sum(int(d.sum()) for d in self.done.values()) >= 3:
-                print("stopped", flush=True)
-                threading.Event().wait()
-
-        Progress.save = save_then_stop
-        from alexnet.data.prepare import prepare_store
-        prepare_store({str(src)!r}, {str(out)!r}, image_size=24, chunk_size=4, workers=2,
-                      checkpoint_seconds=0, progress_bar=False)
-        """
-    )
-    proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout.readline() == "stopped\n", "the run ended before it stopped itself"
+    def the_run_and_its_workers(pid: int) -> None:
         workers = processes_mentioning(str(out))
-        assert proc.pid in workers and len(workers) > 1  # the run and its worker processes
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.kill()
-        proc.wait()
-        proc.stdout.close()
+        assert pid in workers and len(workers) > 1
+
+    prepare_killed_mid_run(src, out, image_size=24, chunk_size=4, workers=2, before_kill=the_run_and_its_workers)
 
     progress = Progress.load(out / PROGRESS)
     assert 3 <= sum(int(d.sum()) for d in progress.done.values()) < sum(len(d) for d in progress.done.values())

@@ -17,21 +17,17 @@ from PIL import Image
 
 from alexnet import cli
 from alexnet.data import images as images_module
-from alexnet.data import prepare_store
+
 from alexnet.data.images import BadImage, decode_file
 from alexnet.data.pool import DecodingBug
 from alexnet.errors import UserError
-from helpers import make_tree, noise_image
+from helpers import make_tree, noise_image, quiet_prepare
 
 S = 8
 
 
 def run(source, out, **kw):
-    kw.setdefault("image_size", S)
-    kw.setdefault("workers", 0)
-    kw.setdefault("progress_bar", False)
-    kw.setdefault("log", lambda message: None)
-    return prepare_store(source, out, **kw)
+    return quiet_prepare(source, out, **{"image_size": S, **kw})
 
 
 def report(out) -> dict:
