@@ -41,6 +41,10 @@ def _f(default, help: str, choices: tuple | None = None):
 @dataclass(frozen=True)
 class TrainConfig:
     # --- the network (section 3) ---
+    arch: str = _f("alexnet", "the network: the paper's ('alexnet'), or torchvision's single-tower layout "
+                              "('torchvision', for fine-tuning its imported weights; its dropout is its own inverted "
+                              "dropout on the inputs of fc6 and fc7, so dropout_style does not apply)",
+                   ("alexnet", "torchvision"))
     towers: int = _f(2, "columns of the network: 2 (the paper's two GPUs, grouped convolutions) or 1", (1, 2))
     lrn: bool = _f(True, "local response normalisation after conv1 and conv2 (section 3.3)")
     recipe: str = _f("paper", "'original': the authors' released recipe, every element of which is also its own "
@@ -109,6 +113,12 @@ class TrainConfig:
     precision: str = _f("auto", "'auto' (bf16 autocast on CUDA, fp32 on CPU), 'fp32' or 'bf16'", ("auto", "fp32", "bf16"))
     channels_last: str = _f("auto", "channels_last memory format: 'auto' (on CUDA), 'on' or 'off'", ("auto", "on", "off"))
     compile: bool = _f(False, "torch.compile the training step")
+    compile_mode: str = _f("default", "torch.compile's mode with --compile: 'reduce-overhead' replays the step's "
+                                      "kernels as CUDA graphs, 'max-autotune' also searches kernel configurations",
+                           ("default", "reduce-overhead", "max-autotune"))
+    step_kernels: tuple[str, ...] = _f((), "faster kernels for the training step, the same sums in another order: "
+                                           "conv1-s2d, fused-blocks, fused-sgd, grouped-halves, "
+                                           "grouped-block-diagonal, or all (see the README)")
     loader_workers: int = _f(4, "threads that read and batch images from the prepared store")
     cpu_threads: int = _f(0, "CPU threads for torch and the C kernels (0: torch's default, one per core); "
                              "on a machine where other work holds cores, fewer threads run faster")
@@ -162,18 +172,27 @@ class TrainConfig:
         if self.on_nonfinite == "skip" and self.nonfinite_check_every_steps > 1:
             raise UserError("on_nonfinite 'skip' must check every step (the verdict comes before the update); "
                             "set nonfinite_check_every_steps to 1 or 0")
+        if self.compile_mode != "default" and not self.compile:
+            raise UserError(f"compile_mode {self.compile_mode!r} needs compile on (--compile)")
+        if self.arch == "torchvision":
+            _refuse_paper_network_keys(self)
+        object.__setattr__(self, "step_kernels", _expand_step_kernels(self.step_kernels))
+        if self.tower_parallel and self.step_kernels:
+            raise UserError("step_kernels work on whole networks; tower_parallel splits them over two ranks: "
+                            "drop one of the two")
         if self.tower_parallel and self.towers != 2:
             raise UserError(f"tower_parallel needs towers=2; got towers={self.towers}")
-        if self.tower_parallel and self.conv6_channels:
-            raise UserError("tower_parallel does not split a sixth convolutional layer; train it with grouped "
-                            "convolutions (no --tower-parallel)")
         if any(c % self.towers for c in self.channels):
             raise UserError(f"channels {','.join(map(str, self.channels))} must each divide into {self.towers} towers")
         layers = LAYERS + (("conv6",) if self.conv6_channels else ())
         unknown = [name for name in self.freeze if name not in layers]
         if unknown:
             raise UserError(f"freeze: no layer {', '.join(map(repr, unknown))}; the layers are {', '.join(layers)}")
-        if feature_map_size(self.crop_size, self.stem, self.overlapping_pool) < 1:
+        if self.arch == "torchvision":
+            if self.crop_size < TORCHVISION_MIN_CROP:
+                raise UserError(f"crop_size {self.crop_size} is too small for torchvision's layout "
+                                f"(needs at least {TORCHVISION_MIN_CROP} px)")
+        elif feature_map_size(self.crop_size, self.stem, self.overlapping_pool) < 1:
             smallest = next(s for s in range(1, 1024) if feature_map_size(s, self.stem, self.overlapping_pool) >= 1)
             hint = "; use stem 'small' for 28-64 px images" if self.stem == "paper" else ""
             raise UserError(
@@ -189,6 +208,43 @@ class TrainConfig:
 
 
 LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")
+
+# Keys that shape only the paper's network: torchvision's layout (arch "torchvision") has fixed
+# widths, one tower, no LRN, ReLU and max-pool 3/2, so a run of it refuses them off their defaults.
+PAPER_NETWORK_KEYS = ("towers", "lrn", "lrn_convention", "lrn_before_relu", "cnorm2", "overlapping_pool",
+                      "activation", "width", "stem", "channels", "fc_units", "conv6_channels", "tower_parallel")
+# conv1 11x11 stride 4 padding 2 and three max-pools 3/2 leave 1x1 from 63 px (alexnet/torchvision_alexnet.py).
+TORCHVISION_MIN_CROP = 63
+
+
+def _refuse_paper_network_keys(config: TrainConfig) -> None:
+    """One line naming the keys of :data:`PAPER_NETWORK_KEYS` that ``config`` moved off their defaults."""
+    defaults = {f.name: f.default for f in fields(TrainConfig)}
+    changed = [name for name in PAPER_NETWORK_KEYS if getattr(config, name) != defaults[name]]
+    if changed:
+        by_recipe = [name for name in changed if name in ORIGINAL_RECIPE and config.recipe == "original"]
+        hint = f" (recipe 'original' sets {', '.join(by_recipe)}: give their defaults, or --recipe paper)" if by_recipe else ""
+        raise UserError(f"arch 'torchvision' is torchvision's fixed one-tower layout, and "
+                        f"{', '.join(f'{n} {getattr(config, n)!r}' for n in changed)} apply only to the "
+                        f"paper's network{hint}; leave them at their defaults, or drop --arch torchvision")
+
+
+# The training step's faster kernels (alexnet/training/step_kernels.py); "all" names the first three.
+STEP_KERNELS = ("conv1-s2d", "fused-blocks", "fused-sgd", "grouped-halves", "grouped-block-diagonal")
+ALL_STEP_KERNELS = STEP_KERNELS[:3]
+
+
+def _expand_step_kernels(names: tuple[str, ...]) -> tuple[str, ...]:
+    """``names`` with "all" expanded, in :data:`STEP_KERNELS` order, or a UserError."""
+    unknown = [n for n in names if n not in STEP_KERNELS + ("all",)]
+    if unknown:
+        raise UserError(f"step_kernels: no kernel {', '.join(map(repr, unknown))}; choose from "
+                        f"{', '.join(STEP_KERNELS)} or all")
+    wanted = set(names) | (set(ALL_STEP_KERNELS) if "all" in names else set())
+    if {"grouped-halves", "grouped-block-diagonal"} <= wanted:
+        raise UserError("step_kernels: grouped-halves and grouped-block-diagonal are two ways to run the same "
+                        "convolutions; choose one")
+    return tuple(n for n in STEP_KERNELS if n in wanted)
 
 # The authors' released recipe (layers-145.cfg, layer-params-145.cfg, convdata.py; the run's log in
 # layer-params-145.cfg: colour noise set to 0 at epoch 67 and conv1's rate to 0 at epoch 72 of a run
@@ -231,8 +287,8 @@ def upgrade_saved(values: dict) -> dict:
 
 # Keys of how a run executes rather than what it learns: a resume may change them, and a report
 # shows them without highlighting them as departures from the paper.
-RUNTIME_KEYS = ("device", "precision", "channels_last", "compile", "loader_workers", "cpu_threads",
-                "checkpoint_every_steps", "on_nonfinite", "nonfinite_check_every_steps", "deterministic",
+RUNTIME_KEYS = ("device", "precision", "channels_last", "compile", "compile_mode", "step_kernels", "loader_workers",
+                "cpu_threads", "checkpoint_every_steps", "on_nonfinite", "nonfinite_check_every_steps", "deterministic",
                 "tower_parallel", "tensorboard")
 
 

@@ -13,6 +13,7 @@ Each rank of a tower group holds, for every layer, the kernels (or units) of its
     conv3  its 192 of 384 over all 256 maps of conv2          <- both towers' maps exchanged
     conv4  its 192 of 384 over its own 192 maps
     conv5  its 128 of 256 over its own 192 maps, pool
+    conv6  (section 6, when built) its half over all pooled conv5 maps <- exchanged, as for conv3
     fc6    its 2048 of 4096 over the 9216 pooled conv5 outputs <- exchanged
     fc7    its 2048 of 4096 over all 4096 fc6 outputs        <- exchanged
     fc8    its 500 of 1000 logits over all 4096 fc7 outputs  <- exchanged
@@ -33,8 +34,9 @@ Parameters are the tower's slices of the single-device model's, in its order and
 names, so checkpoints move between the two (``tower_state_dict_from_grouped``,
 ``grouped_state_dict_from_towers``, :meth:`TowerParallelAlexNet.grouped_state_dict`). In the
 grouped model tower t owns output channels (units) [t*C/2, (t+1)*C/2) of every layer, and the
-inputs of conv3 and fc6 are [tower 0's maps, tower 1's maps] (for fc6, the channel-major
-flattening of (C, 6, 6)). Every parameter of tower t is therefore the slice t of dim 0.
+inputs of conv3, conv6 and fc6 are [tower 0's maps, tower 1's maps] (for fc6, the channel-major
+flattening of the last convolution's (C, 6, 6), conv5's or conv6's). Every parameter of tower t
+is therefore the slice t of dim 0.
 
 The exchange is :func:`all_gather_towers`, an autograd function. Its backward gives rank r the
 sum, over the ranks, of the gradient each of them computed for rank r's slice (a
@@ -60,8 +62,8 @@ from alexnet.errors import UserError
 from alexnet.lrn import LocalResponseNorm
 from alexnet.model import AlexNet, at_test_time, init_weights_
 
-# Layers whose input is gathered from both towers (section 3.2).
-CROSSINGS = ("conv3", "fc6", "fc7", "fc8")
+# Layers whose input is gathered from both towers (section 3.2; conv6 of section 6 crosses like conv3).
+CROSSINGS = ("conv3", "conv6", "fc6", "fc7", "fc8")
 # Backends with a native reduce-scatter; others sum the whole gradient with one all-reduce.
 REDUCE_SCATTER_BACKENDS = ("nccl",)
 
@@ -276,10 +278,12 @@ class TowerParallelAlexNet(nn.Module):
 
         # What each rank holds of the input of every crossing layer, and of the logits.
         units = {name: split_sizes(m.weight.shape[0], num_towers) for name, m in grouped.learnable_layers().items()}
-        fc6_inputs_per_map = grouped.classifier.fc6.in_features // grouped.features.conv5.out_channels
+        last_conv = "conv6" if "conv6" in units else "conv5"
+        fc6_inputs_per_map = grouped.classifier.fc6.in_features // getattr(grouped.features, last_conv).out_channels
         self.exchange_sizes = {
             "conv3": units["conv2"],
-            "fc6": [c * fc6_inputs_per_map for c in units["conv5"]],  # flattened (C/2, 6, 6) per tower
+            **({"conv6": units["conv5"]} if last_conv == "conv6" else {}),
+            "fc6": [c * fc6_inputs_per_map for c in units[last_conv]],  # flattened (C/2, 6, 6) per tower
             "fc7": units["fc6"],
             "fc8": units["fc7"],
             "logits": units["fc8"],
@@ -318,7 +322,7 @@ class TowerParallelAlexNet(nn.Module):
         raise AssertionError("classifier has no act7")
 
     def learnable_layers(self) -> "OrderedDict[str, nn.Module]":
-        """This tower's conv1..conv5, fc6..fc8 by name."""
+        """This tower's conv1..conv5 (conv6), fc6..fc8 by name."""
         return OrderedDict((n, m) for n, m in self._layers() if isinstance(m, (nn.Conv2d, nn.Linear)))
 
     def gather_grouped(self, tensors: Mapping[str, torch.Tensor]) -> "OrderedDict[str, torch.Tensor]":

@@ -44,13 +44,16 @@ class Step:
 
     def __init__(self, config, store, device: torch.device) -> None:
         from alexnet.runtime import resolve_runtime
-        from alexnet.training.recipe import build_model, build_optimizer
+        from alexnet.training.recipe import build_model, build_optimizer, model_args
+        from alexnet.training.step_kernels import check_step_kernels, use_step_kernels
 
         self.rt = resolve_runtime(config, device)
+        check_step_kernels(config, model_args(config, store), device)
         torch.manual_seed(0)
         self.model = build_model(config, store).to(device, memory_format=self.rt.memory_format).train()
+        use_step_kernels(self.model, config)
         self.optimizer, _ = build_optimizer(config, self.model)
-        self.step_model = torch.compile(self.model) if config.compile else self.model
+        self.step_model = torch.compile(self.model, mode=config.compile_mode) if config.compile else self.model
         self.finite = torch.ones((), dtype=torch.bool, device=device)
 
     def __call__(self, x: torch.Tensor, labels: torch.Tensor) -> None:
@@ -123,6 +126,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--size", type=int, default=256, help="prepared image side (the paper: 256)")
     p.add_argument("--crop", type=int, default=224)
     p.add_argument("--compile", action="store_true", help="torch.compile the step")
+    p.add_argument("--compile-mode", default="default", choices=("default", "reduce-overhead", "max-autotune"))
+    p.add_argument("--step-kernels", default="", metavar="LIST",
+                   help="the step's faster kernels, as 'alexnet train --step-kernels' (e.g. all)")
     p.add_argument("--skip-train", action="store_true", help="leave out the train() reference runs")
     p.add_argument("--device", default="auto")
     p.add_argument("--workdir", help="where to write the images and the store (default: a temp dir)")
@@ -147,7 +153,8 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"data: {a.images} JPEGs and their store in {time.perf_counter() - t:.0f} s ({work})", flush=True)
     store = open_store(store_dir)
     config = TrainConfig(epochs=2, batch_size_per_device=a.batch, crop_size=a.crop, loader_workers=a.workers,
-                         compile=a.compile, device=str(device))  # the paper's recipe otherwise
+                         compile=a.compile, compile_mode=a.compile_mode, device=str(device),
+                         step_kernels=tuple(filter(None, a.step_kernels.split(","))))  # the paper's recipe otherwise
     step = Step(config, store, device)
     rt = step.rt
     augment, _ = build_augment(config, store, device)
@@ -156,7 +163,7 @@ def main(argv: list[str] | None = None) -> dict:
              "baseline": baseline_feed(src, store, rt, config, a.workers)}
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"device {name}, batch {a.batch}, precision {rt.precision}, channels_last {rt.channels_last}, "
-          f"compile {a.compile}, workers {a.workers}, runs {a.runs} x {a.steps} steps", flush=True)
+          f"compile {a.compile} ({a.compile_mode}), step kernels {','.join(config.step_kernels) or 'none'}, workers {a.workers}, runs {a.runs} x {a.steps} steps", flush=True)
     for feed in feeds.values():
         for _ in range(a.warmup):
             step(*next(feed))
@@ -183,7 +190,8 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"ours / baseline: {spread(ratios(rates['ours'], rates['baseline']), '.1f')}x")
     if rates["train()"]:
         print(f"train() / synthetic: {spread(ratios(rates['train()'], rates['synthetic']), '.2f')}")
-    results = {"device": name, "batch": a.batch, "compile": a.compile, "precision": rt.precision,
+    results = {"device": name, "batch": a.batch, "compile": a.compile, "compile_mode": a.compile_mode,
+               "step_kernels": list(config.step_kernels), "precision": rt.precision,
                "images_per_s": rates, "data_path_efficiency": efficiency}
     if a.json:
         Path(a.json).write_text(json.dumps(results, indent=2))

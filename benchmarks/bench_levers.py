@@ -5,8 +5,10 @@ Levers (alexnet/kernels/):
     s2d     conv1 by space-to-depth, a 3x3 stride-1 conv over 48 channels (conv1_s2d.py)
     fused   bias + ReLU + LRN + max-pool 3/2 of conv1 and conv2 as one kernel each way (block_triton.py)
     sgd     PaperSGD in one pass over flat buffers, non-finite flag on the device (sgd_triton.py)
+    grouped the towers' grouped convolutions conv2, conv4, conv5 computed the way ``--grouped-impl`` says
+            (grouped_conv.py; by default the fastest per layer in part 7)
     graph   the whole step (forward, backward, update) captured once as a CUDA graph and replayed (CUDA only)
-    all     the four together
+    all     the five together
 
 Printed, each figure a median over ``--runs`` runs [min-max]:
 
@@ -24,10 +26,17 @@ Printed, each figure a median over ``--runs`` runs [min-max]:
 5. the all-levers step against today's over 20 steps from the same weights: the largest relative
    difference of the losses (bf16 tolerance);
 6. a torch.profiler table of today's step: the kernels by time, their share, and whether each is a
-   tensor-core kernel (judged from its name).
+   tensor-core kernel (judged from its name);
+7. the grouped convolutions at conv2's (27x27, 96 -> 256, 5x5 pad 2), conv4's (13x13, 384 -> 384, 3x3)
+   and conv5's (13x13, 384 -> 256) shapes, forward + backward (input, weight and bias gradients),
+   each computed three ways: cuDNN's ``groups=2`` as today, two dense halves, one dense
+   block-diagonal weight; GPU time only, time against today's, and the fastest per layer. With
+   ``--grouped-impl auto`` (the default) and part 1 or 5 asked for, part 7 runs first and its
+   fastest way per layer is the ``grouped`` lever.
 
     python benchmarks/bench_levers.py --device cuda                 # about two minutes on an H200
     python benchmarks/bench_levers.py --device cpu --quick          # a dry run of every part, tiny sizes
+    python benchmarks/bench_levers.py --parts 7                     # the grouped convolutions alone
 """
 
 from __future__ import annotations
@@ -49,6 +58,7 @@ from alexnet.data.augment import TrainAugment
 from alexnet.kernels import block_triton
 from alexnet.kernels.block_triton import fuse_blocks, fused_block
 from alexnet.kernels.conv1_s2d import space_to_depth_conv2d, use_space_to_depth_conv1
+from alexnet.kernels.grouped_conv import GROUPED_CONV_IMPLS, GROUPED_LAYERS, grouped_conv2d, use_grouped_conv
 from alexnet.kernels.sgd_triton import FusedPaperSGD
 from alexnet.model import AlexNet, init_weights_
 from alexnet.optim import PaperSGD
@@ -56,7 +66,7 @@ from bench_step import forward_flops
 from measure import check_runs, ratios, runs_argument, spread, sync, timed
 from peaks import device_name, matmul_flops, mfu, peak_lines, step_precision
 
-LEVERS = ("s2d", "fused", "sgd", "graph")
+LEVERS = ("s2d", "fused", "sgd", "grouped", "graph")
 # spec memory bandwidth, TB/s (NVIDIA datasheets); the first match on the device name wins
 SPEC_BANDWIDTH_TBPS = [(r"H200 NVL", 4.8), (r"\bH200\b", 4.8), (r"H100 NVL", 3.9), (r"H100.*PCIe", 2.0),
                        (r"\bH100\b", 3.35), (r"A100.*80GB", 2.039), (r"\bA100\b", 1.555)]
@@ -83,6 +93,8 @@ class Setup:
             use_space_to_depth_conv1(model)
         if "fused" in levers:
             fuse_blocks(model)
+        if "grouped" in levers:  # after fuse_blocks, which rebuilds conv2
+            use_grouped_conv(model, args.grouped_impl)
         self.model = model.to(device, memory_format=args.fmt).train()
         if "sgd" in levers:
             self.opt = FusedPaperSGD(self.model.parameters(), lr=0.01, check_finite=True, flat_grads=True)
@@ -136,7 +148,7 @@ class Setup:
 def lever_sets(device: torch.device) -> list[tuple[str, set[str]]]:
     sets = [("today", set())] + [(lever, {lever}) for lever in LEVERS] + [("all", set(LEVERS))]
     if device.type != "cuda":
-        sets = [(n, s) for n, s in sets if "graph" not in s] + [("all", {"s2d", "fused", "sgd"})]
+        sets = [(n, s) for n, s in sets if "graph" not in s] + [("all", set(LEVERS) - {"graph"})]
         sets = list(dict(sets).items())
     return sets
 
@@ -166,10 +178,10 @@ def bench_steps(args, device: torch.device, batch: int, flops_per_image: float, 
     print(f"\n[1] training step, batch {batch}: images/s and MFU ({args.runs} runs of {args.steps} steps, median step each)")
     for s in setups:
         achieved = [r * flops_per_image for r in rates[s.name]]
-        print(f"  {s.name:6s} {spread(rates[s.name], ',.0f', 'images/s')}   {mfu(achieved, spec, measured)}")
+        print(f"  {s.name:7s} {spread(rates[s.name], ',.0f', 'images/s')}   {mfu(achieved, spec, measured)}")
     if "today" in rates:
         for s in setups[1:]:
-            print(f"  {s.name:6s} / today = {spread(ratios(rates[s.name], rates['today']), '.3f')}")
+            print(f"  {s.name:7s} / today = {spread(ratios(rates[s.name], rates['today']), '.3f')}")
     del setups
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -298,6 +310,73 @@ def bench_block(args, device: torch.device, batch: int) -> None:
         print(line)
 
 
+def grouped_shapes(args) -> dict[str, tuple[int, int, int, int, int]]:
+    """conv2's, conv4's and conv5's (input maps, output maps, kernel, padding, side) in the benchmark's network."""
+    c1, c2, c3, c4, c5 = AlexNet(num_classes=args.classes, width=args.width, input_size=args.image_size).channels
+    side1 = -(-(args.image_size - 11) // 4) + 1  # 55 at 224 (conv1 after the stride padding)
+    side2 = (side1 - 3) // 2 + 1  # 27
+    side4 = (side2 - 3) // 2 + 1  # 13
+    return {"conv2": (c1, c2, 5, 2, side2), "conv4": (c3, c4, 3, 1, side4), "conv5": (c4, c5, 3, 1, side4)}
+
+
+def bench_grouped(args, device: torch.device, batch: int) -> dict[str, str]:
+    """The grouped convolutions three ways, forward + backward; returns the fastest way per layer."""
+    dtype = torch.bfloat16 if args.amp else torch.float32
+    one_run = argparse.Namespace(runs=1)  # the ways take turns run by run, so that other load hits them alike
+    fastest = {}
+    print(f"\n[7] grouped convolutions (2 towers) forward + backward (input, weight, bias gradients), batch {batch}, "
+          f"{'bf16 autocast' if args.amp else 'float32'}, {'channels_last' if args.channels_last else 'NCHW'}; "
+          f"fp32 weights as in the model")
+    for layer, (c_in, c_out, k, pad, side) in grouped_shapes(args).items():
+        x = torch.randn(batch, c_in, side, side, device=device, dtype=dtype).contiguous(memory_format=args.fmt).requires_grad_()
+        w = (torch.randn(c_out, c_in // 2, k, k, device=device) * 0.01).contiguous(memory_format=args.fmt).requires_grad_()
+        b = torch.ones(c_out, device=device, requires_grad=True)
+        g = torch.randn(batch, c_out, side, side, device=device, dtype=dtype).contiguous(memory_format=args.fmt)
+
+        def run(impl):
+            def fn():
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp):
+                    y = grouped_conv2d(x, w, b, 1, pad, 1, 2, impl)
+                y.backward(g)
+                x.grad = w.grad = b.grad = None
+            return fn
+
+        fns = {impl: run(impl) for impl in GROUPED_CONV_IMPLS}
+        times = {impl: [] for impl in GROUPED_CONV_IMPLS}
+        for _ in range(args.runs):
+            for impl, fn in fns.items():
+                times[impl] += gpu_time(fn, device, one_run)
+        flops = 3 * 2 * batch * c_out * side * side * (c_in // 2) * k * k  # the useful multiply-adds, fwd + bwd
+        print(f"  {layer} ({batch}, {c_in}, {side}, {side}) -> {c_out} maps, {k}x{k} pad {pad}, groups 2 "
+              f"({flops / 1e9:.3g} useful GFLOP):")
+        base = times["grouped"]
+        for impl, t in times.items():
+            print(f"    {impl:15s} {spread([s * 1e3 for s in t], '.3f', 'ms')}   "
+                  f"{spread([flops / s / 1e12 for s in t], '.3g', 'useful TFLOP/s')}   "
+                  f"grouped / this = {spread(ratios(base, t), '.2f')}")
+        fastest[layer] = min(times, key=lambda impl: statistics.median(times[impl]))
+        print(f"    fastest: {fastest[layer]}")
+    return fastest
+
+
+def parse_grouped_impl(text: str) -> str | dict[str, str]:
+    """``--grouped-impl``: ``auto``, one way for the three layers, or ``conv2=halves,conv4=block_diagonal,...``."""
+    if text == "auto" or text in GROUPED_CONV_IMPLS:
+        return text
+    mapping = {}
+    for item in text.split(","):
+        layer, sep, impl = item.strip().partition("=")
+        if not sep or layer not in GROUPED_LAYERS or impl not in GROUPED_CONV_IMPLS:
+            raise SystemExit(f"--grouped-impl {text!r}: give auto, one of {', '.join(GROUPED_CONV_IMPLS)}, or "
+                             f"LAYER=WAY pairs such as conv2=halves,conv4=block_diagonal (layers {', '.join(GROUPED_LAYERS)})")
+        mapping[layer] = impl
+    return mapping
+
+
+def describe_grouped_impl(impl: str | dict[str, str]) -> str:
+    return impl if isinstance(impl, str) else ", ".join(f"{layer}={way}" for layer, way in impl.items())
+
+
 def check_all_levers(args, device: torch.device, batch: int, steps: int = 20) -> None:
     """Today's step and the all-levers step from the same weights on the same batches: loss differences."""
     names = dict(lever_sets(device))
@@ -370,7 +449,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps per variant first")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, to check the script itself")
     parser.add_argument("--max-autotune", action="store_true", help="add torch.compile(mode='max-autotune') to the conv1 comparison (minutes)")
-    parser.add_argument("--parts", default="1,2,3,4,5,6", help="which parts to run (default all: 1,2,3,4,5,6)")
+    parser.add_argument("--parts", default="1,2,3,4,5,6,7", help="which parts to run (default all: 1,2,3,4,5,6,7)")
+    parser.add_argument("--grouped-impl", default="auto", type=parse_grouped_impl,
+                        help="how the 'grouped' lever computes conv2, conv4, conv5: auto (the fastest per layer in part 7, "
+                             f"which then runs first), one of {', '.join(GROUPED_CONV_IMPLS)}, or pairs such as "
+                             "conv2=halves,conv4=block_diagonal,conv5=grouped")
     parser.add_argument("--profile-steps", type=int, default=3)
     parser.add_argument("--profile-rows", type=int, default=25)
     args = parser.parse_args(argv)
@@ -399,6 +482,16 @@ def main(argv: list[str] | None = None) -> None:
     print(f"conv+linear FLOPs per image (fwd+bwd): {flops_per_image / 1e9:.2f} G; step precision: {precision}")
     for line in lines:
         print(line)
+    grouped_done = False
+    if args.grouped_impl == "auto" and parts & {1, 5}:
+        args.grouped_impl = bench_grouped(args, device, batches[0])  # the lever needs its winner first
+        grouped_done = True
+    elif args.grouped_impl == "auto":
+        args.grouped_impl = "grouped"  # no step part asked for: the lever is not used
+    if parts & {1, 5}:
+        ways = {args.grouped_impl} if isinstance(args.grouped_impl, str) else set(args.grouped_impl.values())
+        note = " (today's way in every layer: this lever changes nothing)" if ways <= {"grouped"} else ""
+        print(f"\nthe grouped lever: {describe_grouped_impl(args.grouped_impl)}{note}")
     for batch in batches:
         if 1 in parts:
             bench_steps(args, device, batch, flops_per_image, spec, measured)
@@ -413,6 +506,8 @@ def main(argv: list[str] | None = None) -> None:
         check_all_levers(args, device, batch, steps=20 if not args.quick else 2)
     if 6 in parts:
         profile_today(args, device, batch)
+    if 7 in parts and not grouped_done:
+        bench_grouped(args, device, batch)
 
 
 if __name__ == "__main__":

@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> None:
             PillowAugmentFolder(tmp / "jpeg" / "train", store, crop), batch_size=args.batch_size, shuffle=True, drop_last=True,
             num_workers=args.workers, persistent_workers=args.workers > 0,
         )
-        pipelines = {"ours": gathered(augmented=True), "baseline": endless(lambda: iter(baseline_loader)),
+        pipelines = {"ours": gathered(augmented=True), "baseline": endless(lambda loader=baseline_loader: iter(loader)),
                      "loader only": gathered(augmented=False)}
         threads = {"ours": args.workers, "baseline": 1, "loader only": args.workers}  # torch threads in this process
         rates: dict[str, list[float]] = {name: [] for name in pipelines}

@@ -162,6 +162,26 @@ def test_cli_encoding_flags(stores, tmp_path, capsys):
     assert not list(tmp_path.joinpath("q").glob("*_jpeg")) and not list(tmp_path.joinpath("q").glob("*_index.npy"))
 
 
+def test_jpeg_quality_given_with_raw_is_refused_and_noted_under_auto(stores, tmp_path, capsys):
+    src, _, _ = stores
+    out = tmp_path / "r"
+    argv = ["prepare", str(src), str(out), "--image-size", "16", "--workers", "0", "--quiet"]
+    for quality in ("50", "90"):  # the default's value, given, is given
+        assert main(argv + ["--encoding", "raw", "--jpeg-quality", quality]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "applies to JPEG stores only" in err[0] and "--encoding jpeg" in err[0], err
+        assert not out.exists()  # nothing written
+    with pytest.raises(UserError, match="applies to JPEG stores only"):
+        prepare_store(src, out, encoding="raw", quality=90, **ARGS)
+    assert not out.exists()
+    # --encoding auto decides: this small set goes raw and the unused quality is a note
+    assert main(argv + ["--jpeg-quality", "50"]) == 0
+    assert "note: --jpeg-quality is ignored: the store is raw (chosen by --encoding auto" in capsys.readouterr().err
+    assert open_store(out).encoding == "raw"
+    assert main(argv + ["--force"]) == 0  # no quality given: no note
+    assert "--jpeg-quality" not in capsys.readouterr().err
+
+
 def corrupt_copy(store, tmp_path: Path, image: int) -> Path:
     """A copy of ``store`` with bytes in the middle of one image's JPEG payload flipped."""
     import shutil

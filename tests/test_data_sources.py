@@ -244,6 +244,69 @@ def test_cli_val_labels_flags(tmp_path, capsys):
     assert manifest["val_labels"]["file"] == str(f.resolve()) and manifest["val_labels"]["first_class_number"] == 1
 
 
+def _not_text(kind: str, folder) -> "os.PathLike":
+    """A file a user may give by mistake as --val-labels."""
+    import io
+
+    import torch
+
+    if kind == "random bytes":
+        path, data = folder / "labels.txt", np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes()
+    elif kind == "jpeg":
+        buf = io.BytesIO()
+        Image.new("RGB", (10, 12), COLOURS[WNIDS[0]]).save(buf, "JPEG")
+        path, data = folder / "ILSVRC2012_val_00000001.JPEG", buf.getvalue()
+    elif kind == "checkpoint":
+        buf = io.BytesIO()
+        torch.save({"model": {"w": torch.ones(3)}}, buf)
+        path, data = folder / "best.pt", buf.getvalue()
+    elif kind == "utf-16 text":  # what some editors call 'Unicode'
+        path, data = folder / "val.txt", "".join(f"ILSVRC2012_val_{k:08d}.JPEG {w}\n" for k, w in
+                                                  enumerate(VAL_WNIDS, start=1)).encode("utf-16")
+    else:  # binary under the devkit's name, found in SOURCE
+        path, data = folder / "ILSVRC2012_validation_ground_truth.txt", np.arange(256, dtype=np.uint8).tobytes() * 8
+    path.write_bytes(data)
+    return path
+
+
+@pytest.mark.parametrize("kind", ["random bytes", "jpeg", "checkpoint", "utf-16 text", "devkit name"])
+def test_a_labels_file_that_is_not_text_is_one_line(tmp_path, capsys, kind):
+    src = make_ilsvrc(tmp_path / "src")
+    if kind == "devkit name":
+        data = devkit(src, true_ids()).parent
+        f, flag = _not_text(kind, data), []
+    else:
+        f = _not_text(kind, tmp_path)
+        flag = ["--val-labels", str(f)]
+    argv = ["prepare", str(src), str(tmp_path / "store"), "--image-size", str(S), "--workers", "0", "--quiet"]
+    assert cli.main(argv + flag) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert f"{f.resolve()} is not a text file" in err[0], err
+    if flag:
+        assert "--val-labels" in err[0] and "'filename label' lines" in err[0] and "one field" not in err[0], err
+    else:
+        assert "one ILSVRC2012_ID per line" in err[0], err
+    assert not (tmp_path / "store").exists()
+
+
+def test_labels_file_with_a_byte_order_mark_or_names_that_are_not_utf8(tmp_path):
+    src = make_ilsvrc(tmp_path / "src")
+    bom = labels_file(tmp_path / "bom.txt", VAL_WNIDS)  # written by a Windows editor: the BOM is not in the name
+    bom.write_bytes(b"\xef\xbb\xbf" + bom.read_bytes())
+    store = run(src, tmp_path / "store", val_labels=bom).store
+    assert [WNIDS[i] for i in store.split("val").labels] == VAL_WNIDS == val_classes_by_colour(store)
+    # a listing in Latin-1 for a file named in Latin-1 on disk: the bytes match, so it is used
+    val = os.fsencode(src / "val")
+    os.rename(os.path.join(val, b"ILSVRC2012_val_00000001.JPEG"), os.path.join(val, b"caf\xe9.JPEG"))
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes(b"caf\xe9.JPEG n02119789\n" + b"".join(b"ILSVRC2012_val_%08d.JPEG %s\n" % (k, w.encode())
+                                                             for k, w in enumerate(VAL_WNIDS[1:], start=2)))
+    store = run(src, tmp_path / "store2", val_labels=latin1).store
+    labels = [WNIDS[i] for i in store.split("val").labels]
+    assert len(labels) == 4 and labels == val_classes_by_colour(store)
+
+
 def test_val_labels_flag_needs_a_flat_val_folder(tmp_path):
     src = make_tree(tmp_path / "src")
     f = tmp_path / "labels.txt"

@@ -261,6 +261,33 @@ def test_onnx_matches_pytorch_on_real_images(tmp_path, name):
 
 
 @needs_onnx
+def test_onnx_exports_the_within_map_normalisation_of_cnorm2(tmp_path):
+    """cnorm2 (the released code's 5x5 within-map normalisation after conv2's LRN) through onnxruntime."""
+    import onnx
+
+    args, size, crop = variant(dict(SMALL_STEM, towers=2, lrn=True, cnorm2=True))
+    payload = make_payload(args, size, crop)
+    ckpt, out = export_folder(tmp_path, payload, ["onnx"])
+    proto = onnx.load(out / "model.onnx")
+    onnx.checker.check_model(proto)
+    assert {n.domain for n in proto.graph.node} <= {""}  # standard operators only
+    images = real_images(12, size // 28)
+    expected = probabilities([load_member(str(ckpt), torch.device("cpu"))], torch.from_numpy(images), ten_crop=False).numpy()
+    assert expected.max() < 0.999  # not saturated: the comparison can see differences
+    got = run_onnx(proto, images)
+    assert got.shape == expected.shape and np.abs(got - expected).max() <= TOLERANCE
+    # cnorm2 matters for these weights and images: the same network without it is far from both
+    from alexnet.export import InferencePath
+
+    plain = build_model({**args, "cnorm2": False})
+    plain.load_state_dict(payload["model"])
+    with torch.no_grad():
+        path = InferencePath(plain.eval(), payload["data"]["mean_image"], image_size=size, crop_size=crop)
+        without = path(torch.from_numpy(images)).numpy()
+    assert np.abs(without - expected).max() > 100 * TOLERANCE
+
+
+@needs_onnx
 def test_onnx_exports_the_test_time_function_of_either_dropout_style(tmp_path):
     """A dropout that scales at test time (the paper's 'multiply by 0.5') exports as what eval() computes."""
     from alexnet.export import InferencePath, onnx_model, plain_torch_copy

@@ -79,6 +79,34 @@ def test_show_filters_and_neighbours_write_pngs(trained, tmp_path, capsys):
     assert (run / "filters.png").is_file()
 
 
+def test_show_never_writes_into_an_export_folder_by_default(trained, tmp_path, monkeypatch, capsys):
+    store_dir, run = trained
+    export = tmp_path / "exp"
+    assert main(["export", str(run), "--out", str(export)]) == 0
+    files = sorted(p.name for p in export.iterdir())
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    capsys.readouterr()
+    assert main(["show", "filters", str(export)]) == 0
+    assert "in exp-filters.png" in capsys.readouterr().out  # the output line says where
+    assert main(["show", "neighbours", str(export), str(store_dir), "--images", "1", "--neighbours", "2",
+                 "--max-train", "4", "--quiet"]) == 0
+    assert "in exp-neighbours.png" in capsys.readouterr().out
+    assert sorted(p.name for p in here.iterdir()) == ["exp-filters.png", "exp-neighbours.png"]
+    assert main(["show", "filters", str(run / "best.pt"), "--out", str(tmp_path / "best.png")]) == 0  # what was exported
+    assert np.array_equal(np.asarray(Image.open(here / "exp-filters.png")), np.asarray(Image.open(tmp_path / "best.png")))
+    assert sorted(p.name for p in export.iterdir()) == files
+    assert main(["export", str(run), "--out", str(export), "--overwrite"]) == 0  # still only an export
+    # from inside the export folder, the current folder is no way out: one line, nothing written
+    monkeypatch.chdir(export)
+    assert main(["show", "filters", "."]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is an export folder" in err[0] and "--out" in err[0], err
+    assert sorted(p.name for p in export.iterdir()) == files
+    assert main(["show", "filters", ".", "--out", str(here / "f.png")]) == 0  # where the user says
+
+
 def test_show_neighbours_refuses_a_checkpoint_of_another_data_set(trained, tmp_path, capsys):
     _, run = trained
     other = make_store(tmp_path, classes=4, per_class=8, seed=1)

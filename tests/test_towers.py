@@ -31,6 +31,8 @@ from helpers import run_ranks
 SMALL = dict(num_classes=10, stem="small", input_size=32, width=0.125)
 # Odd unit and class counts: fc6/fc7 have 451 units, fc8 7 classes, so the towers differ in size.
 UNEVEN = dict(num_classes=7, stem="small", input_size=32, width=0.11, lrn_before_relu=True, lrn_convention="caffe")
+# Section 6's sixth convolution (crosses the towers, as conv3) with an odd kernel count, and cnorm2.
+CONV6 = dict(num_classes=10, stem="small", input_size=32, width=0.125, conv6_channels=7, cnorm2=True)
 
 
 def _gather_objects(obj) -> list:
@@ -42,7 +44,7 @@ def _gather_objects(obj) -> list:
 # ---------------------------------------------------------------- checkpoints, one process
 
 
-@pytest.mark.parametrize("kwargs", [SMALL, UNEVEN], ids=["even", "uneven"])
+@pytest.mark.parametrize("kwargs", [SMALL, UNEVEN, CONV6], ids=["even", "uneven", "conv6"])
 def test_state_dict_round_trip_is_exact(kwargs):
     grouped = AlexNet(**kwargs).state_dict()
     towers = [tower_state_dict_from_grouped(grouped, t) for t in range(2)]
@@ -164,6 +166,11 @@ def test_two_towers_match_the_grouped_model():
 
 def test_uneven_towers_match_the_grouped_model():
     run_ranks(_matches_grouped, 2, UNEVEN)
+
+
+@pytest.mark.slow
+def test_a_sixth_convolution_crosses_the_towers_like_the_grouped_model():
+    run_ranks(_matches_grouped, 2, CONV6)
 
 
 def _dropout(d) -> None:

@@ -32,6 +32,7 @@ from alexnet.data.loader import Loader
 from alexnet.data.prepare import prepare_store
 from alexnet.errors import UserError
 from alexnet.evaluate import evaluate, load_member
+from alexnet.training.step_kernels import triton_runs_on
 import helpers as _ranks  # set_rank_env, start: the rank-spawning helpers
 from helpers import write_image_folder
 
@@ -211,6 +212,16 @@ def test_data_parallel_matches_one_process_with_the_global_batch(store_dir, refe
                    Loader(store.split("val"), 4, shuffle=False, seed=0, drop_last=False, workers=0))
     assert read_metrics(run)[-1]["val_top1_error"] == pytest.approx(val["top1_error"], abs=1e-12)
     assert read_metrics(run)[-1]["val_top5_error"] == pytest.approx(val["top5_error"], abs=1e-12)
+
+
+@pytest.mark.skipif(not triton_runs_on(torch.device("cpu")), reason="needs triton's interpreter (TRITON_INTERPRET=1)")
+def test_data_parallel_with_the_one_pass_update_matches_one_process(store_dir, reference, tmp_path):
+    """--step-kernels fused-sgd under DDP: the flat gradient buffers take DDP's averaged gradients."""
+    run = tmp_path / "run"
+    config = TrainConfig(**EXACT, batch_size_per_device=GLOBAL_BATCH // 2, step_kernels=("fused-sgd",))
+    run_ranks(2, config, store_dir, run)
+    assert_same_weights(run, reference)
+    assert_same_metrics(run, reference)
 
 
 def test_tower_parallel_matches_the_grouped_model(store_dir, reference, tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from alexnet.data.images import DEFAULT_MAX_PIXELS
+from alexnet.data.jpeg import QUALITY as JPEG_QUALITY
 from alexnet.display import printable
 from alexnet.errors import UserError
 
@@ -51,7 +52,8 @@ def register(subparsers) -> None:
         "of that at 256x256; decoded by threads while training); auto (default): raw when the raw store would take "
         "under 4 GiB, else JPEG",
     )
-    p.add_argument("--jpeg-quality", type=int, default=90, metavar="Q", help="JPEG quality of a JPEG store, 1-100 (default: 90)")
+    p.add_argument("--jpeg-quality", type=int, default=None, metavar="Q",
+                   help=f"JPEG quality of a JPEG store, 1-100 (default: {JPEG_QUALITY}); not with --encoding raw")
     p.add_argument("--force", action="store_true", help="rebuild OUT even if it already holds a complete store")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)

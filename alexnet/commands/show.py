@@ -21,7 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "(the paper's first tower learned largely colour-agnostic kernels, the second colour-specific ones).",
     )
     f.add_argument("checkpoint", metavar="CHECKPOINT", help="checkpoint file or run directory")
-    f.add_argument("--out", metavar="PNG", help="image to write (default: filters.png beside the checkpoint)")
+    f.add_argument("--out", metavar="PNG", help="image to write (default: filters.png beside the checkpoint; "
+                   "for an export folder EXPORT, EXPORT-filters.png in the current folder)")
     f.set_defaults(func=run_filters)
 
     n = kinds.add_parser(
@@ -40,14 +41,29 @@ def register(sub: argparse._SubParsersAction) -> None:
     n.add_argument("--split", default="val", help="split the query images come from (default: val)")
     n.add_argument("--batch-size", type=int, default=256, help="images per forward pass (default 256)")
     n.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda' or 'cuda:N'")
-    n.add_argument("--out", metavar="PNG", help="image to write (default: neighbours.png beside the checkpoint)")
+    n.add_argument("--out", metavar="PNG", help="image to write (default: neighbours.png beside the checkpoint; "
+                   "for an export folder EXPORT, EXPORT-neighbours.png in the current folder)")
     n.add_argument("--quiet", action="store_true", help="no progress bar")
     n.set_defaults(func=run_neighbours)
 
 
 def _default_out(checkpoint: str, name: str) -> Path:
+    """``name`` beside the checkpoint (in a run folder, or the folder of a checkpoint file), but never
+    inside an export folder, which must hold only the export: there, ``<folder name>-<name>`` in the
+    current folder."""
+    from alexnet.display import printable
+    from alexnet.errors import UserError
+    from alexnet.export import is_export_dir
+
     path = Path(checkpoint)
-    return (path if path.is_dir() else path.parent) / name
+    folder = path if path.is_dir() else path.parent
+    if not is_export_dir(folder):
+        return folder / name
+    export = folder.resolve()
+    if Path.cwd().resolve().is_relative_to(export):
+        raise UserError(f"{printable(str(folder))} is an export folder (it must hold only the export) and the current "
+                        "folder is inside it, where the figure would go; give --out with a PNG path outside it")
+    return Path(f"{export.name or 'export'}-{name}")
 
 
 def run_filters(args: argparse.Namespace) -> int:
@@ -55,12 +71,13 @@ def run_filters(args: argparse.Namespace) -> int:
     from alexnet.errors import UserError
     from alexnet.figures.plots import save_filters
 
+    out = args.out or _default_out(args.checkpoint, "filters.png")
     payload = checkpoint.load(args.checkpoint)
     weight = payload["model"].get("features.conv1.weight")
     if weight is None:
         raise UserError(f"{args.checkpoint} holds no conv1 weights (features.conv1.weight); is it an AlexNet checkpoint?")
     towers = int(payload.get("model_args", {}).get("towers", 1))
-    out = save_filters(weight, args.out or _default_out(args.checkpoint, "filters.png"), towers=towers)
+    out = save_filters(weight, out, towers=towers)
     print(f"{weight.shape[0]} conv1 kernels ({towers} tower(s)) in {out}")
     return 0
 
@@ -81,6 +98,7 @@ def run_neighbours(args: argparse.Namespace) -> int:
             raise UserError(f"{flag} must be at least 1")
     if args.max_train is not None and args.max_train < args.neighbours:
         raise UserError(f"--max-train must be at least --neighbours ({args.neighbours})")
+    out = args.out or _default_out(args.checkpoint, "neighbours.png")
     device = pick_device(args.device)
     store = open_store(args.data)
     member = load_member(args.checkpoint, device)
@@ -106,6 +124,6 @@ def run_neighbours(args: argparse.Namespace) -> int:
                          top=[(int(c), float(probs[r, c])) for c in top[r]],
                          neighbours=[(np.asarray(train.images[j]), int(train.labels[j]), float(d))
                                      for j, d in zip(nn_idx[r], nn_dist[r]) if j >= 0]))
-    out = plot_neighbours(rows, store.classes, args.out or _default_out(args.checkpoint, "neighbours.png"))
+    out = plot_neighbours(rows, store.classes, out)
     print(f"{len(rows)} {args.split} images and their {nn_idx.shape[1]} nearest of {len(t_idx)} training images in {out}")
     return 0

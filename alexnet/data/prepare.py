@@ -183,13 +183,14 @@ def prepare_store(
     checkpoint_seconds: float = 10.0,
     log: Callable[[str], None] = _say,
     encoding: str = "auto",
-    quality: int = jpeg.QUALITY,
+    quality: int | None = None,
     val_labels: str | os.PathLike | None = None,
     val_labels_base: int | None = None,
 ) -> PrepareResult:
     """Decode ``source`` into a store at ``out`` (see the module docstring); returns the opened store.
 
-    ``encoding``: ``raw``, ``jpeg`` (at ``quality``, 1-100) or ``auto`` (see the module docstring).
+    ``encoding``: ``raw``, ``jpeg`` (at ``quality``, 1-100; None: ``jpeg.QUALITY``) or ``auto`` (see the
+    module docstring). A ``quality`` given with ``encoding="raw"`` is refused: it would do nothing.
     ``val_labels`` / ``val_labels_base``: the file labelling a flat ``val/`` folder and the number of
     its first class (:mod:`alexnet.data.val_labels`); recorded in the manifest's ``val_labels``.
     """
@@ -197,9 +198,13 @@ def prepare_store(
         raise UserError(f"--image-size must be a positive number of pixels, got {image_size}")
     if encoding not in ENCODINGS:
         raise UserError(f"--encoding must be one of {', '.join(ENCODINGS)}, got {encoding!r}")
-    if not 1 <= int(quality) <= 100:
+    if encoding == "raw" and quality is not None:
+        raise UserError(f"--jpeg-quality {quality} applies to JPEG stores only and --encoding raw stores raw pixels; "
+                        "drop --jpeg-quality, or use --encoding jpeg")
+    if quality is not None and not 1 <= int(quality) <= 100:
         raise UserError(f"--jpeg-quality must be between 1 and 100, got {quality}")
-    quality = int(quality)
+    quality_given = quality is not None
+    quality = jpeg.QUALITY if quality is None else int(quality)
     if str(channels) not in ("auto", "1", "3"):
         raise UserError(f"--channels must be auto, 1 or 3, got {channels}")
     channels = str(channels)
@@ -222,8 +227,8 @@ def prepare_store(
         _clear_jpeg(out)
     size = image_size
     chosen = choose_encoding(encoding, plan, size, channels)
-    if chosen == "raw" and quality != jpeg.QUALITY:
-        log(f"note: --jpeg-quality is ignored: the store is raw ({'chosen by --encoding auto for a small set' if encoding == 'auto' else '--encoding raw'})")
+    if chosen == "raw" and quality_given:  # only auto gets here: an explicit raw with a quality is refused above
+        log("note: --jpeg-quality is ignored: the store is raw (chosen by --encoding auto for a small set)")
     encoding = chosen
     if encoding == "jpeg":
         jpeg._simplejpeg()  # a missing decoder is one clear line now, not a failure in every worker

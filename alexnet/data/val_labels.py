@@ -14,11 +14,13 @@ from exactly one of two places, and never from a file found by searching around 
   into the sorted class list; numbers need ``--val-labels-base`` (0 or 1), because a file
   counted from 1 read as counted from 0 shifts every label by one class and nothing fails.
 
-Checks, each refusing with one line: numbers in range for the classes of ``train/``; the devkit
-file has 50,000 entries, and so must a list that names ``ILSVRC2012_val_*`` files; no file is
-given two labels; the training classes are classes of the devkit. Validation images of a class
-that ``train/`` lacks, or without a label, are skipped and listed. What was used is recorded in
-the store's manifest (``val_labels``).
+Checks, each refusing with one line: the file is text (no NUL or other control bytes: an image,
+a checkpoint or UTF-16 text is named as such, not parsed into lines; bytes that are not UTF-8
+are kept, as names on disk may be such bytes, and a UTF-8 byte-order mark is dropped); numbers
+in range for the classes of ``train/``; the devkit file has 50,000 entries, and so must a list
+that names ``ILSVRC2012_val_*`` files; no file is given two labels; the training classes are
+classes of the devkit. Validation images of a class that ``train/`` lacks, or without a label,
+are skipped and listed. What was used is recorded in the store's manifest (``val_labels``).
 """
 
 from __future__ import annotations
@@ -110,9 +112,27 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+# Bytes no text file of names and labels holds: NUL and the C0 controls but tab, LF, VT, FF, CR; and DEL.
+_NOT_TEXT = bytes([*range(0x00, 0x09), *range(0x0E, 0x20), 0x7F])
+LISTING_FORMAT = ("a UTF-8 text file of 'filename label' lines (separated by spaces, or by commas in a .csv), "
+                  f"or the devkit's {GROUND_TRUTH} (one ILSVRC2012_ID per line) with {META} beside it")
+
+
+def _require_text(path: Path, expected: str, flag: str = "") -> None:
+    """Refuse in one line a file that is not text (an image, a checkpoint, an archive), before it is
+    parsed into misleading complaints about its 'lines'. Bytes that are not UTF-8 alone are allowed:
+    names on disk may be such bytes, and they are read back unchanged (surrogate escapes)."""
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            if block.translate(None, _NOT_TEXT) != block:
+                held = "NUL bytes: binary data, or UTF-16 text" if b"\0" in block else "control bytes: binary data"
+                raise UserError(f"{flag}{printable(str(path))} is not a text file ({held}); it must be {expected}")
+
+
 def _devkit(path: Path, class_ids: list[str]) -> ValLabels:
     """The devkit's ground truth (line k: ID of image k) mapped to WNIDs by meta.mat beside it."""
     shown = printable(str(path))
+    _require_text(path, f"the devkit's {GROUND_TRUTH} unchanged, a text file of one ILSVRC2012_ID per line")
     meta = path.parent / META
     if not meta.is_file():
         raise UserError(f"{shown} holds devkit IDs, whose order is not the sorted WNIDs; {META} must be beside it "
@@ -147,8 +167,10 @@ def _devkit(path: Path, class_ids: list[str]) -> ValLabels:
 
 def _rows(path: Path) -> list[tuple[int, str, str]]:
     """(line number, file name, label) of every line with at least two fields."""
+    _require_text(path, LISTING_FORMAT, "--val-labels ")
     rows = []
-    with open(path, newline="", encoding="utf-8", errors="surrogateescape") as f:
+    # utf-8-sig: a byte-order mark (Windows editors) is not part of the first file name
+    with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
         reader = csv.reader(f, delimiter="," if path.suffix.lower() == ".csv" else " ", skipinitialspace=True)
         try:
             for line, row in enumerate(reader, start=1):

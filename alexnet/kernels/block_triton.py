@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from alexnet.kernels.layout import memory_format_of
+from alexnet.kernels.swap import rebuilt_as
 
 try:
     import triton
@@ -327,12 +328,7 @@ class FusedConvBlock(nn.Conv2d):
         from alexnet.kernels.conv1_s2d import SpaceToDepthConv1
         from alexnet.lrn import effective_alpha
 
-        new = cls.__new__(cls)
-        nn.Module.__init__(new)
-        new.__dict__.update({k: v for k, v in conv.__dict__.items() if k not in ("_parameters", "_buffers", "_modules")})
-        new._parameters = dict(conv._parameters)
-        new._buffers = dict(conv._buffers)
-        new._modules = dict(conv._modules)
+        new = rebuilt_as(cls, conv)
         new.space_to_depth = isinstance(conv, SpaceToDepthConv1)
         new.stride_pad = bool(getattr(conv, "stride_pad", False))
         new.lrn_size, new.lrn_beta, new.lrn_k, new.lrn_groups = lrn.size, lrn.beta, lrn.k, lrn.groups

@@ -26,6 +26,8 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from alexnet.kernels.swap import rebuilt_as
+
 
 def _ceil_to(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple
@@ -105,12 +107,7 @@ class SpaceToDepthConv1(nn.Conv2d):
                 or ph is None or ph != pw or conv.padding_mode != "zeros":
             raise ValueError(f"space-to-depth needs a square kernel and stride >= 2, no groups or dilation, "
                              f"zero padding; got {conv}")
-        new = cls.__new__(cls)
-        nn.Module.__init__(new)
-        new.__dict__.update({k: v for k, v in conv.__dict__.items() if k not in ("_parameters", "_buffers", "_modules")})
-        new._parameters = dict(conv._parameters)  # the same Parameter objects: optimizer and checkpoints unchanged
-        new._buffers = dict(conv._buffers)
-        new._modules = dict(conv._modules)
+        new = rebuilt_as(cls, conv)  # the same Parameter objects: optimizer and checkpoints unchanged
         new.stride_pad = stride_pad
         return new
 

@@ -75,13 +75,13 @@ class DataParallel:
         """This rank's part of the single-device ``model``, on this rank's device."""
         return model.to(self.device, memory_format=memory_format)
 
-    def step_model(self, model: nn.Module, compile: bool) -> nn.Module:
-        """What the training step calls: DDP over the replicas, compiled if asked."""
+    def step_model(self, model: nn.Module, compile: bool, compile_mode: str = "default") -> nn.Module:
+        """What the training step calls: DDP over the replicas, compiled (in ``compile_mode``) if asked."""
         if self.groups.replicas > 1:
             model = nn.parallel.DistributedDataParallel(
                 model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 process_group=self.groups.data_parallel_group)
-        return torch.compile(model) if compile else model
+        return torch.compile(model, mode=compile_mode) if compile else model
 
     def to_single(self, model: nn.Module, tensors: dict) -> dict:
         """This rank's tensors (weights, velocities) in the single-device layout (collective)."""

@@ -5,13 +5,14 @@ on the model's device, forward, cross-entropy, backward and PaperSGD (:func:`tra
 then the validation error on the centre crop (:func:`validate`), a step of the schedule, a
 line of metrics and the checkpoints (:func:`end_epoch`). What each part owns:
 
-    recipe.py    the network, PaperSGD, the schedule and the augmentation from the config
-    layout.py    how the ranks hold the network: placement, DDP, shards, reductions, seeds
-    state.py     the run state a checkpoint holds, and its restoration
-    resume.py    whether a resume continues the same run
-    inputs.py    uint8 batches from the store to augmented batches on the device
-    guards.py    non-finite values and the ln(classes) stall
-    run_dir.py   the files of the run directory and its lock
+    recipe.py        the network, PaperSGD, the schedule and the augmentation from the config
+    step_kernels.py  the step's faster kernels, swapped in when the config asks
+    layout.py        how the ranks hold the network: placement, DDP, shards, reductions, seeds
+    state.py         the run state a checkpoint holds, and its restoration
+    resume.py        whether a resume continues the same run
+    inputs.py        uint8 batches from the store to augmented batches on the device
+    guards.py        non-finite values and the ln(classes) stall
+    run_dir.py       the files of the run directory and its lock
 """
 
 from __future__ import annotations
@@ -36,10 +37,12 @@ from alexnet.training.guards import NonFiniteGuard, StallWatch, sync_interval
 from alexnet.training.inputs import device_batches
 from alexnet.training.layout import DataParallel, join
 from alexnet.training.recipe import (apply_epoch_settings, build_augment, build_model, build_optimizer, check_data,
-                                     data_info, epoch_settings, model_args, schedule_notes, store_identity)
+                                     data_info, epoch_settings, model_args, read_parent, schedule_notes,
+                                     store_identity)
 from alexnet.training.resume import check_resume
 from alexnet.training.run_dir import RunDir
 from alexnet.training.state import EpochSums, Position, RunState
+from alexnet.training.step_kernels import check_step_kernels, use_step_kernels
 
 Log = Callable[[str], None]
 
@@ -70,13 +73,15 @@ def train(config: TrainConfig, data: str | Path, run_dir: str | Path, *, resume:
     store = open_store(data)
     layout = join(config.device, config.tower_parallel)
     check_data(config, store, layout.groups.replicas)
+    check_step_kernels(config, model_args(config, store), layout.device)
+    parent = read_parent(config.init_from, config) if config.init_from and not resume else None
     if config.tensorboard and layout.is_main:
         from alexnet.tensorboard import summary_writer_class
 
         summary_writer_class()  # the extra is there, or one line now, before the run directory is touched
     log = log if layout.is_main else _silent  # rank 0 speaks for the run; what it logs is reduced over ranks
     with RunDir(run_dir, owner=layout.is_main, log=log) as files:
-        run = start(config, store, layout, files, files.checkpoint_to_resume(resume), log, show_progress)
+        run = start(config, store, layout, files, files.checkpoint_to_resume(resume), log, show_progress, parent)
         if run.state.pos.epoch >= config.epochs:
             log(f"{run_dir} has finished its {config.epochs} epochs; pass --epochs N with N > {config.epochs} to go on")
             return files.start(config, run.state.pos.epoch)
@@ -91,7 +96,7 @@ def train(config: TrainConfig, data: str | Path, run_dir: str | Path, *, resume:
                 "process keeps a GPU fed")
         augment, centre = build_augment(config, store, run.rt.device)
         val_member = Member(run.state.model, centre, list(store.classes))
-        step_model = layout.step_model(run.state.model, config.compile)
+        step_model = layout.step_model(run.state.model, config.compile, config.compile_mode)
         steps = min(len(train_loader), config.max_steps_per_epoch or len(train_loader))
         run.stall = StallWatch(store.num_classes, patience_steps=min(2 * steps, 2000))
         for epoch in range(run.state.pos.epoch, config.epochs):
@@ -105,9 +110,11 @@ def train(config: TrainConfig, data: str | Path, run_dir: str | Path, *, resume:
 
 
 def start(config: TrainConfig, store: Store, layout: DataParallel, files: RunDir, saved: dict | None, log: Log,
-          show_progress: bool) -> Run:
+          show_progress: bool, parent: dict | None = None) -> Run:
     """The network, optimizer, schedule and random streams of a new run, or of ``saved`` resumed."""
     rt = resolve_runtime(config, layout.device)
+    if rt.device.type == "cuda" and not config.deterministic:
+        torch.backends.cudnn.benchmark = True  # the step's shapes repeat: cuDNN times its algorithms once and keeps the best
     if saved is not None:  # refuse another recipe before anything is built or written
         notes = check_resume(saved, config, layout.info(config.batch_size_per_device), store_identity(store),
                              str(files.last))
@@ -115,7 +122,8 @@ def start(config: TrainConfig, store: Store, layout: DataParallel, files: RunDir
         for note in schedule_notes(config):
             log(note)
     torch.manual_seed(config.seed)  # the same initial weights on every rank
-    model = layout.place(build_model(config, store, new_run=saved is None, log=log), rt.memory_format)
+    model = layout.place(build_model(config, store, new_run=saved is None, log=log, parent=parent), rt.memory_format)
+    use_step_kernels(model, config, log)
     optimizer, schedule = build_optimizer(config, model)
     generator = torch.Generator(rt.device)
     layout.seed(config.seed, generator)
@@ -213,7 +221,8 @@ def end_epoch(run: Run, epoch: int, seconds: float, images: int, val: dict, metr
     weights = run.layout.to_single(state.model, state.model.state_dict()) if improved or config.tensorboard else {}
     if improved:
         run.files.save(run.files.best, dict(**run.header, model=weights, epoch=epoch + 1, val=val))
-    run.files.plot([*metrics, line], weights.get("features.conv1.weight"), towers=config.towers)
+    run.files.plot([*metrics, line], weights.get("features.conv1.weight"),
+                   towers=run.header["model_args"].get("towers", 1))
     return line
 
 

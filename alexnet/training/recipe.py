@@ -18,7 +18,8 @@ from alexnet.config import TrainConfig
 from alexnet.data.augment import EvalPreprocess, TrainAugment
 from alexnet.data.store import MANIFEST, Store
 from alexnet.errors import UserError
-from alexnet.model import AlexNet, init_weights_
+from alexnet.model import build_model as build_network
+from alexnet.model import init_weights_
 from alexnet.optim import MilestoneSchedule, PaperSGD, PlateauSchedule, parameter_groups
 
 
@@ -39,7 +40,12 @@ def check_data(config: TrainConfig, store: Store, replicas: int) -> None:
 
 def model_args(config: TrainConfig, store: Store) -> dict:
     """Keyword arguments of AlexNet for this recipe and data set (saved in checkpoints; they
-    always name ``dropout_style``, which tells them from those of earlier versions)."""
+    always name ``dropout_style``, which tells them from those of earlier versions); for
+    ``arch`` "torchvision", those of :class:`~alexnet.torchvision_alexnet.TorchvisionAlexNet`
+    with ``arch`` named (:func:`alexnet.model.build_model` reads either)."""
+    if config.arch == "torchvision":
+        return dict(arch="torchvision", num_classes=store.num_classes, dropout=config.dropout,
+                    in_channels=store.channels)
     args = dict(
         num_classes=store.num_classes, towers=config.towers, lrn=config.lrn,
         lrn_convention=config.lrn_convention, lrn_before_relu=config.lrn_before_relu,
@@ -64,28 +70,29 @@ def data_info(store: Store) -> dict:
                 mean_image=torch.from_numpy(store.mean_image.copy()), store_identity=store_identity(store))
 
 
-def build_model(config: TrainConfig, store: Store, *, new_run: bool = True, log=print) -> nn.Module:
+def build_model(config: TrainConfig, store: Store, *, new_run: bool = True, log=print,
+                parent: dict | None = None) -> nn.Module:
     """The single-device network with the recipe's init, drawn from the current torch seed; for a
-    new run with ``init_from``, every layer that fits is then loaded from that checkpoint."""
-    model = init_weights_(AlexNet(**model_args(config, store)), config.init)
+    new run with ``init_from``, every layer that fits is then loaded from that checkpoint
+    (``parent``: the one :func:`read_parent` already read, if it did)."""
+    model = init_weights_(build_network(model_args(config, store)), config.init)
     if config.fc8_bias_zero:
         with torch.no_grad():
             model.classifier.fc8.bias.zero_()
     if new_run and config.init_from:
-        notes = load_parent(model, config.init_from, config)
+        notes = load_parent(model, parent or read_parent(config.init_from, config), config.init_from)
         log(f"fine-tuning from {config.init_from}: {notes}")
     return model
 
 
-def load_parent(model: nn.Module, path: str, config: TrainConfig | None = None) -> str:
-    """Copy into ``model`` every parameter of the checkpoint (or run folder, or safetensors export)
-    at ``path`` that has the same name and shape, except fc8's (a new task's outputs start afresh:
-    section 6 fine-tuned a net pre-trained on 22k classes to 1000); returns a line saying which
-    layers came from it and which did not.
+def read_parent(path: str, config: TrainConfig | None = None) -> dict:
+    """The checkpoint (or run folder, or safetensors export) at ``path``, checked as a parent for
+    fine-tuning with ``config``.
 
-    Refused: a parent of another architecture (torchvision's layout shares layer names and some
-    shapes but not what its layers compute), one whose inputs were scaled or centred otherwise
-    than ``config``'s (its conv1 would see inputs of another scale), and layers that fit in part.
+    Refused, in one line that gives the flags that fit it: a parent of another architecture than
+    ``config.arch`` (torchvision's layout shares layer names and some shapes with the paper's but
+    not what its layers compute) and one whose inputs were scaled or centred otherwise than
+    ``config``'s (its conv1 would see inputs of another scale).
     """
     from alexnet.export import load_payload
 
@@ -93,20 +100,35 @@ def load_parent(model: nn.Module, path: str, config: TrainConfig | None = None) 
         parent = load_payload(path)
     except UserError as e:
         raise UserError(f"--init-from: {e}") from None
-    arch = parent["model_args"].get("arch", "alexnet")
-    if arch != "alexnet":
-        raise UserError(f"--init-from {path} is a network of {arch}'s layout; 'alexnet train' builds the paper's "
-                        "network, whose layers compute something else; use a parent trained by 'alexnet train'")
-    theirs_config = parent.get("config", {})
-    if config is not None:
-        for key in ("input_scale", "subtract_mean"):
-            value = theirs_config.get(key, getattr(config, key))
-            if value != getattr(config, key):
-                flag = (f"--input-scale {value!r}" if key == "input_scale" else
-                        "--subtract-mean" if value else "--no-subtract-mean")
-                raise UserError(f"--init-from {path} was trained with {key} {value!r}, this run has "
-                                f"{getattr(config, key)!r}: its conv1 would see inputs of another scale; "
-                                f"give {flag} as the parent had it")
+    arch, ours = parent["model_args"].get("arch", "alexnet"), config.arch if config is not None else "alexnet"
+    theirs_config, inputs = parent.get("config", {}), []  # (key, parent's value, flag) where the inputs differ
+    for key in ("input_scale", "subtract_mean") if config is not None else ():
+        value = theirs_config.get(key, getattr(config, key))
+        if value != getattr(config, key):
+            inputs.append((key, value, f"--input-scale {value!r}" if key == "input_scale" else
+                           "--subtract-mean" if value else "--no-subtract-mean"))
+    if arch != ours:
+        flags = " ".join(([] if arch == "alexnet" else [f"--arch {arch}"]) + [flag for _, _, flag in inputs])
+        if arch == "torchvision":
+            raise UserError(f"--init-from {path} is a network of torchvision's layout, this run builds the paper's "
+                            f"network, whose layers compute something else; fine-tune it with {flags}")
+        what = "the paper's network" if arch == "alexnet" else f"a network of {arch}'s layout"
+        advice = f"leave out --arch {ours}" + (f" and give {flags}" if flags else "")
+        raise UserError(f"--init-from {path} is {what}, this run builds {ours}'s layout, whose layers compute "
+                        f"something else; {advice}, or start from an 'alexnet import-torchvision' checkpoint")
+    if inputs:
+        key, value, _ = inputs[0]
+        raise UserError(f"--init-from {path} was trained with {key} {value!r}, this run has "
+                        f"{getattr(config, key)!r}: its conv1 would see inputs of another scale; "
+                        f"give {' '.join(flag for _, _, flag in inputs)} as the parent had it")
+    return parent
+
+
+def load_parent(model: nn.Module, parent: dict, path: str) -> str:
+    """Copy into ``model`` every parameter of ``parent`` (from :func:`read_parent`, read from
+    ``path``) that has the same name and shape, except fc8's (a new task's outputs start afresh:
+    section 6 fine-tuned a net pre-trained on 22k classes to 1000); returns a line saying which
+    layers came from it and which did not. Layers that fit in part are refused."""
     theirs = parent["model"]
     loaded, fresh, shapes = [], [], {}
     own = model.state_dict()
@@ -136,7 +158,14 @@ def load_parent(model: nn.Module, path: str, config: TrainConfig | None = None) 
 def build_optimizer(config: TrainConfig, model: nn.Module) -> tuple[PaperSGD, PlateauSchedule | MilestoneSchedule]:
     """PaperSGD over the recipe's parameter groups, and the learning-rate schedule."""
     own_layers = tuple(dict.fromkeys(config.freeze + (("conv1",) if config.freeze_conv1_last_epochs else ())))
-    optimizer = PaperSGD(parameter_groups(model, config.lr, config.weight_decay, config.param_groups, own_layers),
+    kind = PaperSGD
+    if "fused-sgd" in config.step_kernels:  # the same update in one pass (alexnet/training/step_kernels.py)
+        from functools import partial
+
+        from alexnet.kernels.sgd_triton import FusedPaperSGD
+
+        kind = partial(FusedPaperSGD, flat_grads=True)
+    optimizer = kind(parameter_groups(model, config.lr, config.weight_decay, config.param_groups, own_layers),
                          lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     if config.schedule == "plateau":
         schedule = PlateauSchedule(optimizer, factor=config.lr_factor, patience_epochs=config.plateau_patience_epochs,

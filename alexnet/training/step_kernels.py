@@ -1,0 +1,114 @@
+"""The training step's faster kernels (``step_kernels``): the same arithmetic, summed in another order.
+
+    conv1-s2d               conv1 as a 3x3 stride-1 convolution of the space-to-depth folded input,
+                            which tensor cores run (alexnet/kernels/conv1_s2d.py)
+    fused-blocks            bias + ReLU + LRN + max-pool 3/2 of conv1 and conv2 as one Triton kernel
+                            forward and two backward (alexnet/kernels/block_triton.py)
+    fused-sgd               PaperSGD in one pass over flat buffers, one Triton kernel per parameter
+                            group (alexnet/kernels/sgd_triton.py)
+    grouped-halves          conv2, conv4 and conv5 as one dense convolution per tower
+    grouped-block-diagonal  the same as one dense convolution with a block-diagonal weight
+                            (alexnet/kernels/grouped_conv.py)
+
+``all`` names the first three. Each is a swap of modules whose parameters stay the same objects
+under the same names, or of the optimizer's class (same parameter groups, same state dict), so
+checkpoints, resumes, evaluation and exports never see them, and a resumed run may turn them on or
+off. None is on by default: ``benchmarks/bench_levers.py`` measures what each one pays on a GPU.
+
+:func:`check_step_kernels` refuses, before a run directory is touched, a kernel this device or
+this network cannot take; :func:`use_step_kernels` swaps them into the placed network.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+import torch
+from torch import nn
+
+from alexnet.config import TrainConfig
+from alexnet.errors import UserError
+
+TRITON_KERNELS = ("fused-blocks", "fused-sgd")
+GROUPED = {"grouped-halves": "halves", "grouped-block-diagonal": "block_diagonal"}
+
+
+def triton_runs_on(device: torch.device) -> bool:
+    """Whether Triton kernels run on ``device``: compiled on a CUDA GPU, or in Triton's interpreter
+    on the CPU (``TRITON_INTERPRET=1``, slow: for tests)."""
+    from alexnet.kernels import block_triton
+
+    if not block_triton.available():
+        return False
+    return device.type == "cuda" or (device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1")
+
+
+def check_step_kernels(config: TrainConfig, model_args: dict, device: torch.device) -> None:
+    """Refuse in one line the kernels of ``config.step_kernels`` that ``device`` or the network of
+    ``model_args`` cannot take (the network is built on the meta device: nothing is allocated)."""
+    names = config.step_kernels
+    if not names:
+        return
+    if model_args.get("arch", "alexnet") != "alexnet":
+        raise UserError(f"--step-kernels {','.join(names)}: --step-kernels are for the paper's network, and this run "
+                        f"trains {model_args['arch']}'s layout (--arch {model_args['arch']}); leave them out")
+    triton_names = [n for n in names if n in TRITON_KERNELS]
+    if triton_names and not triton_runs_on(device):
+        from alexnet.kernels import block_triton
+
+        why = ("the triton package is not installed (pip install 'alexnet[triton]')" if not block_triton.available()
+               else f"they run on CUDA GPUs, and this run is on {device.type}")
+        raise UserError(f"--step-kernels {','.join(triton_names)}: these are Triton kernels and {why}; "
+                        "leave them out")
+    from alexnet.model import AlexNet
+
+    with torch.device("meta"):
+        model = AlexNet(**model_args)
+    if "conv1-s2d" in names:
+        conv = model.features.conv1
+        if conv.stride[0] < 2:
+            raise UserError(f"--step-kernels conv1-s2d rewrites a strided conv1, and this network's conv1 has stride "
+                            f"{conv.stride[0]} (stem {model_args.get('stem', 'paper')!r}); leave conv1-s2d out")
+    if "fused-blocks" in names and not fusable_blocks(model)[0]:
+        raise UserError(f"--step-kernels fused-blocks fuses conv, ReLU, LRN, max-pool 3/2 blocks, and this network "
+                        f"has none ({'; '.join(fusable_blocks(model)[1])}); leave fused-blocks out")
+    if any(n in GROUPED for n in names) and model.towers == 1:
+        raise UserError("--step-kernels grouped-*: a one-tower network (--towers 1) has no grouped convolutions; "
+                        "leave them out")
+
+
+def fusable_blocks(model: nn.Module) -> tuple[list[int], list[str]]:
+    """The blocks (1, 2) of ``model`` that fuse, and why the others do not."""
+    from alexnet.kernels.block_triton import _fusable
+
+    blocks, reasons = [], []
+    for block in (1, 2):
+        why = _fusable(model.features, block)
+        if why is None:
+            blocks.append(block)
+        else:
+            reasons.append(why)
+    return blocks, reasons
+
+
+def use_step_kernels(model: nn.Module, config: TrainConfig, log: Callable[[str], None] = print) -> nn.Module:
+    """Swap the kernels of ``config.step_kernels`` into ``model`` (an AlexNet, placed), in place."""
+    names = config.step_kernels
+    if "conv1-s2d" in names:
+        from alexnet.kernels.conv1_s2d import use_space_to_depth_conv1
+
+        use_space_to_depth_conv1(model)
+    if "fused-blocks" in names:
+        from alexnet.kernels.block_triton import fuse_blocks
+
+        blocks, reasons = fusable_blocks(model)
+        fuse_blocks(model, tuple(blocks))
+        if reasons:
+            log(f"note: fused-blocks fuses block {blocks[0]} only: {'; '.join(reasons)}")
+    impl = next((GROUPED[n] for n in names if n in GROUPED), None)
+    if impl is not None:  # after fuse_blocks, which would rebuild conv2 as a grouped convolution
+        from alexnet.kernels.grouped_conv import use_grouped_conv
+
+        use_grouped_conv(model, impl)
+    return model

@@ -1,0 +1,139 @@
+"""``step_kernels`` through ``train()``: a run with the faster kernels swapped in trains as the
+standard step does (the same losses, weights and velocities, to float32 rounding), writes the same
+checkpoints, resumes either way, and a kernel the device or the network cannot take is refused in
+one line before the run directory exists.
+
+Without a GPU the Triton kernels run in Triton's interpreter (tests/conftest.py), so the network is
+small: the paper's stem on 67-pixel crops, 1/24 of the paper's widths.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from alexnet.cli import main
+from alexnet.config import TrainConfig
+from alexnet.errors import UserError
+from alexnet.kernels import block_triton
+from alexnet.training import train
+from helpers import QUIET, make_store
+
+needs_triton = pytest.mark.skipif(not block_triton.available(), reason="needs triton")
+PAPER_STEM = TrainConfig(width=1 / 24, crop_size=67, batch_size_per_device=4, epochs=2, max_steps_per_epoch=2,
+                         loader_workers=1, init="he", input_scale=1 / 64, precision="fp32")
+
+
+@pytest.fixture(autouse=True)
+def _full_float32(monkeypatch):
+    """On a GPU, float32 convolutions and matmuls without TF32, so that runs agree to float32 rounding."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    matmul = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    yield
+    torch.set_float32_matmul_precision(matmul)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> Path:
+    return make_store(tmp_path_factory.mktemp("sk") / "store", classes=3, per_class=8, size=76, image_size=72)
+
+
+def _final(run: Path) -> dict:
+    saved = torch.load(run / "last.pt", weights_only=False)
+    return dict(model=saved["model"], velocities=saved["velocity"])
+
+
+def _assert_same_run(metrics_a, metrics_b, run_a: Path, run_b: Path) -> None:
+    for a, b in zip(metrics_a, metrics_b, strict=True):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
+        assert a["val_top1_error"] == b["val_top1_error"]
+    a, b = _final(run_a), _final(run_b)
+    assert a["model"].keys() == b["model"].keys()  # the same names: checkpoints do not see the kernels
+    for name in a["model"]:
+        torch.testing.assert_close(a["model"][name], b["model"][name], rtol=1e-4, atol=1e-6, msg=name)
+    assert a["velocities"].keys() == b["velocities"].keys()
+    for key in a["velocities"]:
+        torch.testing.assert_close(a["velocities"][key], b["velocities"][key], rtol=1e-3, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def standard(store, tmp_path_factory) -> tuple[list[dict], Path]:
+    run = tmp_path_factory.mktemp("standard") / "run"
+    return train(PAPER_STEM, store, run, **QUIET), run
+
+
+@needs_triton
+def test_space_to_depth_one_pass_sgd_and_dense_halves_train_as_the_standard_step(store, standard, tmp_path):
+    config = PAPER_STEM.replace(step_kernels=("conv1-s2d", "fused-sgd", "grouped-halves"))
+    metrics = train(config, store, tmp_path / "run", **QUIET)
+    _assert_same_run(metrics, standard[0], tmp_path / "run", standard[1])
+
+
+@needs_triton
+@pytest.mark.slow
+def test_fused_blocks_train_as_the_standard_step(store, standard, tmp_path):
+    config = PAPER_STEM.replace(epochs=1, max_steps_per_epoch=1, batch_size_per_device=2)
+    ours = train(config.replace(step_kernels=("all",)), store, tmp_path / "ours", **QUIET)
+    theirs = train(config, store, tmp_path / "theirs", **QUIET)
+    assert ours[0]["train_loss"] == pytest.approx(theirs[0]["train_loss"], rel=1e-5)
+    assert ours[0]["val_top1_error"] == theirs[0]["val_top1_error"]
+    a, b = _final(tmp_path / "ours"), _final(tmp_path / "theirs")
+    for name in a["model"]:
+        torch.testing.assert_close(a["model"][name], b["model"][name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+@needs_triton
+def test_a_run_resumes_with_the_kernels_switched_on(store, standard, tmp_path):
+    """Epoch 1 standard, epoch 2 with the kernels: the run of two standard epochs (runtime keys may change)."""
+    run = tmp_path / "run"
+    train(PAPER_STEM.replace(epochs=1), store, run, **QUIET)
+    lines = []
+    config = PAPER_STEM.replace(step_kernels=("conv1-s2d", "fused-sgd", "grouped-block-diagonal"))
+    metrics = train(config, store, run, resume=True,
+                    show_progress=False, log=lines.append)
+    assert any("step_kernels" in line for line in lines), lines  # the change of a runtime key is logged
+    _assert_same_run(metrics, standard[0], run, standard[1])
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(step_kernels=("conv1-s2d",), stem="small", crop_size=28), "conv1 has stride 1"),
+    (dict(step_kernels=("fused-blocks",), lrn=False), "has none"),
+    (dict(step_kernels=("fused-blocks",), activation="tanh"), "has none"),
+    (dict(step_kernels=("grouped-halves",), towers=1), "no grouped convolutions"),
+])
+def test_a_kernel_the_network_cannot_take_is_refused_before_the_run_exists(store, tmp_path, changes, message):
+    with pytest.raises(UserError, match=message):
+        train(PAPER_STEM.replace(**changes), store, tmp_path / "run", **QUIET)
+    assert not (tmp_path / "run").exists()
+
+
+def test_triton_kernels_on_a_cpu_without_the_interpreter_are_refused(store, tmp_path, monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(UserError, match="fused-sgd: these are Triton kernels"):
+        train(PAPER_STEM.replace(step_kernels=("fused-sgd",), device="cpu"), store, tmp_path / "run", **QUIET)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(step_kernels=("fused",)), "no kernel 'fused'"),
+    (dict(step_kernels=("grouped-halves", "grouped-block-diagonal")), "choose one"),
+    (dict(step_kernels=("all",), tower_parallel=True), "drop one of the two"),
+    (dict(compile_mode="reduce-overhead"), "needs compile on"),
+])
+def test_bad_combinations_are_refused_by_the_recipe(changes, message):
+    with pytest.raises(UserError, match=message):
+        TrainConfig(**changes)
+
+
+def test_all_names_the_three_kernels_in_order():
+    assert TrainConfig(step_kernels=("fused-sgd", "all")).step_kernels == ("conv1-s2d", "fused-blocks", "fused-sgd")
+
+
+def test_the_cli_takes_the_kernels_as_a_list_and_refuses_a_bad_name(store, tmp_path, capsys):
+    assert main(["train", str(store), "--out", str(tmp_path / "run"), "--step-kernels", "conv1-s2d,bogus"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no kernel 'bogus'" in err[0]
+    assert not (tmp_path / "run").exists()
