@@ -40,13 +40,32 @@ VERSION = 1
 
 
 def save(path: str | Path, payload: dict[str, Any]) -> None:
-    """Save a checkpoint atomically; ``payload`` must hold only tensors and plain values."""
+    """Save a checkpoint atomically; ``payload`` must hold only tensors and plain values.
+
+    A tensor that is a view of a larger storage (the one-pass PaperSGD keeps weights and
+    velocities as views of flat buffers) is saved as a copy of its own elements, so that every
+    tensor of a checkpoint stands alone, whoever reads it."""
     buffer = io.BytesIO()
-    torch.save({"format": FORMAT, "version": VERSION, **payload}, buffer)
+    torch.save({"format": FORMAT, "version": VERSION, **_standalone(payload)}, buffer)
     try:
         atomic_write_bytes(path, buffer.getvalue(), fault_point="checkpoint-write")
     except OSError as e:
         raise UserError(f"could not write checkpoint {path}: {e.strerror or e}; the previous checkpoint is kept") from None
+
+
+def _standalone(value):
+    """``value`` with every tensor that does not own its whole storage replaced by a compact copy."""
+    if isinstance(value, torch.Tensor):
+        whole = value.untyped_storage().nbytes() == value.numel() * value.element_size()
+        return value if whole and value.is_contiguous() else value.clone(memory_format=torch.contiguous_format)
+    if isinstance(value, dict):
+        copy = value.copy()
+        for key, item in value.items():
+            copy[key] = _standalone(item)
+        return copy
+    if isinstance(value, (list, tuple)) and not hasattr(value, "_fields"):
+        return type(value)(_standalone(v) for v in value)
+    return value
 
 
 # What the first bytes of a file say it is, for files that are plainly not a checkpoint.

@@ -47,7 +47,18 @@ class Parser(argparse.ArgumentParser):
         kwargs["allow_abbrev"] = False
         super().__init__(*args, **kwargs)
 
+    def parse_known_args(self, args=None, namespace=None):
+        self.given = list(sys.argv[1:] if args is None else args)
+        return super().parse_known_args(args, namespace)
+
     def error(self, message: str):  # argparse's contract: does not return
+        if "arguments are required" in message:
+            given = getattr(self, "given", [])
+            lists = [a.option_strings[0] for a in self._actions
+                     if a.nargs == "+" and any(flag in given for flag in a.option_strings)]
+            if lists:  # a list flag before the positional arguments takes them as list items
+                message += (f" ({lists[0]} takes every word after it: write its list with commas, "
+                            f"{lists[0]} a,b, or give the positional arguments first)")
         raise UsageError(self, message)
 
 

@@ -234,3 +234,16 @@ def test_load_member_refuses_a_store_of_another_image_size(tmp_path):
         with pytest.raises(UserError, match=rf"trained on 32 px images with 3 channel\(s\), data/other holds "
                                             rf"{size} px images with {channels}"):
             check_store(member, SimpleNamespace(image_size=size, channels=channels), "data/other")
+
+
+def test_views_of_a_larger_storage_are_saved_standing_alone(tmp_path):
+    """The one-pass PaperSGD holds weights as views of one flat buffer: each is saved as its own elements."""
+    flat = torch.arange(30, dtype=torch.float32)
+    weight, bias = flat[:24].view(4, 6), flat[24:]
+    nhwc = torch.randn(2, 3, 4, 5).contiguous(memory_format=torch.channels_last)
+    checkpoint.save(tmp_path / "c.pt", dict(model={"w": weight, "b": bias}, extra=[nhwc], lrs=(0.1,)))
+    loaded = torch.load(tmp_path / "c.pt", weights_only=True)
+    for got, want in ((loaded["model"]["w"], weight), (loaded["model"]["b"], bias), (loaded["extra"][0], nhwc)):
+        assert torch.equal(got, want)
+        assert got.untyped_storage().nbytes() == got.numel() * 4
+    assert loaded["lrs"] == (0.1,) and flat.data_ptr() == weight.data_ptr()  # the caller's tensors are untouched

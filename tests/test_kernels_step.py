@@ -200,6 +200,11 @@ def _tiny_net() -> nn.Module:
     return nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 5)).to(DEVICE)
 
 
+def _two_groups(net: nn.Module) -> list[dict]:
+    """The conv and the linear layer of :func:`_tiny_net` as two parameter groups."""
+    return [dict(params=list(net[0].parameters())), dict(params=list(net[3].parameters()))]
+
+
 def _train(model, opt, steps, lr_change_at=None, seed=1):
     g = torch.Generator().manual_seed(seed)
     for step in range(steps):
@@ -346,6 +351,27 @@ def test_training_steps_with_all_levers_match_eager():
     for (name, p), q in zip(reference.named_parameters(), model.parameters()):
         moved, other = p.detach() - start[name], q.detach() - start[name]
         assert float((moved - other).norm()) <= 1e-3 * float(moved.norm()) + 1e-7, name
+
+
+@needs_triton
+@pytest.mark.parametrize("flat_grads", [False, True])
+def test_fused_sgd_leaves_a_frozen_group_alone_like_paper_sgd(flat_grads):
+    """The recipe freezes layers by marking their groups frozen (--freeze, the last epochs of conv1)."""
+    model = _tiny_net()
+    ref = copy.deepcopy(model)
+    opt = FusedPaperSGD(_two_groups(model), lr=0.05, flat_grads=flat_grads)
+    ref_opt = PaperSGD(_two_groups(ref), lr=0.05)
+    _train(model, opt, 2)
+    _train(ref, ref_opt, 2)
+    frozen = [p.detach().clone() for p in model[0].parameters()]
+    for o in (opt, ref_opt):
+        o.param_groups[0]["frozen"] = True
+    _train(model, opt, 2, seed=3)
+    _train(ref, ref_opt, 2, seed=3)
+    for p, before in zip(model[0].parameters(), frozen):
+        assert torch.equal(p, before)
+    for p, q in zip(model.parameters(), ref.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
 
 
 @needs_triton

@@ -98,6 +98,25 @@ def test_a_run_resumes_with_the_kernels_switched_on(store, standard, tmp_path):
     _assert_same_run(metrics, standard[0], run, standard[1])
 
 
+@needs_triton
+def test_a_run_with_the_kernels_resumes_without_them_and_its_checkpoints_are_plain(store, standard, tmp_path):
+    """The one-pass update keeps weights and velocities as views of flat buffers: what it saves is still
+    one plain tensor per name, which evaluation, export and a standard resume read."""
+    from alexnet.evaluate import load_member
+    from alexnet.export import write_export
+
+    run = tmp_path / "run"
+    train(PAPER_STEM.replace(epochs=1, step_kernels=("conv1-s2d", "fused-sgd")), store, run, **QUIET)
+    saved = torch.load(run / "last.pt", weights_only=False)
+    for part in ("model", "velocity"):
+        for name, tensor in saved[part].items():
+            assert tensor.untyped_storage().nbytes() == tensor.numel() * tensor.element_size(), (part, name)
+    load_member(str(run / "best.pt"), torch.device("cpu"))
+    write_export(saved, tmp_path / "export", ["safetensors"], source=str(run / "last.pt"))
+    metrics = train(PAPER_STEM, store, run, resume=True, **QUIET)
+    assert len(metrics) == 2 and all(torch.isfinite(torch.tensor(m["train_loss"])) for m in metrics)
+
+
 @pytest.mark.parametrize("changes, message", [
     (dict(step_kernels=("conv1-s2d",), stem="small", crop_size=28), "conv1 has stride 1"),
     (dict(step_kernels=("fused-blocks",), lrn=False), "has none"),
@@ -136,4 +155,12 @@ def test_the_cli_takes_the_kernels_as_a_list_and_refuses_a_bad_name(store, tmp_p
     assert main(["train", str(store), "--out", str(tmp_path / "run"), "--step-kernels", "conv1-s2d,bogus"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no kernel 'bogus'" in err[0]
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_list_flag_before_the_data_says_why_the_data_is_missing(store, tmp_path, capsys):
+    """``--step-kernels all DATA`` reads DATA as a kernel: the message says so and how to write it."""
+    assert main(["train", "--step-kernels", "conv1-s2d", str(store), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--step-kernels takes every word after it" in err[0], err
     assert not (tmp_path / "run").exists()

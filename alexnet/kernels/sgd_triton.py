@@ -191,7 +191,7 @@ class FusedPaperSGD(PaperSGD):
                 loss = closure()
         for index, group in enumerate(self.param_groups):
             params = group["params"]
-            if not params:
+            if not params or group.get("frozen", False):  # a frozen group is not updated at all, as in PaperSGD
                 continue
             if any(p.grad is None for p in params) or not self._usable(params[0].device) \
                     or any(p.grad.is_sparse for p in params):
