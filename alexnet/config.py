@@ -119,7 +119,9 @@ class TrainConfig:
     step_kernels: tuple[str, ...] = _f((), "faster kernels for the training step, the same sums in another order: "
                                            "conv1-s2d, fused-blocks, fused-sgd, grouped-halves, "
                                            "grouped-block-diagonal, or all (see the README)")
-    loader_workers: int = _f(4, "threads that read and batch images from the prepared store")
+    loader_workers: int = _f(-1, "threads that read (and, for a JPEG store, decode) batches from the prepared store; "
+                                 "0: in the training thread; -1: 4, or for a JPEG store on a GPU every core of this "
+                                 "process's share but one")
     cpu_threads: int = _f(0, "CPU threads for torch and the C kernels (0: torch's default, one per core); "
                              "on a machine where other work holds cores, fewer threads run faster")
     checkpoint_every_steps: int = _f(0, "also checkpoint every N steps inside an epoch (0: only at epoch ends)")
@@ -160,7 +162,7 @@ class TrainConfig:
             ("max_lr_reductions", self.max_lr_reductions >= 0, ">= 0"),
             ("milestones_epochs", all(m >= 1 for m in self.milestones_epochs), "epochs >= 1"),
             ("lr_factor", 0 < self.lr_factor < 1, "in (0, 1)"),
-            ("loader_workers", self.loader_workers >= 0, ">= 0"),
+            ("loader_workers", self.loader_workers >= -1, ">= 0, or -1 (auto)"),
             ("cpu_threads", self.cpu_threads >= 0, ">= 0 (0: torch's default)"),
             ("checkpoint_every_steps", self.checkpoint_every_steps >= 0, ">= 0 (0: only at epoch ends)"),
             ("max_steps_per_epoch", self.max_steps_per_epoch >= 0, ">= 0 (0: the whole training set)"),

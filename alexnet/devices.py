@@ -98,8 +98,9 @@ def cap_cpu_threads(n: int, log: Callable[[str], None]) -> int:
 def apply_process_settings(cpu_threads: int, deterministic: bool, log: Callable[[str], None]) -> int:
     """Set torch's thread count and deterministic mode for this whole process; returns the threads used.
 
-    ``cpu_threads`` 0 leaves torch's default (one per core). Call it once, at the CLI entry of a
-    command, before any model is built.
+    ``cpu_threads`` 0 leaves torch's default (one per core). Without ``deterministic``, cuDNN times
+    its algorithms for each new shape and keeps the fastest (``cudnn.benchmark``): training repeats
+    the same shapes. Call it once, at the CLI entry of a command, before any model is built.
     """
     threads = cap_cpu_threads(cpu_threads, log)
     if threads:
@@ -109,4 +110,6 @@ def apply_process_settings(cpu_threads: int, deterministic: bool, log: Callable[
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
+    else:
+        torch.backends.cudnn.benchmark = True
     return threads or torch.get_num_threads()

@@ -140,7 +140,7 @@ def test_integral_floats_are_accepted_for_ints():
         (dict(plateau_threshold=-1e-3), "plateau_threshold"),
         (dict(max_lr_reductions=-1), "max_lr_reductions"),
         (dict(milestones_epochs=(0, 30)), "milestones_epochs"),
-        (dict(loader_workers=-1), "loader_workers"),
+        (dict(loader_workers=-2), "loader_workers"),
         (dict(cpu_threads=-1), "cpu_threads"),
         (dict(input_scale=0.0), "input_scale"),
         (dict(tower_parallel=True, towers=1), "towers=2"),

@@ -167,3 +167,16 @@ def test_paper_init_stall_is_reported(store_dir, tmp_path):
     config = TrainConfig(**{**SMALL, "epochs": 4, "lr": 1e-7, "dropout": 0.0, "flip": False, "pca_lighting_std": 0.0})
     train(config, store_dir, tmp_path / "run", show_progress=False, log=messages.append)
     assert any("ln(classes)" in m and "--init he" in m for m in messages)
+
+
+def test_the_automatic_loader_threads_feed_a_gpu_from_a_jpeg_store(monkeypatch):
+    """-1 (the default): 4 threads, but a JPEG store on a GPU decodes on every core of this process's share but one."""
+    from alexnet.training import inputs
+
+    monkeypatch.setattr(inputs, "available_cores", lambda: 16)
+    cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
+    assert inputs.loader_threads(-1, "jpeg", cuda) == 15
+    assert inputs.loader_threads(-1, "jpeg", cuda, processes_per_node=8) == 1
+    assert inputs.loader_threads(-1, "jpeg", cuda, processes_per_node=4) == 3
+    assert inputs.loader_threads(-1, "raw", cuda) == inputs.loader_threads(-1, "jpeg", cpu) == 4
+    assert inputs.loader_threads(2, "jpeg", cuda) == 2 and inputs.loader_threads(0, "raw", cpu) == 0

@@ -24,12 +24,14 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import torch
 
 from alexnet.atomic import atomic_write_bytes, atomic_write_json
 from alexnet.config import TrainConfig
 from alexnet.errors import UserError
 from alexnet.experiments.four_layer import POINTS_PER_EPOCH, train_four_layer
 from alexnet.experiments.runs import Log, count, experiment_inputs, finite, mean_std, pct, train_or_resume
+from alexnet.training.inputs import loader_threads
 
 FOUR_LAYER_LRS = (0.003, 0.01, 0.03, 0.1)
 OTHER_LEVELS = (0.5, 0.4, 0.3, 0.25, 0.2, 0.15, 0.1, 0.05)  # also read off the same curves
@@ -100,7 +102,8 @@ def relu_vs_tanh(
                 return saved
         log(f"figure 1: {name} (four-layer CNN)")
         result = train_four_layer(store, activation=activation, lr=lr, seed=seed, epochs=epochs,
-                                  batch_size=batch_size, points_every_steps=every, workers=max(1, base.loader_workers),
+                                  batch_size=batch_size, points_every_steps=every,
+                                  workers=max(1, loader_threads(base.loader_workers, "raw", torch.device("cpu"))),
                                   show_progress=show_progress)
         result = dict(activation=activation, lr=lr, seed=seed, settings=settings, **result)
         runs_dir.mkdir(parents=True, exist_ok=True)

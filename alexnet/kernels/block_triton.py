@@ -288,6 +288,7 @@ class FusedBlockFunction(torch.autograd.Function):
         return dz, db, None, None, None, None, None
 
 
+@torch.compiler.disable  # torch.compile runs the rest of the network and calls this as it is
 def fused_block(z: torch.Tensor, bias: torch.Tensor | None, size: int = 5, alpha: float = 1e-4,
                 beta: float = 0.75, k: float = 2.0, groups: int = 1) -> torch.Tensor:
     """``max_pool2d(LRN(relu(z + bias)), 3, 2)`` in one kernel; ``alpha`` multiplies the plain sum of squares."""

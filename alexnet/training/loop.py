@@ -34,7 +34,7 @@ from alexnet.evaluate import Member, evaluate
 from alexnet.faults import kill_point
 from alexnet.runtime import Runtime, resolve_runtime
 from alexnet.training.guards import NonFiniteGuard, StallWatch, sync_interval
-from alexnet.training.inputs import device_batches
+from alexnet.training.inputs import AUTO_LOADER_THREADS, device_batches, loader_threads
 from alexnet.training.layout import DataParallel, join
 from alexnet.training.recipe import (apply_epoch_settings, build_augment, build_model, build_optimizer, check_data,
                                      data_info, epoch_settings, model_args, read_parent, schedule_notes,
@@ -86,14 +86,14 @@ def train(config: TrainConfig, data: str | Path, run_dir: str | Path, *, resume:
             log(f"{run_dir} has finished its {config.epochs} epochs; pass --epochs N with N > {config.epochs} to go on")
             return files.start(config, run.state.pos.epoch)
         metrics = files.start(config, run.state.pos.epoch)
+        threads = loader_threads(config.loader_workers, store.encoding, layout.device,
+                                 int(os.environ.get("LOCAL_WORLD_SIZE", layout.proc.world_size)))
         train_loader = layout.loader(store, "train", config.batch_size_per_device, train=True, seed=config.seed,
-                                     workers=config.loader_workers, shuffle_window=config.shuffle_window_images)
+                                     workers=threads, shuffle_window=config.shuffle_window_images)
         val_loader = layout.loader(store, "val", config.batch_size_per_device, train=False, seed=config.seed,
-                                   workers=config.loader_workers)
-        if layout.device.type == "cuda" and store.encoding == "jpeg" \
-                and config.loader_workers < (os.cpu_count() or 1) // layout.proc.world_size:
-            log(f"note: {config.loader_workers} threads decode this JPEG store; --loader-workers up to the cores per "
-                "process keeps a GPU fed")
+                                   workers=threads)
+        if config.loader_workers < 0 and threads != AUTO_LOADER_THREADS:
+            log(f"{threads} loader threads decode this JPEG store (--loader-workers N to choose)")
         augment, centre = build_augment(config, store, run.rt.device)
         val_member = Member(run.state.model, centre, list(store.classes))
         step_model = layout.step_model(run.state.model, config.compile, config.compile_mode)
@@ -113,8 +113,6 @@ def start(config: TrainConfig, store: Store, layout: DataParallel, files: RunDir
           show_progress: bool, parent: dict | None = None) -> Run:
     """The network, optimizer, schedule and random streams of a new run, or of ``saved`` resumed."""
     rt = resolve_runtime(config, layout.device)
-    if rt.device.type == "cuda" and not config.deterministic:
-        torch.backends.cudnn.benchmark = True  # the step's shapes repeat: cuDNN times its algorithms once and keeps the best
     if saved is not None:  # refuse another recipe before anything is built or written
         notes = check_resume(saved, config, layout.info(config.batch_size_per_device), store_identity(store),
                              str(files.last))
