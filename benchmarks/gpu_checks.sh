@@ -53,6 +53,9 @@ else
     TRAIN="--images 20000 --steps 100 --batch 256"; LOADER="--images 4096 --batches 10 --train-steps 2 --workers 8"
     JPEG=""
 fi
+# the end-to-end benchmarks (steps 03, 09, 14, 15) share one set of JPEGs and its store, made once
+# per set of sizes and kept in $TMPDIR between runs of this script
+TRAIN="$TRAIN --workdir ${TMPDIR:-/tmp}/alexnet-gpu-checks-$(echo "$TRAIN" | cksum | cut -d' ' -f1)"
 
 # step NAME LIMIT_SECONDS COMMAND...: runs COMMAND with a time limit, output appended to log.txt
 step() {

@@ -298,3 +298,15 @@ def test_a_resume_refuses_another_arch_and_leaves_the_run_alone(run, store, caps
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "arch 'torchvision' -> 'alexnet'" in err, err
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+
+
+@pytest.mark.slow
+def test_a_parent_of_other_channels_says_which_store_fits(capsys, store, parent, tmp_path):
+    """torchvision's layout has no crop- or width-dependent layer: only the channel count can misfit."""
+    from alexnet.data.prepare import prepare_store
+
+    gray = tmp_path / "gray"
+    prepare_store(store.parent / "src", gray, image_size=64, channels="1", progress_bar=False, log=lambda s: None)
+    err = _refused(capsys, gray, tmp_path, ["--arch", "torchvision", "--init-from", str(parent),
+                                            "--input-scale", str(ONE_255)], r"conv1 fit only in part")
+    assert "a store of its 3 channel(s)" in err and "--width" not in err

@@ -149,9 +149,11 @@ def load_parent(model: nn.Module, parent: dict, path: str) -> str:
                         "channel count or crop size); fine-tune with the parent's model flags")
     partly = sorted(set(loaded) & set(fresh))
     if partly:
+        args = parent["model_args"]
+        what = (f"a store of its {args.get('in_channels', 3)} channel(s)" if args.get("arch") == "torchvision"
+                else "the parent's model flags (--crop-size, --width, ...) on a store of its channel count")
         raise UserError(f"--init-from {path}: layer(s) {', '.join(partly)} fit only in part "
-                        f"({'; '.join(shapes[x] for x in partly if x in shapes)}); fine-tune with the parent's "
-                        "model flags (--crop-size, --width, ...) on a store of its channel count")
+                        f"({'; '.join(shapes[x] for x in partly if x in shapes)}); fine-tune with {what}")
     return f"loaded {', '.join(loaded)}; drawn afresh {', '.join(fresh) or 'none'}"
 
 
