@@ -9,7 +9,8 @@ take every step. The feeds:
     synthetic  one uint8 batch already on the device, augmented there every step: no loading (the ceiling)
     ours       the training loop's input path (``alexnet.training.inputs.device_batches``): the Loader's
                threads gather uint8 batches from the memory-mapped store into pinned memory, copied
-               asynchronously, cropped, reflected, lit and centred on the device
+               asynchronously on a stream of their own, cropped, reflected, lit and centred on the device
+    ours, one stream   (on a GPU) the same with the copies on the step's stream
     baseline   torch DataLoader worker processes decode each JPEG with Pillow and augment it on its own
                (benchmarks/pillow_baseline.py: the same augmentation), float batches pinned and copied
 
@@ -79,8 +80,8 @@ def synthetic_feed(store, augment, rt, batch: int):
         yield (x.contiguous(memory_format=torch.channels_last) if rt.channels_last else x), labels
 
 
-def our_feed(store, augment, rt, batch: int, workers: int):
-    """The training loop's input path, epoch after epoch."""
+def our_feed(store, augment, rt, batch: int, workers: int, copy_stream: bool = True):
+    """The training loop's input path, epoch after epoch (``copy_stream``: copies on a stream of their own)."""
     from alexnet.data import Loader
     from alexnet.training.inputs import device_batches
 
@@ -89,7 +90,7 @@ def our_feed(store, augment, rt, batch: int, workers: int):
     generator = torch.Generator(rt.device).manual_seed(0)
     for epoch in range(1 << 30):
         loader.set_epoch(epoch)
-        yield from device_batches(loader, augment, generator, rt)
+        yield from device_batches(loader, augment, generator, rt, copy_stream=copy_stream)
 
 
 def baseline_feed(root: Path, store, rt, config, workers: int):
@@ -161,6 +162,8 @@ def main(argv: list[str] | None = None) -> dict:
     feeds = {"synthetic": synthetic_feed(store, augment, rt, a.batch),
              "ours": our_feed(store, augment, rt, a.batch, a.workers),
              "baseline": baseline_feed(src, store, rt, config, a.workers)}
+    if device.type == "cuda":  # the same path with the copies on the step's stream: what the copy stream pays
+        feeds["ours, one stream"] = our_feed(store, augment, rt, a.batch, a.workers, copy_stream=False)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"device {name}, batch {a.batch}, precision {rt.precision}, channels_last {rt.channels_last}, "
           f"compile {a.compile} ({a.compile_mode}), step kernels {','.join(config.step_kernels) or 'none'}, workers {a.workers}, runs {a.runs} x {a.steps} steps", flush=True)
@@ -185,6 +188,9 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"baseline, DataLoader + Pillow per image      {spread(rates['baseline'], ',.0f', 'images/s')}")
     if rates["train()"]:
         print(f"train(), the whole loop, epoch 2             {spread(rates['train()'], ',.0f', 'images/s')}")
+    if "ours, one stream" in rates:
+        print(f"ours with the copies on the step's stream  {spread(rates['ours, one stream'], ',.0f', 'images/s')}"
+              f"; ours / it: {spread(ratios(rates['ours'], rates['ours, one stream']), '.3f')}")
     efficiency = ratios(rates["ours"], rates["synthetic"])
     print(f"data-path efficiency, ours / synthetic: {spread(efficiency, '.2f')}  (goal >= 0.9)")
     print(f"ours / baseline: {spread(ratios(rates['ours'], rates['baseline']), '.1f')}x")

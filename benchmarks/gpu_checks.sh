@@ -94,7 +94,8 @@ export -f environment
 step 01-environment 60 bash -c environment
 
 # 2. Kernel and augmentation tests: with CUDA the Triton kernels run compiled on the GPU.
-step 02-tests 150 "$PYTHON" -m pytest -q -p no:cacheprovider -x -rs tests/test_kernels.py tests/test_data_augment.py
+step 02-tests 150 "$PYTHON" -m pytest -q -p no:cacheprovider -x -rs tests/test_kernels.py tests/test_data_augment.py \
+    tests/test_train_inputs.py
 
 # 3. End-to-end training throughput: one step fed from the store (ours), from per-image Pillow
 # (baseline) and from a batch already on the GPU (synthetic); goal >= 0.9 of synthetic.

@@ -2,9 +2,11 @@
 
 The loader's threads gather uint8 batches (pinned when the model is on a GPU); each batch is
 copied to the device asynchronously and cropped, reflected, lit and centred there, a whole
-batch at a time (:class:`~alexnet.data.augment.TrainAugment`). On a CPU the same code runs in
-place; the float output buffer is reused from step to step, since every step is done with its
-input before the next batch is made.
+batch at a time (:class:`~alexnet.data.augment.TrainAugment`). On a GPU the copy runs on a
+stream of its own, so the next batch travels while the current step computes (on the step's
+stream it would wait for the step, and the step for it). On a CPU the same code runs in place;
+the float output buffer is reused from step to step, since every step is done with its input
+before the next batch is made.
 """
 
 from __future__ import annotations
@@ -33,15 +35,26 @@ def loader_threads(requested: int, encoding: str, device: torch.device, processe
     return AUTO_LOADER_THREADS
 
 
-def device_batches(loader: Loader, augment: TrainAugment, generator: torch.Generator,
-                   rt: Runtime) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def device_batches(loader: Loader, augment: TrainAugment, generator: torch.Generator, rt: Runtime, *,
+                   copy_stream: bool = True) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """(images float32 (B, C, crop, crop), labels int64 (B,)) on ``rt.device``; the images are
-    channels_last in memory (the augmentation works in NHWC), and contiguous so when ``rt`` asks."""
+    channels_last in memory (the augmentation works in NHWC), and contiguous so when ``rt`` asks.
+    ``copy_stream``: on a GPU, copy on a stream of its own (False: on the step's stream)."""
     reuse = rt.device.type == "cpu"
     out = None
+    copies = torch.cuda.Stream(rt.device) if rt.device.type == "cuda" and copy_stream else None
     for images, labels in loader:
-        images = images.to(rt.device, non_blocking=True)
-        labels = labels.to(rt.device, non_blocking=True)
+        if copies is None:
+            images = images.to(rt.device, non_blocking=True)
+            labels = labels.to(rt.device, non_blocking=True)
+        else:
+            with torch.cuda.stream(copies):  # overlaps the step that the consumer has just queued
+                images = images.to(rt.device, non_blocking=True)
+                labels = labels.to(rt.device, non_blocking=True)
+            step = torch.cuda.current_stream(rt.device)
+            step.wait_stream(copies)  # this batch's augmentation starts once it has arrived
+            images.record_stream(step)  # made on the copy stream, used on the step's: not reused before
+            labels.record_stream(step)
         if out is not None and out.shape[0] != images.shape[0]:
             out = None
         x = augment(images, generator, out=out)
