@@ -95,6 +95,7 @@ def test_a_run_resumes_with_the_kernels_switched_on(store, standard, tmp_path):
     metrics = train(config, store, run, resume=True,
                     show_progress=False, log=lines.append)
     assert any("step_kernels" in line for line in lines), lines  # the change of a runtime key is logged
+    assert "step kernels: conv1-s2d, fused-sgd, grouped-block-diagonal" in lines
     _assert_same_run(metrics, standard[0], run, standard[1])
 
 

@@ -95,6 +95,8 @@ def fusable_blocks(model: nn.Module) -> tuple[list[int], list[str]]:
 def use_step_kernels(model: nn.Module, config: TrainConfig, log: Callable[[str], None] = print) -> nn.Module:
     """Swap the kernels of ``config.step_kernels`` into ``model`` (an AlexNet, placed), in place."""
     names = config.step_kernels
+    if names:
+        log(f"step kernels: {', '.join(names)}")
     if "conv1-s2d" in names:
         from alexnet.kernels.conv1_s2d import use_space_to_depth_conv1
 
