@@ -165,3 +165,19 @@ def test_a_list_flag_before_the_data_says_why_the_data_is_missing(store, tmp_pat
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--step-kernels takes every word after it" in err[0], err
     assert not (tmp_path / "run").exists()
+
+
+@needs_triton
+def test_an_experiment_variant_runs_without_the_kernels_it_cannot_take(store, tmp_path):
+    """An ablation's no-LRN variant has no block to fuse: it trains with the other kernels, and says so."""
+    import json
+
+    from alexnet.experiments.runs import train_or_resume
+
+    lines = []
+    config = PAPER_STEM.replace(epochs=1, lrn=False, step_kernels=("conv1-s2d", "fused-blocks"))
+    metrics = train_or_resume(config, store, tmp_path / "no-lrn", show_progress=False, log=lines.append)
+    assert len(metrics) == 1
+    assert any(line.startswith("note: no-lrn runs without it: --step-kernels fused-blocks") for line in lines), lines
+    assert "step kernels: conv1-s2d" in lines
+    assert json.loads((tmp_path / "no-lrn" / "config.json").read_text())["step_kernels"] == ["conv1-s2d"]

@@ -39,9 +39,18 @@ def experiment_inputs(data: str | Path | None, out: str | Path, base: TrainConfi
 
 def train_or_resume(config: TrainConfig, data: str | Path, run_dir: Path, *, show_progress: bool, log: Log) -> list[dict]:
     """:func:`alexnet.training.train` into ``run_dir``, continuing a run that is already there (a run
-    of another recipe is refused by the resume's own check)."""
+    of another recipe is refused by the resume's own check). Step kernels that this run's network
+    cannot take (a variant without LRN has no block to fuse) are left out of it, with a note."""
+    from alexnet.runtime import pick_device
     from alexnet.training import train
+    from alexnet.training.recipe import model_args
+    from alexnet.training.step_kernels import fitting_step_kernels
 
+    if config.step_kernels:
+        kept, left_out = fitting_step_kernels(config, model_args(config, open_store(data)), pick_device(config.device))
+        for line in left_out:
+            log(f"note: {Path(run_dir).name} runs without it: {line.rsplit('; leave', 1)[0]}")
+        config = config.replace(step_kernels=kept)
     resume = (Path(run_dir) / "last.pt").exists()
     return train(config, data, run_dir, resume=resume, show_progress=show_progress, log=log)
 

@@ -78,6 +78,19 @@ def check_step_kernels(config: TrainConfig, model_args: dict, device: torch.devi
                         "leave them out")
 
 
+def fitting_step_kernels(config: TrainConfig, model_args: dict, device: torch.device) -> tuple[tuple[str, ...], list[str]]:
+    """The kernels of ``config.step_kernels`` that this device and network can take, and a line for
+    each left out (for experiments, whose variants differ in what they can take)."""
+    kept, left_out = [], []
+    for name in config.step_kernels:
+        try:
+            check_step_kernels(config.replace(step_kernels=(name,)), model_args, device)
+            kept.append(name)
+        except UserError as e:
+            left_out.append(str(e))
+    return tuple(kept), left_out
+
+
 def fusable_blocks(model: nn.Module) -> tuple[list[int], list[str]]:
     """The blocks (1, 2) of ``model`` that fuse, and why the others do not."""
     from alexnet.kernels.block_triton import _fusable
