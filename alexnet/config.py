@@ -118,7 +118,7 @@ class TrainConfig:
                            ("default", "reduce-overhead", "max-autotune"))
     step_kernels: tuple[str, ...] = _f((), "faster kernels for the training step, the same sums in another order: "
                                            "conv1-s2d, fused-blocks, fused-sgd, grouped-halves, "
-                                           "grouped-block-diagonal, or all (see the README)")
+                                           "grouped-block-diagonal, all, or none (see the README)")
     loader_workers: int = _f(-1, "threads that read (and, for a JPEG store, decode) batches from the prepared store; "
                                  "0: in the training thread; -1: 4, or for a JPEG store on a GPU every core of this "
                                  "process's share but one")
@@ -175,7 +175,8 @@ class TrainConfig:
             raise UserError("on_nonfinite 'skip' must check every step (the verdict comes before the update); "
                             "set nonfinite_check_every_steps to 1 or 0")
         if self.compile_mode != "default" and not self.compile:
-            raise UserError(f"compile_mode {self.compile_mode!r} needs compile on (--compile)")
+            raise UserError(f"compile_mode {self.compile_mode!r} needs compile on: give --compile, or "
+                            "--compile-mode default")
         if self.arch == "torchvision":
             _refuse_paper_network_keys(self)
         object.__setattr__(self, "step_kernels", _expand_step_kernels(self.step_kernels))
@@ -237,11 +238,14 @@ ALL_STEP_KERNELS = STEP_KERNELS[:3]
 
 
 def _expand_step_kernels(names: tuple[str, ...]) -> tuple[str, ...]:
-    """``names`` with "all" expanded, in :data:`STEP_KERNELS` order, or a UserError."""
+    """``names`` with "all" expanded, in :data:`STEP_KERNELS` order ("none": none, as on a resume
+    that turns them off), or a UserError."""
+    if names == ("none",):
+        return ()
     unknown = [n for n in names if n not in STEP_KERNELS + ("all",)]
     if unknown:
         raise UserError(f"step_kernels: no kernel {', '.join(map(repr, unknown))}; choose from "
-                        f"{', '.join(STEP_KERNELS)} or all")
+                        f"{', '.join(STEP_KERNELS)}, all or none")
     wanted = set(names) | (set(ALL_STEP_KERNELS) if "all" in names else set())
     if {"grouped-halves", "grouped-block-diagonal"} <= wanted:
         raise UserError("step_kernels: grouped-halves and grouped-block-diagonal are two ways to run the same "

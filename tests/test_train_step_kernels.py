@@ -181,3 +181,18 @@ def test_an_experiment_variant_runs_without_the_kernels_it_cannot_take(store, tm
     assert any(line.startswith("note: no-lrn runs without it: --step-kernels fused-blocks") for line in lines), lines
     assert "step kernels: conv1-s2d" in lines
     assert json.loads((tmp_path / "no-lrn" / "config.json").read_text())["step_kernels"] == ["conv1-s2d"]
+
+
+@needs_triton
+def test_a_resume_on_a_machine_without_triton_turns_the_kernels_off_with_none(store, tmp_path, monkeypatch, capsys):
+    import json
+
+    run = tmp_path / "run"
+    train(PAPER_STEM.replace(epochs=1, step_kernels=("conv1-s2d", "fused-sgd")), store, run, **QUIET)
+    monkeypatch.setenv("TRITON_INTERPRET", "0")  # now Triton kernels cannot run on this CPU
+    resume = ["train", str(store), "--out", str(run), "--resume", "--epochs", "2", "--device", "cpu", "--quiet"]
+    assert main(resume) == 2
+    assert "--step-kernels none" in capsys.readouterr().err
+    assert main(resume + ["--step-kernels", "none"]) == 0
+    assert json.loads((run / "config.json").read_text())["step_kernels"] == []
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 2

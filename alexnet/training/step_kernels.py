@@ -60,7 +60,7 @@ def check_step_kernels(config: TrainConfig, model_args: dict, device: torch.devi
         why = ("the triton package is not installed (pip install 'alexnet[triton]')" if not block_triton.available()
                else f"they run on CUDA GPUs, and this run is on {device.type}")
         raise UserError(f"--step-kernels {','.join(triton_names)}: these are Triton kernels and {why}; "
-                        "leave them out")
+                        "leave them out (--step-kernels none turns every one off on a resume)")
     from alexnet.model import AlexNet
 
     with torch.device("meta"):
