@@ -37,6 +37,7 @@ Printed, each figure a median over ``--runs`` runs [min-max]:
     python benchmarks/bench_levers.py --device cuda                 # about two minutes on an H200
     python benchmarks/bench_levers.py --device cpu --quick          # a dry run of every part, tiny sizes
     python benchmarks/bench_levers.py --parts 7                     # the grouped convolutions alone
+    python benchmarks/bench_levers.py --device cpu --parts 1,3,7 --batch 16 --levers s2d,grouped   # a CPU's levers
 """
 
 from __future__ import annotations
@@ -145,17 +146,16 @@ class Setup:
         return self._eager_step()
 
 
-def lever_sets(device: torch.device) -> list[tuple[str, set[str]]]:
-    sets = [("today", set())] + [(lever, {lever}) for lever in LEVERS] + [("all", set(LEVERS))]
-    if device.type != "cuda":
-        sets = [(n, s) for n, s in sets if "graph" not in s] + [("all", set(LEVERS) - {"graph"})]
-        sets = list(dict(sets).items())
-    return sets
+def lever_sets(device: torch.device, levers: tuple[str, ...] = LEVERS) -> list[tuple[str, set[str]]]:
+    """Today's step, each of ``levers`` alone, and all of them together (no CUDA graph off CUDA)."""
+    levers = tuple(lever for lever in levers if device.type == "cuda" or lever != "graph")
+    sets = [("today", set())] + [(lever, {lever}) for lever in levers]
+    return sets + [("all", set(levers))] if len(levers) > 1 else sets
 
 
 def bench_steps(args, device: torch.device, batch: int, flops_per_image: float, spec, measured) -> None:
     setups = []
-    for name, levers in lever_sets(device):
+    for name, levers in lever_sets(device, args.levers):
         try:
             setups.append(Setup(name, levers, args, batch, device))
         except Exception as error:  # a lever that cannot run here is reported, the others still measured
@@ -373,15 +373,22 @@ def parse_grouped_impl(text: str) -> str | dict[str, str]:
     return mapping
 
 
+def parse_levers(text: str) -> tuple[str, ...]:
+    levers = tuple(x.strip() for x in text.split(",") if x.strip())
+    unknown = [x for x in levers if x not in LEVERS]
+    if unknown or not levers:
+        raise SystemExit(f"--levers {text!r}: give some of {', '.join(LEVERS)}, comma-separated")
+    return levers
+
+
 def describe_grouped_impl(impl: str | dict[str, str]) -> str:
     return impl if isinstance(impl, str) else ", ".join(f"{layer}={way}" for layer, way in impl.items())
 
 
 def check_all_levers(args, device: torch.device, batch: int, steps: int = 20) -> None:
     """Today's step and the all-levers step from the same weights on the same batches: loss differences."""
-    names = dict(lever_sets(device))
     today, fast = Setup("today", set(), args, batch, device), None
-    levers = names["all"] - {"graph"}  # the graph replays a fixed batch: compare the eager levers
+    levers = set(args.levers) - {"graph"}  # the graph replays a fixed batch: compare the eager levers
     fast = Setup("all", levers, args, batch, device)
     init_weights_(today.model, "he")  # gradients reach every layer (the paper's init first stalls at ln(classes))
     fast.model.load_state_dict(today.model.state_dict())
@@ -454,6 +461,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="how the 'grouped' lever computes conv2, conv4, conv5: auto (the fastest per layer in part 7, "
                              f"which then runs first), one of {', '.join(GROUPED_CONV_IMPLS)}, or pairs such as "
                              "conv2=halves,conv4=block_diagonal,conv5=grouped")
+    parser.add_argument("--levers", default=",".join(LEVERS), type=parse_levers,
+                        help=f"the levers of parts 1 and 5 (default all: {','.join(LEVERS)}); on a CPU the Triton "
+                             "ones (fused, sgd) run in Triton's interpreter, far too slow at full size")
     parser.add_argument("--profile-steps", type=int, default=3)
     parser.add_argument("--profile-rows", type=int, default=25)
     args = parser.parse_args(argv)
