@@ -18,8 +18,7 @@ from alexnet.config import TrainConfig
 from alexnet.data.augment import EvalPreprocess, TrainAugment
 from alexnet.data.store import MANIFEST, Store
 from alexnet.errors import UserError
-from alexnet.model import build_model as build_network
-from alexnet.model import init_weights_
+from alexnet.model import build_model as build_network, init_weights_
 from alexnet.optim import MilestoneSchedule, PaperSGD, PlateauSchedule, parameter_groups
 
 
@@ -168,7 +167,7 @@ def build_optimizer(config: TrainConfig, model: nn.Module) -> tuple[PaperSGD, Pl
 
         kind = partial(FusedPaperSGD, flat_grads=True)
     optimizer = kind(parameter_groups(model, config.lr, config.weight_decay, config.param_groups, own_layers),
-                         lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+                     lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     if config.schedule == "plateau":
         schedule = PlateauSchedule(optimizer, factor=config.lr_factor, patience_epochs=config.plateau_patience_epochs,
                                    threshold=config.plateau_threshold, max_reductions=config.max_lr_reductions)
