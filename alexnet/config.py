@@ -242,6 +242,8 @@ def _expand_step_kernels(names: tuple[str, ...]) -> tuple[str, ...]:
     that turns them off), or a UserError."""
     if names == ("none",):
         return ()
+    if "none" in names:
+        raise UserError(f"step_kernels: 'none' turns every kernel off, so it goes alone; got {','.join(names)}")
     unknown = [n for n in names if n not in STEP_KERNELS + ("all",)]
     if unknown:
         raise UserError(f"step_kernels: no kernel {', '.join(map(repr, unknown))}; choose from "

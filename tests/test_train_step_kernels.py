@@ -140,6 +140,8 @@ def test_triton_kernels_on_a_cpu_without_the_interpreter_are_refused(store, tmp_
 @pytest.mark.parametrize("changes, message", [
     (dict(step_kernels=("fused",)), "no kernel 'fused'"),
     (dict(step_kernels=("grouped-halves", "grouped-block-diagonal")), "choose one"),
+    (dict(step_kernels=("all", "none")), "'none' turns every kernel off, so it goes alone"),
+    (dict(loader_workers=-2), "or -1 \\(auto\\)"),
     (dict(step_kernels=("all",), tower_parallel=True), "drop one of the two"),
     (dict(compile_mode="reduce-overhead"), "needs compile on"),
 ])
