@@ -304,3 +304,29 @@ def prepare_killed_mid_run(source: Path, out: Path, *, chunks: int = 3, before_k
         proc.kill()
         proc.wait()
         proc.stdout.close()
+
+
+# --- Triton's compiler without a GPU ------------------------------------------------------------
+# The interpreter (TRITON_INTERPRET=1) skips Triton's compiler. ``compile_for_sm90(body)`` runs it in a
+# fresh process without the interpreter: ``body`` calls ``build(kernel, signature, constexprs)``, which
+# compiles to PTX for sm_90 and fails on any 64-bit integer division (emulated on the GPU: 10x slower).
+SM90_PRELUDE = """
+import re
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+def build(fn, sig, consts):
+    sig = {**sig, **{name: "constexpr" for name in consts}}
+    ptx = triton.compile(ASTSource(fn, sig, consts), target=GPUTarget("cuda", 90, 32)).asm["ptx"]
+    slow = sorted(set(re.findall(r"(?:div|rem)[.][su]64", ptx)))
+    assert not slow, f"{fn.__name__}: 64-bit integer division in the PTX: {slow}"
+"""
+
+
+def compile_for_sm90(body: str) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_DEFAULT_FP_FUSION"] = "1"
+    script = SM90_PRELUDE + body + '\nprint("compiled")\n'
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and "compiled" in result.stdout, result.stderr[-3000:]

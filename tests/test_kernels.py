@@ -24,6 +24,7 @@ if not torch.cuda.is_available():  # run the Triton kernels in the interpreter; 
 import alexnet.kernels as kernels  # noqa: E402
 from alexnet.kernels import lrn_autograd, lrn_cpu, lrn_triton  # noqa: E402
 from alexnet.lrn import lrn_reference  # noqa: E402
+from helpers import compile_for_sm90
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -326,17 +327,7 @@ def test_torch_compile_traces_through_the_dispatch():
 
 
 COMPILE_FOR_SM90 = """
-import re
-import triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
 from alexnet.kernels import lrn_triton as lt
-
-def build(fn, sig, consts):
-    sig = {**sig, **{name: "constexpr" for name in consts}}
-    ptx = triton.compile(ASTSource(fn, sig, consts), target=GPUTarget("cuda", 90, 32)).asm["ptx"]
-    slow = sorted(set(re.findall(r"(?:div|rem)[.][su]64", ptx)))
-    assert not slow, f"{fn.__name__}: 64-bit integer division in the PTX: {slow}"
 
 planar = {"plane": "i32", "channels": "i32", "per_group": "i32", "alpha": "fp32", "beta": "fp32"}
 interleaved = {"pixels": "i64", "alpha": "fp32", "beta": "fp32"}
@@ -350,7 +341,6 @@ for dt in ["fp32", "bf16"]:
                 "BLOCK_C": triton.next_power_of_2(channels)}
         build(lt._lrn_interleaved_forward, {**fwd, **interleaved, "k": "fp32"}, {"SIZE": 5, "SAVE_D": True, **tile})
         build(lt._lrn_interleaved_backward, {**bwd, **interleaved}, {"SIZE": 5, **tile})
-print("compiled")
 """
 
 
@@ -358,15 +348,9 @@ print("compiled")
 def test_triton_kernels_compile_for_sm90_without_a_gpu():
     """The interpreter skips Triton's compiler; this runs it (to PTX and cubin for sm_90) and checks
     that no element pays for a 64-bit integer division (emulated on the GPU: 10x slower kernels)."""
-    import subprocess
-    import sys
-
     if not lrn_triton.available():
         pytest.skip("triton not importable")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["TRITON_DEFAULT_FP_FUSION"] = "1"
-    result = subprocess.run([sys.executable, "-c", COMPILE_FOR_SM90], env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0 and "compiled" in result.stdout, result.stderr[-3000:]
+    compile_for_sm90(COMPILE_FOR_SM90)
 
 
 @pytest.mark.parametrize("backend", ["eager", "triton"])

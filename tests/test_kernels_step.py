@@ -23,6 +23,7 @@ from alexnet.kernels.sgd_triton import FusedPaperSGD
 from alexnet.lrn import lrn_reference
 from alexnet.model import AlexNet, StridePad
 from alexnet.optim import PaperSGD
+from helpers import compile_for_sm90
 
 needs_triton = pytest.mark.skipif(
     not block_triton.available() or not (torch.cuda.is_available() or __import__("os").environ.get("TRITON_INTERPRET") == "1"),
@@ -390,3 +391,31 @@ def test_fused_sgd_takes_velocities_set_from_outside():
     _train(ref, ref_opt, 1, seed=4)
     for p, q in zip(model.parameters(), ref.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+
+
+COMPILE_LEVERS_FOR_SM90 = """
+from alexnet.kernels import block_triton as bt, sgd_triton as st
+
+ints = lambda names: {n: "i32" for n in names}
+strides = ints(["szn", "szc", "szh", "szw", "syn", "syc", "syh", "syw"])
+scalars = {"alpha": "fp32", "beta": "fp32", "k": "fp32"}
+tile = {"SIZE": 5, "BETA_075": True, "BLOCK_P": bt.BLOCK_P, "BLOCK_C": bt.MAX_BLOCK_C}  # conv1's and conv2's
+tensors = {"g_ptr": "*bf16", "code_ptr": "*u8", "z_ptr": "*bf16", "b_ptr": "*fp32", "t_ptr": "*bf16"}
+build(bt._block_forward, {"z_ptr": "*bf16", "b_ptr": "*fp32", "y_ptr": "*bf16", "code_ptr": "*u8",
+                          **ints(["W", "HO", "WO", "C", "PER_GROUP"]), **strides, **scalars}, tile)
+build(bt._block_backward_terms, {**tensors, **ints(["H", "W", "HO", "WO", "C", "PER_GROUP"]), **strides, **scalars}, tile)
+build(bt._block_backward_input, {**tensors, "dz_ptr": "*bf16", "db_ptr": "*fp32",
+                                 **ints(["H", "W", "HO", "WO", "C", "PER_GROUP", "TILES"]), **strides, **scalars}, tile)
+build(st._paper_sgd, {"w_ptr": "*fp32", "g_ptr": "*fp32", "v_ptr": "*fp32", "w16_ptr": "*bf16", "flag_ptr": "*i32",
+                      "numel": "i64", "momentum": "fp32", "decay_step": "fp32", "lr_step": "fp32"},
+      {"WRITE_BF16": False, "CHECK": False, "BLOCK": st.BLOCK})
+"""
+
+
+@pytest.mark.slow
+def test_lever_kernels_compile_for_sm90_without_a_gpu():
+    """The interpreter skips Triton's compiler: this runs it for the fused block (bf16, as training on a
+    GPU uses it) and the one-pass update, to PTX for sm_90, with no 64-bit integer division per element."""
+    if not block_triton.available():
+        pytest.skip("triton not importable")
+    compile_for_sm90(COMPILE_LEVERS_FOR_SM90)

@@ -161,14 +161,12 @@ if triton is not None:
         return dy
 
     @triton.jit
-    def _block_backward_terms(
-        g_ptr, code_ptr, z_ptr, b_ptr, t_ptr,
-        H, W, HO, WO, C, PER_GROUP,
-        szn, szc, szh, szw, syn, syc, syh, syw,
-        alpha, beta, k,
-        SIZE: tl.constexpr, BETA_075: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+    def _backward_position(
+        g_ptr, code_ptr, z_ptr, b_ptr, H, W, HO, WO, C, PER_GROUP, szn, szc, szh, szw, syn, syc, syh, syw,
+        alpha, k, SIZE: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
     ):
-        """t = dy a d^(-beta-1) at every input position (stored in z's dtype), dy routed back by the codes."""
+        """What both backward kernels start from, for this program's tile of input positions and
+        channels: the pooled gradient routed back (dy) and the recomputed activation and normaliser."""
         n = tl.program_id(1).to(tl.int64)
         q = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
         ch = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -178,6 +176,20 @@ if triton is not None:
         dy = _routed_gradient(g_ptr, code_ptr, n, h, w, ch, valid, HO, WO, syn, syc, syh, syw, BLOCK_P, BLOCK_C)
         pix = n * szn + h.to(tl.int64) * szh + w.to(tl.int64) * szw
         a, d = _normaliser(z_ptr, b_ptr, pix, ch, cin, valid, szc, PER_GROUP, alpha, k, SIZE, BLOCK_P, BLOCK_C)
+        return n, ch, cin, valid, pix, dy, a, d
+
+    @triton.jit
+    def _block_backward_terms(
+        g_ptr, code_ptr, z_ptr, b_ptr, t_ptr,
+        H, W, HO, WO, C, PER_GROUP,
+        szn, szc, szh, szw, syn, syc, syh, syw,
+        alpha, beta, k,
+        SIZE: tl.constexpr, BETA_075: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+    ):
+        """t = dy a d^(-beta-1) at every input position (stored in z's dtype), dy routed back by the codes."""
+        n, ch, cin, valid, pix, dy, a, d = _backward_position(
+            g_ptr, code_ptr, z_ptr, b_ptr, H, W, HO, WO, C, PER_GROUP, szn, szc, szh, szw, syn, syc, syh, syw,
+            alpha, k, SIZE, BLOCK_P, BLOCK_C)
         t = dy * a * _neg_pow(d, beta, BETA_075) / d
         at = pix[:, None] + ch[None, :].to(tl.int64) * szc
         tl.store(t_ptr + at, _to_storage(t, t_ptr.dtype.element_ty).to(t_ptr.dtype.element_ty), mask=valid)
@@ -191,15 +203,9 @@ if triton is not None:
         SIZE: tl.constexpr, BETA_075: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
     ):
         """dz = [dy d^-beta - 2 alpha beta a sum_{i: j in window(i)} t_i] (a > 0); per-program bias partial sums."""
-        n = tl.program_id(1).to(tl.int64)
-        q = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
-        ch = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
-        h, w = q // W, q % W
-        cin = ch % PER_GROUP
-        valid = (q < H * W)[:, None] & (ch < C)[None, :]
-        dy = _routed_gradient(g_ptr, code_ptr, n, h, w, ch, valid, HO, WO, syn, syc, syh, syw, BLOCK_P, BLOCK_C)
-        pix = n * szn + h.to(tl.int64) * szh + w.to(tl.int64) * szw
-        a, d = _normaliser(z_ptr, b_ptr, pix, ch, cin, valid, szc, PER_GROUP, alpha, k, SIZE, BLOCK_P, BLOCK_C)
+        n, ch, cin, valid, pix, dy, a, d = _backward_position(
+            g_ptr, code_ptr, z_ptr, b_ptr, H, W, HO, WO, C, PER_GROUP, szn, szc, szh, szw, syn, syc, syh, syw,
+            alpha, k, SIZE, BLOCK_P, BLOCK_C)
         acc = tl.zeros([BLOCK_P, BLOCK_C], dtype=tl.float32)
         for s in tl.static_range(SIZE):  # every i whose window holds c: [c - (SIZE-1)//2, c + SIZE//2]
             shift = s - (SIZE - 1) // 2

@@ -70,9 +70,11 @@ def check_step_kernels(config: TrainConfig, model_args: dict, device: torch.devi
         if conv.stride[0] < 2:
             raise UserError(f"--step-kernels conv1-s2d rewrites a strided conv1, and this network's conv1 has stride "
                             f"{conv.stride[0]} (stem {model_args.get('stem', 'paper')!r}); leave conv1-s2d out")
-    if "fused-blocks" in names and not fusable_blocks(model)[0]:
-        raise UserError(f"--step-kernels fused-blocks fuses conv, ReLU, LRN, max-pool 3/2 blocks, and this network "
-                        f"has none ({'; '.join(fusable_blocks(model)[1])}); leave fused-blocks out")
+    if "fused-blocks" in names:
+        blocks, reasons = fusable_blocks(model)
+        if not blocks:
+            raise UserError(f"--step-kernels fused-blocks fuses conv, ReLU, LRN, max-pool 3/2 blocks, and this "
+                            f"network has none ({'; '.join(reasons)}); leave fused-blocks out")
     if any(n in GROUPED for n in names) and model.towers == 1:
         raise UserError("--step-kernels grouped-*: a one-tower network (--towers 1) has no grouped convolutions; "
                         "leave them out")
