@@ -19,7 +19,7 @@ import sys
 import traceback
 
 from alexnet import __version__
-from alexnet.commands import COMMANDS
+from alexnet.commands import COMMANDS, CommaList
 from alexnet.display import printable
 from alexnet.errors import UserError
 
@@ -51,14 +51,26 @@ class Parser(argparse.ArgumentParser):
         self.given = list(sys.argv[1:] if args is None else args)
         return super().parse_known_args(args, namespace)
 
+    def _chosen_actions(self, given: list[str]) -> list[argparse.Action]:
+        """This parser's actions and those of the subcommands named in ``given`` (the top parser
+        reports the words a subcommand left over)."""
+        actions = list(self._actions)
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for word in given:
+                    if word in action.choices:
+                        actions += action.choices[word]._chosen_actions(given)
+                        break
+        return actions
+
     def error(self, message: str):  # argparse's contract: does not return
-        if "arguments are required" in message:
+        if "unrecognized arguments" in message:
             given = getattr(self, "given", [])
-            lists = [a.option_strings[0] for a in self._actions
-                     if a.nargs == "+" and any(flag in given for flag in a.option_strings)]
-            if lists:  # a list flag before the positional arguments takes them as list items
-                message += (f" ({lists[0]} takes every word after it: write its list with commas, "
-                            f"{lists[0]} a,b, or give the positional arguments first)")
+            flags = {flag for a in self._chosen_actions(given) if isinstance(a, CommaList) for flag in a.option_strings}
+            # a list written as several words leaves all but its first to the positionals
+            spread = [word for i, word in enumerate(given[:-2]) if word in flags and not given[i + 2].startswith("-")]
+            if spread:
+                message += f" ({spread[0]} takes one word: join its items with commas, {spread[0]} a,b,c)"
         raise UsageError(self, message)
 
 

@@ -400,6 +400,8 @@ def load_file(path: str | Path) -> dict:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """One flag per field; the defaults stay None so that only given flags override."""
+    from alexnet.commands import CommaList
+
     hints = typing.get_type_hints(TrainConfig)
     group = parser.add_argument_group("recipe (defaults: the paper's)")
     for f in fields(TrainConfig):
@@ -408,8 +410,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help_ = f"{f.metadata['help']} (default: {f.default})"
         if base is bool:
             group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_)
-        elif base is tuple:
-            group.add_argument(flag, dest=f.name, nargs="+", default=None, help=help_)
+        elif base is tuple:  # one word, items joined by commas; the config checks the items
+            group.add_argument(flag, dest=f.name, action=CommaList, default=None, metavar="A,B,...", help=help_)
         else:
             group.add_argument(
                 flag, dest=f.name, type=str, default=None, choices=f.metadata.get("choices") and [str(c) for c in f.metadata["choices"]], help=help_

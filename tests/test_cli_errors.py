@@ -95,6 +95,9 @@ CASES = [
     (["train", "STORE", "--out", "OUT", "--lr", "-1"], "lr must be positive"),
     (["train", "STORE", "--out", "OUT", "--epoch", "3"], "unrecognized arguments: --epoch 3; did you mean --epochs"),
     (["train", "STORE", "--out", "OUT", "--schedule", "cosine"], "invalid choice: 'cosine'"),
+    (["train", "--milestones-epochs", "30", "60", "STORE", "--out", "OUT"],
+     "unrecognized arguments: .*store [(]--milestones-epochs takes one word: join its items with commas"),
+    (["train", "STORE", "--out", "OUT", "--freeze", "conv1,,fc8"], "an empty item in 'conv1,,fc8'"),
     (["train", "STORE", "--out", "OUT", "--cpu-threads", "-2"], "cpu_threads must be >= 0"),
     (["train", "STORE", "--out", "OUT", "--config", "MISSING"], "config file .* does not exist"),
     (["train", "STORE", "--out", "OUT", "--config", "IMAGE"], "config file .*photo.png"),
@@ -108,7 +111,6 @@ CASES = [
     (["train", "STORE", "--out", "OUT", "--recipe", "original", "--no-lrn", "--channels", "1,2,3"], "channels must be five"),
     (["train", "STORE", "--out", "OUT", "--shuffle-window-images", "-1"], "shuffle_window_images must be >= 0"),
     (["train", "STORE", "--out", "OUT", "--freeze", "conv9"], "freeze: no layer 'conv9'"),
-    (["train", "STORE", "--out", "OUT", "--freeze", "conv1,,fc8"], "'freeze' wants a list of strings"),
     (["train", "STORE", "--out", "OUT", "--stem", "small", "--crop-size", "28", "--width", "0.125",
       "--batch-size-per-device", "4", "--init-from", "TEXT"],
      "--init-from: .*notes.txt is a text file"),
@@ -166,6 +168,8 @@ CASES = [
     (["experiment", "ablations", "--out", "OUT", "--set", "wdth=1"], "unknown config key"),
     (["experiment", "ablations", "--out", "OUT", "--epochs", "0"], "--epochs must be at least 1"),
     (["experiment", "ablations", "--out", "OUT", "--variants", "nope"], "invalid choice: 'nope'"),
+    (["experiment", "ablations", "--out", "OUT", "--variants", "no-lrn,nope"], "invalid choice: 'nope'"),
+    (["experiment", "relu-vs-tanh", "--out", "OUT", "--lr", "0.1,fast"], "invalid float value: 'fast'"),
     (["experiment", "ablations", "--out", "OUT", "--base-config", "MISSING"], "does not exist"),
     (["experiment", "relu-vs-tanh", "--out", "OUT", "--batch-size", "0"], "--batch-size must be at least 1"),
     # export and import
@@ -177,6 +181,9 @@ CASES = [
     (["export", "CKPT", "--out", "BADRUN"], "holds other files"),  # a run directory
     (["export", "EXPORT", "--out", "EXPORT", "--overwrite"], "is the export being read"),
     (["export", "CKPT", "--out", "OUT", "--format", "torchvision"], "needs a network with torchvision's layout"),
+    (["export", "CKPT", "--out", "OUT", "--format", "safetensors", "onnx"],
+     "unrecognized arguments: onnx [(]--format takes one word: join its items with commas"),
+    (["export", "CKPT", "--out", "OUT", "--format", "safetensors,,onnx"], "an empty item in 'safetensors,,onnx'"),
     (["import-torchvision", "MISSING", "--out", "OUT"], "missing"),
     (["import-torchvision", "TEXT", "--out", "OUT"], "notes.txt is a text file, not torchvision's AlexNet weights"),
     (["import-torchvision", "IMAGE", "--out", "OUT"], "photo.png is a PNG image, not torchvision's"),
@@ -288,3 +295,15 @@ def test_every_reader_of_a_trained_network_takes_an_export_folder(paths, tmp_pat
     from_export, from_checkpoint = checkpoint.load(paths["EXPORT"]), checkpoint.load(paths["CKPT"])
     assert all(torch.equal(from_export["model"][k], v) for k, v in from_checkpoint["model"].items())
     assert torch.equal(from_export["data"]["mean_image"], from_checkpoint["data"]["mean_image"])
+
+
+def test_a_list_flag_takes_one_word_so_the_positionals_after_it_stay_positional():
+    """``--freeze conv1 DATA``: DATA is the data set, not a layer; given twice, a list flag joins."""
+    args = build_parser().parse_args(["train", "--freeze", "conv1", "DATA", "--out", "OUT", "--freeze", "conv2,fc8"])
+    assert (args.data, args.freeze) == ("DATA", ["conv1", "conv2", "fc8"])
+    args = build_parser().parse_args(["export", "CKPT", "--format", "onnx,torchvision", "--out", "OUT"])
+    assert (args.checkpoint, args.format) == ("CKPT", ["onnx", "torchvision"])
+    args = build_parser().parse_args(["export", "CKPT", "--out", "OUT"])
+    assert args.format == ["safetensors"]  # the default, when not given
+    args = build_parser().parse_args(["experiment", "ablations", "--variants", "full", "--variants", "tanh", "--out", "O"])
+    assert args.variants == ["full", "tanh"]

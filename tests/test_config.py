@@ -222,7 +222,7 @@ def test_every_field_is_a_flag():
 
 def test_flags_are_coerced():
     args = _parser().parse_args(
-        ["--lr", "0.05", "--towers", "1", "--no-lrn", "--compile", "--milestones-epochs", "10", "20", "--dropout", "0"]
+        ["--lr", "0.05", "--towers", "1", "--no-lrn", "--compile", "--milestones-epochs", "10,20", "--dropout", "0"]
     )
     c = cfg.from_args(args)
     assert (c.lr, c.towers, c.lrn, c.compile, c.milestones_epochs, c.dropout) == (0.05, 1, False, True, (10, 20), 0.0)

@@ -129,7 +129,7 @@ def test_steps_to_level_and_same_initial_weights():
 def test_relu_vs_tanh_four_layer(store_dir, tmp_path):
     out = tmp_path / "fig1"
     assert main(["experiment", "relu-vs-tanh", str(store_dir), "--out", str(out), "--seeds", "2", "--epochs", "2",
-                 "--batch-size", "8", "--lr", "0.01", "0.05", "--quiet"]) == 0
+                 "--batch-size", "8", "--lr", "0.01,0.05", "--quiet"]) == 0
     s = json.loads((out / "relu_vs_tanh.json").read_text())
     assert s["lr"]["relu"] in (0.01, 0.05) and s["lr"]["tanh"] in (0.01, 0.05)
     assert sorted((c["activation"], c["seed"]) for c in s["curves"]) == [("relu", 0), ("relu", 1), ("tanh", 0), ("tanh", 1)]

@@ -161,11 +161,10 @@ def test_the_cli_takes_the_kernels_as_a_list_and_refuses_a_bad_name(store, tmp_p
     assert not (tmp_path / "run").exists()
 
 
-def test_a_list_flag_before_the_data_says_why_the_data_is_missing(store, tmp_path, capsys):
-    """``--step-kernels all DATA`` reads DATA as a kernel: the message says so and how to write it."""
-    assert main(["train", "--step-kernels", "conv1-s2d", str(store), "--out", str(tmp_path / "run")]) == 2
+def test_kernels_written_as_several_words_are_one_line_with_how_to_write_them(store, tmp_path, capsys):
+    assert main(["train", str(store), "--out", str(tmp_path / "run"), "--step-kernels", "conv1-s2d", "fused-sgd"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "--step-kernels takes every word after it" in err[0], err
+    assert len(err) == 1 and "--step-kernels takes one word: join its items with commas" in err[0], err
     assert not (tmp_path / "run").exists()
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from alexnet import config as cfg
+from alexnet.commands import CommaList
 from alexnet.errors import UserError
 
 DATA_HELP = ("prepared data set (a folder made by 'alexnet prepare'); default: the built-in Fashion-MNIST "
@@ -37,9 +38,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--net", choices=("four-layer", "alexnet"), default="four-layer",
                    help="'four-layer': a 3-conv + 1-fc CNN as the paper's figure 1 (no LRN, dropout or augmentation); "
                    "'alexnet': the small AlexNet of the base recipe with --activation relu/tanh (default four-layer)")
-    r.add_argument("--lr", type=float, nargs="+", metavar="LR",
+    r.add_argument("--lr", action=CommaList, item=float, metavar="LR[,LR...]",
                    help="one learning rate for both, or several: each activation then uses the one that reaches the "
-                   "level fastest on the first seed, as the paper chose them (default: 0.003 0.01 0.03 0.1 for "
+                   "level fastest on the first seed, as the paper chose them (default: 0.003,0.01,0.03,0.1 for "
                    "four-layer; the base recipe's lr for alexnet)")
     r.add_argument("--batch-size", type=int, default=128, help="images per step for the four-layer net (default 128)")
     r.add_argument("--base-config", metavar="FILE",
@@ -68,9 +69,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="one recipe key over the base (after --base-config), e.g. --set width=0.125; repeatable")
     from alexnet.experiments.ablations import DEFAULT_VARIANTS, VARIANTS
 
-    a.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(DEFAULT_VARIANTS), metavar="NAME",
-                   help=f"which variants (default: {' '.join(DEFAULT_VARIANTS)}; also: "
-                   f"{' '.join(v for v in VARIANTS if v not in DEFAULT_VARIANTS)})")
+    a.add_argument("--variants", action=CommaList, choices=list(VARIANTS), default=list(DEFAULT_VARIANTS),
+                   metavar="NAME[,NAME...]", help=f"which variants (default: {','.join(DEFAULT_VARIANTS)}; also: "
+                   f"{', '.join(v for v in VARIANTS if v not in DEFAULT_VARIANTS)})")
     a.add_argument("--quiet", action="store_true", help="no progress bars")
     a.set_defaults(func=run_ablations)
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from alexnet.commands import CommaList
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -16,9 +18,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "'alexnet predict' and 'alexnet evaluate' accept the folder in place of a checkpoint.",
     )
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="checkpoint file, run directory or safetensors export folder")
-    p.add_argument("--format", nargs="+", default=["safetensors"], metavar="FORMAT",
+    p.add_argument("--format", action=CommaList, default=["safetensors"], metavar="FORMAT[,FORMAT...]",
                    choices=("safetensors", "onnx", "torchvision"),
-                   help="one or more of safetensors, onnx, torchvision (default: safetensors); "
+                   help="one or more of safetensors, onnx, torchvision, joined by commas (default: safetensors); "
                    "onnx needs the 'onnx' extra: pip install 'alexnet[onnx]'")
     p.add_argument("--out", required=True, metavar="DIR", help="folder to write the export to")
     p.add_argument("--overwrite", action="store_true", help="replace an export already in DIR")
