@@ -375,6 +375,8 @@ def from_dict(values: dict, base: TrainConfig | None = None) -> TrainConfig:
 def load_file(path: str | Path) -> dict:
     """Read a JSON or TOML config file into a dict (a saved run's config.json works too)."""
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"config file {path} is a folder; give a JSON or TOML recipe file (a run's config.json works)")
     if not path.is_file():
         raise UserError(f"config file {path} does not exist")
     try:

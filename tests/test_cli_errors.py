@@ -98,6 +98,9 @@ CASES = [
     (["train", "--milestones-epochs", "30", "60", "STORE", "--out", "OUT"],
      "unrecognized arguments: .*store [(]--milestones-epochs takes one word: join its items with commas"),
     (["train", "STORE", "--out", "OUT", "--freeze", "conv1,,fc8"], "an empty item in 'conv1,,fc8'"),
+    (["train", "STORE", "--out", "STORE", "--crop-size", "28", "--stem", "small", "--batch-size-per-device", "4"], "--out .*store holds a prepared data set; name another folder for the run"),
+    (["train", "STORE", "--out", "SRC", "--crop-size", "28", "--stem", "small", "--batch-size-per-device", "4"], r"--out .*src holds files that are not a run's \(train, val\); name a new or empty"),
+    (["train", "STORE", "--out", "OUT", "--config", "DIR"], "config file .*empty_dir is a folder; give a JSON or TOML"),
     (["train", "STORE", "--out", "OUT", "--cpu-threads", "-2"], "cpu_threads must be >= 0"),
     (["train", "STORE", "--out", "OUT", "--config", "MISSING"], "config file .* does not exist"),
     (["train", "STORE", "--out", "OUT", "--config", "IMAGE"], "config file .*photo.png"),
@@ -307,3 +310,12 @@ def test_a_list_flag_takes_one_word_so_the_positionals_after_it_stay_positional(
     assert args.format == ["safetensors"]  # the default, when not given
     args = build_parser().parse_args(["experiment", "ablations", "--variants", "full", "--variants", "tanh", "--out", "O"])
     assert args.variants == ["full", "tanh"]
+
+
+@pytest.mark.parametrize("target", ["STORE", "SRC"])
+def test_a_run_refused_for_its_folder_leaves_that_folder_as_it_was(target, paths, capsys):
+    folder = Path(paths[target])
+    before = sorted((p.relative_to(folder), p.stat().st_mtime_ns) for p in folder.rglob("*"))
+    assert main(["train", paths["STORE"], "--out", str(folder), "--epochs", "1", "--quiet",
+                 "--crop-size", "28", "--stem", "small", "--batch-size-per-device", "4"]) == 2
+    assert sorted((p.relative_to(folder), p.stat().st_mtime_ns) for p in folder.rglob("*")) == before

@@ -99,7 +99,7 @@ def test_the_flag_records_an_absolute_path_and_freeze_takes_a_list(parent, monke
     monkeypatch.chdir(parent.parent)
     config = cfg.from_args(parser.parse_args(["--init-from", parent.name, "--freeze", "conv1,conv2"]))
     assert config.init_from == str(parent.resolve()) and config.freeze == ("conv1", "conv2")
-    assert cfg.from_args(parser.parse_args(["--freeze", "conv1", "fc6"])).freeze == ("conv1", "fc6")
+    assert cfg.from_args(parser.parse_args(["--freeze", "conv1", "--freeze", "fc6"])).freeze == ("conv1", "fc6")
 
 
 def test_a_parent_that_does_not_fit_is_one_line(store, parent, tmp_path):

@@ -83,13 +83,15 @@ def test_runtime_changes_are_accepted_said_and_recorded(store, finished, tmp_pat
 
 
 def test_a_finished_run_says_so_and_trains_no_further(store, finished, tmp_path):
+    """Nothing is written: a new --lr is not recorded in config.json for epochs it never trained."""
     run = _copy(finished, tmp_path / "run")
     before = _files(run)
     said: list[str] = []
-    metrics = train(TINY, store, run, resume=True, show_progress=False, log=said.append)
+    metrics = train(TINY.replace(lr=TINY.lr * 10), store, run, resume=True, show_progress=False, log=said.append)
     assert [m["epoch"] for m in metrics] == [1] and read_metrics(run) == metrics
-    assert any("has finished its 1 epochs" in line for line in said) and not any("resuming" in s for s in said)
-    assert _files(run)["last.pt"] == before["last.pt"]
+    assert any("has finished 1 epoch; pass --epochs N with N > 1" in line for line in said), said
+    assert not any("resuming" in s or "learning rate" in s for s in said), said
+    assert _files(run) == before
 
 
 def test_the_cli_refuses_a_changed_recipe_in_one_line_with_exit_2(store, finished, tmp_path, capsys):

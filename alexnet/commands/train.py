@@ -42,6 +42,6 @@ def run(args: argparse.Namespace) -> int:
         cleanup()
     if metrics and int(os.environ.get("RANK", "0")) == 0:
         last = metrics[-1]
-        print(f"done: {last['epoch']} epochs, val top-1 error {last['val_top1_error']:.2%}, "
+        print(f"done: {last['epoch']} epoch{'s' * (last['epoch'] != 1)}, val top-1 error {last['val_top1_error']:.2%}, "
               f"top-5 {last['val_top5_error']:.2%}; run directory {args.out}")
     return 0

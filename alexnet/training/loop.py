@@ -82,9 +82,10 @@ def train(config: TrainConfig, data: str | Path, run_dir: str | Path, *, resume:
     log = log if layout.is_main else _silent  # rank 0 speaks for the run; what it logs is reduced over ranks
     with RunDir(run_dir, owner=layout.is_main, log=log) as files:
         run = start(config, store, layout, files, files.checkpoint_to_resume(resume), log, show_progress, parent)
-        if run.state.pos.epoch >= config.epochs:
-            log(f"{run_dir} has finished its {config.epochs} epochs; pass --epochs N with N > {config.epochs} to go on")
-            return files.start(config, run.state.pos.epoch)
+        done = run.state.pos.epoch
+        if done >= config.epochs:  # nothing to train: the run directory is left as it is
+            log(f"{run_dir} has finished {done} epoch{'s' * (done != 1)}; pass --epochs N with N > {done} to go on")
+            return files.kept_metrics(done)
         metrics = files.start(config, run.state.pos.epoch)
         threads = loader_threads(config.loader_workers, store.encoding, layout.device,
                                  int(os.environ.get("LOCAL_WORLD_SIZE", layout.proc.world_size)))
@@ -135,7 +136,7 @@ def start(config: TrainConfig, store: Store, layout: DataParallel, files: RunDir
             log(f"resuming {files.dir} at epoch {pos.epoch + 1}, step {pos.step_in_epoch} (global step {pos.global_step})")
         for note in notes:
             log(note)
-        if not keep_lrs:  # a hand-made step of the schedule, as the paper's authors took
+        if not keep_lrs and pos.epoch < config.epochs:  # a hand-made step of the schedule, as the paper's authors took
             log(f"learning rate {config.lr:g} from --lr replaces the checkpoint's {saved['lrs'][0]:g} from here on")
     header = dict(model_args=model_args(config, store), data=data_info(store), config=config.to_dict())
     return Run(config, layout, rt, files, state, header, log, show_progress)

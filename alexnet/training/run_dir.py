@@ -6,7 +6,7 @@
     best.pt         the weights of the epoch with the lowest validation error
     curves.png      the training and validation curves
     tensorboard/    the same scalars and conv1's kernels as TensorBoard events (``--tensorboard``)
-    .lock           held while a process trains into the directory (:mod:`alexnet.runlock`)
+    .alexnet.lock   held while a process trains into the directory (:mod:`alexnet.runlock`)
 
 Every file is replaced atomically (:mod:`alexnet.atomic`); metrics lines are appended and
 fsynced, and a resume keeps only the lines of the epochs its checkpoint holds.
@@ -25,6 +25,7 @@ from alexnet.atomic import atomic_write_bytes
 from alexnet.config import TrainConfig
 from alexnet.errors import UserError
 from alexnet.faults import kill_point
+from alexnet.runlock import LOCK_FILE
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
@@ -57,6 +58,18 @@ def saved_recipe(run_dir: str | Path) -> dict | None:
     return values if isinstance(values, dict) else None
 
 
+# What a run directory may hold besides temporary files of atomic writes: the run's own files,
+# and what the other commands write beside them (demo, show, report, experiment ablations).
+RUN_ENTRIES = frozenset({"config.json", "metrics.jsonl", "last.pt", "best.pt", "curves.png", "tensorboard", LOCK_FILE,
+                         "filters.png", "neighbours.png", "report.html", "result.json"})
+
+
+def _foreign_entries(directory: Path) -> list[str]:
+    """The names in ``directory`` that no run writes (a new run would mix with them)."""
+    return sorted(e.name for e in directory.iterdir()
+                  if e.name not in RUN_ENTRIES and not (e.name.startswith(".") and e.name.endswith(".tmp")))
+
+
 class RunDir:
     """A run directory as one process (rank 0, the ``owner``) writes it; other ranks only read."""
 
@@ -73,6 +86,8 @@ class RunDir:
 
             if self.dir.exists() and not self.dir.is_dir():
                 raise UserError(f"--out {self.dir} is a file; name a folder for the run")
+            if (self.dir / "manifest.json").is_file():
+                raise UserError(f"--out {self.dir} holds a prepared data set; name another folder for the run")
             if self.dir.is_dir() and not os.access(self.dir, os.W_OK):
                 raise UserError(f"run directory {self.dir} is not writable; choose another --out")
             # run_lock makes the folder, and removes it again if the run fails before writing into it
@@ -87,16 +102,25 @@ class RunDir:
         if not resume:
             if self.last.exists():
                 raise UserError(f"{self.dir} already holds a run; pass --resume to continue it or choose another --out")
+            foreign = _foreign_entries(self.dir) if self.owner else []
+            if foreign:
+                shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+                raise UserError(f"--out {self.dir} holds files that are not a run's ({shown}); "
+                                "name a new or empty folder for the run")
             return None
         if not self.last.exists():
             raise UserError(f"nothing to resume: {self.last} does not exist; start without --resume")
         return checkpoint.load(self.last)
 
+    def kept_metrics(self, epochs_done: int) -> list[dict]:
+        """The metrics of the epochs a checkpoint holds (a crash may have appended one more line)."""
+        return [m for m in read_metrics(self.dir) if m["epoch"] <= epochs_done]
+
     def start(self, config: TrainConfig, epochs_done: int) -> list[dict]:
         """Write the recipe and keep the metrics of the epochs the checkpoint holds (a crash may
         have appended one more line); returns those metrics. With ``config.tensorboard`` the
         TensorBoard events are opened too (hiding what a crash wrote past the checkpoint)."""
-        kept = [m for m in read_metrics(self.dir) if m["epoch"] <= epochs_done]
+        kept = self.kept_metrics(epochs_done)
         if self.owner and config.tensorboard:
             from alexnet.tensorboard import TensorBoardWriter
 
