@@ -84,6 +84,10 @@ class TrainConfig:
                                       "noise is on, as the released code")
     lighting_off_last_epochs: int = _f(0, "no colour noise in the last N epochs (released recipe: 24)")
     subtract_mean: bool = _f(True, "subtract the per-pixel mean image of the training set (section 2)")
+    mean_image: str = _f("store", "the mean image subtracted: the prepared data set's ('store', section 2), or the "
+                         "--init-from parent's ('parent': a fine-tuned network keeps its parent's preprocessing, e.g. "
+                         "torchvision's channel means, so that export --format torchvision is a drop-in)",
+                         choices=("store", "parent"))
     input_scale: float = _f(1.0, "multiply centred pixels by this (paper: 1, raw 0-255 values)")
     shuffle_window_images: int = _f(0, "0: a full shuffle of the training set every epoch (the paper's SGD); N: "
                                        "blocks of 64 consecutive images shuffled, then images within windows of N, so "
@@ -183,6 +187,10 @@ class TrainConfig:
         if self.tower_parallel and self.step_kernels:
             raise UserError("step_kernels work on whole networks; tower_parallel splits them over two ranks: "
                             "drop one of the two")
+        if self.mean_image == "parent" and not (self.init_from and self.subtract_mean):
+            raise UserError("mean_image 'parent' subtracts the mean image of the init_from checkpoint: "
+                            + ("give --init-from" if not self.init_from else "drop --no-subtract-mean")
+                            + ", or leave --mean-image store")
         if self.tower_parallel and self.towers != 2:
             raise UserError(f"tower_parallel needs towers=2; got towers={self.towers}")
         if any(c % self.towers for c in self.channels):

@@ -49,6 +49,7 @@ from torch import nn
 from alexnet.atomic import atomic_write_bytes
 from alexnet.errors import UserError
 from alexnet.lrn import LocalResponseNorm, effective_alpha, lrn_reference
+from alexnet.torchvision_alexnet import FOLDED_STD, folded_std
 
 FORMAT = "alexnet-export"
 VERSION = 1
@@ -90,6 +91,7 @@ def metadata(payload: dict, source: str) -> dict:
                        "layout": "HWC, 0-255 pixel units"},
         "training_config": _plain(config),
         "files": {},
+        **({FOLDED_STD: list(folded_std(payload))} if FOLDED_STD in data else {}),
     }
 
 
@@ -154,7 +156,7 @@ def write_export(payload: dict, out: str | Path, formats: Sequence[str], *, sour
         from alexnet.torchvision_alexnet import to_torchvision_state_dict, unfold_input_std
 
         state = payload["model"]
-        std = payload.get("config", {}).get("input_std_folded_into_conv1")
+        std = folded_std(payload)
         if std:
             state = unfold_input_std(state, tuple(std))
         buffer = io.BytesIO()
@@ -371,7 +373,7 @@ def checkpoint_payload(path: str | Path) -> dict:
         mean = _read_safetensors(path / meta["mean_image"]["file"])[meta["mean_image"]["key"]]
         config = {**meta.get("training_config", {}), **{k: meta[k] for k in ("crop_size", "subtract_mean", "input_scale")}}
         data = dict(classes=list(meta["classes"]), image_size=int(meta["image_size"]), channels=int(meta["channels"]),
-                    mean_image=mean)
+                    mean_image=mean, **({FOLDED_STD: meta[FOLDED_STD]} if FOLDED_STD in meta else {}))
         model_args = dict(meta["model_args"])
     except (KeyError, TypeError) as e:
         raise UserError(f"{path / META_FILE} lacks {e}; export the checkpoint again") from None

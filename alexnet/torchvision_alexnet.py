@@ -27,11 +27,13 @@ keeps the mean as a constant mean image (x 255), the scale 1/255, and folds the 
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 
 import torch
 from torch import nn
 
+from alexnet.errors import UserError
 from alexnet.model import fc7_activations, learnable_layers
 
 # torchvision's index in features/classifier -> our name (layers without parameters omitted).
@@ -52,6 +54,9 @@ IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)
 IMAGENET_STD_RGB = (0.229, 0.224, 0.225)
 # torchvision's evaluation transform: shorter side to 256, centre crop 224.
 TORCHVISION_RESIZE, TORCHVISION_CROP = 256, 224
+# The key under which a checkpoint records the per-channel std folded into conv1: in an imported
+# network's config, and in the data of a run that fine-tuned one keeping its mean image.
+FOLDED_STD = "input_std_folded_into_conv1"
 
 
 class TorchvisionAlexNet(nn.Module):
@@ -157,6 +162,20 @@ def fold_input_std(state: dict, std: tuple[float, ...]) -> dict:
     return state
 
 
+def folded_std(payload: dict) -> tuple[float, ...] | None:
+    """The per-channel input std a checkpoint's conv1 holds folded, or None: an imported network's
+    (in its config) or that of a run that fine-tuned one keeping its mean image (in its data,
+    ``train --mean-image parent``)."""
+    std = payload.get("config", {}).get(FOLDED_STD) or payload.get("data", {}).get(FOLDED_STD)
+    if not std:
+        return None
+    channels = payload.get("data", {}).get("channels", len(std) if isinstance(std, (list, tuple)) else 0)
+    if (not isinstance(std, (list, tuple)) or len(std) != channels
+            or not all(isinstance(s, (int, float)) and not isinstance(s, bool) and math.isfinite(s) and s > 0 for s in std)):
+        raise UserError(f"{FOLDED_STD} {std!r} is not one positive number per input channel; the checkpoint is damaged")
+    return tuple(float(s) for s in std)
+
+
 def unfold_input_std(state: dict, std: tuple[float, ...]) -> dict:
     """Inverse of :func:`fold_input_std`: conv1 for inputs divided by ``std`` again (torchvision's)."""
     state = dict(state)
@@ -187,6 +206,6 @@ def import_checkpoint_payload(torchvision_state: dict, classes: list[str], *, im
         data=dict(classes=list(classes), image_size=image_size, channels=3,
                   mean_image=mean.view(1, 1, 3).expand(image_size, image_size, 3).contiguous()),
         config=dict(crop_size=crop_size, subtract_mean=True, input_scale=1.0 / 255.0,
-                    imported_from="torchvision", input_std_folded_into_conv1=list(IMAGENET_STD_RGB)),
+                    imported_from="torchvision", **{FOLDED_STD: list(IMAGENET_STD_RGB)}),
         model=state,
     )

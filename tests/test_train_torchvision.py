@@ -310,3 +310,90 @@ def test_a_parent_of_other_channels_says_which_store_fits(capsys, store, parent,
     err = _refused(capsys, gray, tmp_path, ["--arch", "torchvision", "--init-from", str(parent),
                                             "--input-scale", str(ONE_255)], r"conv1 fit only in part")
     assert "a store of its 3 channel(s)" in err and "--width" not in err
+
+
+# --- keeping the parent's preprocessing: --mean-image parent ---------------------------------------
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+
+
+def _torchvision_forward(tv: dict, x: torch.Tensor) -> torch.Tensor:
+    """torchvision.models.alexnet's eval forward, written out in torch.nn.functional."""
+    F = torch.nn.functional
+    x = F.max_pool2d(F.relu(F.conv2d(x, tv["features.0.weight"], tv["features.0.bias"], stride=4, padding=2)), 3, 2)
+    x = F.max_pool2d(F.relu(F.conv2d(x, tv["features.3.weight"], tv["features.3.bias"], padding=2)), 3, 2)
+    x = F.relu(F.conv2d(x, tv["features.6.weight"], tv["features.6.bias"], padding=1))
+    x = F.relu(F.conv2d(x, tv["features.8.weight"], tv["features.8.bias"], padding=1))
+    x = F.max_pool2d(F.relu(F.conv2d(x, tv["features.10.weight"], tv["features.10.bias"], padding=1)), 3, 2)
+    x = torch.flatten(F.adaptive_avg_pool2d(x, 6), 1)
+    x = F.relu(F.linear(x, tv["classifier.1.weight"], tv["classifier.1.bias"]))
+    x = F.relu(F.linear(x, tv["classifier.4.weight"], tv["classifier.4.bias"]))
+    return F.linear(x, tv["classifier.6.weight"], tv["classifier.6.bias"])
+
+
+@pytest.fixture(scope="module")
+def parent256(tmp_path_factory, torchvision_weights):
+    """An import at torchvision's own 256 px: its mean image is one value per channel, of another size than the store's."""
+    path = tmp_path_factory.mktemp("imported256") / "imported.pt"
+    checkpoint.save(path, import_checkpoint_payload(torchvision_weights, [f"c{i}" for i in range(PARENT_CLASSES)]))
+    return path
+
+
+@pytest.mark.slow
+def test_a_fine_tune_keeping_the_parents_mean_exports_a_drop_in_torchvision_network(store, parent256, tmp_path):
+    """Trained with ImageNet's channel means (spread over the store's 64 px), resumed after its parent
+    is gone, exported: the .pth, given torchvision's normalisation, computes what the run computes."""
+    from alexnet.training import train
+
+    moved = tmp_path / "parent.pt"
+    moved.write_bytes(parent256.read_bytes())
+    out = tmp_path / "run"
+    torch.manual_seed(0)
+    train(tv_config(moved, mean_image="parent", lr=1e-4), store, out, **QUIET)
+    moved.unlink()  # a resume reads the mean image from the run's own checkpoint
+    train(tv_config(moved, mean_image="parent", lr=1e-4, epochs=2), store, out, resume=True, **QUIET)
+    best = checkpoint.load(out / "last.pt")
+    channel_means = torch.tensor(IMAGENET_MEAN) * 255
+    assert torch.allclose(best["data"]["mean_image"], channel_means.expand(64, 64, 3))
+    assert best["data"]["input_std_folded_into_conv1"] == pytest.approx(IMAGENET_STD)
+
+    assert main(["export", str(out / "last.pt"), "--format", "torchvision,safetensors", "--out", str(tmp_path / "tv")]) == 0
+    meta = json.loads((tmp_path / "tv" / "alexnet.json").read_text())
+    assert meta["torchvision"]["preprocessing"] == "torchvision's ImageNet normalisation"
+    tv = torch.load(tmp_path / "tv" / "torchvision_alexnet.pth", weights_only=True)
+    pixels = torch.from_numpy(open_store(store).split("val").images[:2].copy()).permute(0, 3, 1, 2).float()
+    normalised = (pixels / 255 - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    expected = _torchvision_forward(tv, normalised)
+
+    net = TorchvisionAlexNet(num_classes=3).eval()
+    net.load_state_dict(best["model"])
+    with torch.no_grad():
+        ours = net((pixels - best["data"]["mean_image"].permute(2, 0, 1)) * ONE_255)
+    assert torch.allclose(ours, expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
+    # and an export of the export keeps the std: the safetensors folder is a parent and a source as well
+    assert main(["export", str(tmp_path / "tv"), "--format", "torchvision", "--out", str(tmp_path / "again")]) == 0
+    again = torch.load(tmp_path / "again" / "torchvision_alexnet.pth", weights_only=True)
+    assert all(torch.equal(again[k], tv[k]) for k in tv)
+
+
+def test_the_parents_mean_needs_a_parent_that_is_centred():
+    with pytest.raises(UserError, match="mean_image 'parent' subtracts the mean image of the init_from checkpoint: give --init-from"):
+        TrainConfig(mean_image="parent")
+    with pytest.raises(UserError, match="drop --no-subtract-mean"):
+        TrainConfig(mean_image="parent", init_from="/x.pt", subtract_mean=False)
+
+
+def test_a_per_pixel_mean_of_another_size_is_refused_before_the_run_folder(capsys, store, tmp_path):
+    s = open_store(store)
+    net = AlexNet(3, stem="small", input_size=TINY.crop_size, width=TINY.width)
+    paper = tmp_path / "paper.pt"
+    checkpoint.save(paper, dict(model_args=dict(num_classes=3, stem="small", input_size=TINY.crop_size,
+                                                width=TINY.width, in_channels=3, dropout_style="paper"),
+                                model=net.state_dict(),
+                                data=dict(classes=list(s.classes), image_size=32, channels=3,
+                                          mean_image=torch.rand(32, 32, 3) * 255),
+                                config=TINY.to_dict()))
+    _refused(capsys, store, tmp_path, ["--stem", "small", "--width", str(TINY.width), "--init-from", str(paper),
+                                       "--input-scale", str(TINY.input_scale), "--mean-image", "parent"],
+             r"--mean-image parent: the parent's mean image is a per-pixel mean of 32 px images, the store holds 64 px "
+             r"ones; prepare the data with --image-size 32, or use --mean-image store")

@@ -36,9 +36,9 @@ from alexnet.runtime import Runtime, resolve_runtime
 from alexnet.training.guards import NonFiniteGuard, StallWatch, sync_interval
 from alexnet.training.inputs import AUTO_LOADER_THREADS, device_batches, loader_threads
 from alexnet.training.layout import DataParallel, join
-from alexnet.training.recipe import (apply_epoch_settings, build_augment, build_model, build_optimizer, check_data,
-                                     data_info, epoch_settings, model_args, read_parent, schedule_notes,
-                                     store_identity)
+from alexnet.training.recipe import (RunInputs, apply_epoch_settings, build_augment, build_model, build_optimizer,
+                                     check_data, data_info, epoch_settings, model_args, read_parent, run_inputs,
+                                     schedule_notes, store_identity)
 from alexnet.training.resume import check_resume
 from alexnet.training.run_dir import RunDir
 from alexnet.training.state import EpochSums, Position, RunState
@@ -75,13 +75,14 @@ def train(config: TrainConfig, data: str | Path, run_dir: str | Path, *, resume:
     check_data(config, store, layout.groups.replicas)
     check_step_kernels(config, model_args(config, store), layout.device)
     parent = read_parent(config.init_from, config) if config.init_from and not resume else None
+    inputs = run_inputs(config, store, parent) if parent is not None else None  # refused here, before the folder
     if config.tensorboard and layout.is_main:
         from alexnet.tensorboard import summary_writer_class
 
         summary_writer_class()  # the extra is there, or one line now, before the run directory is touched
     log = log if layout.is_main else _silent  # rank 0 speaks for the run; what it logs is reduced over ranks
     with RunDir(run_dir, owner=layout.is_main, log=log) as files:
-        run = start(config, store, layout, files, files.checkpoint_to_resume(resume), log, show_progress, parent)
+        run = start(config, store, layout, files, files.checkpoint_to_resume(resume), log, show_progress, parent, inputs)
         done = run.state.pos.epoch
         if done >= config.epochs:  # nothing to train: the run directory is left as it is
             log(f"{run_dir} has finished {done} epoch{'s' * (done != 1)}; pass --epochs N with N > {done} to go on")
@@ -95,7 +96,7 @@ def train(config: TrainConfig, data: str | Path, run_dir: str | Path, *, resume:
                                    workers=threads)
         if config.loader_workers < 0 and threads != AUTO_LOADER_THREADS:
             log(f"{threads} loader threads decode this JPEG store (--loader-workers N to choose)")
-        augment, centre = build_augment(config, store, run.rt.device)
+        augment, centre = build_augment(config, store, run.rt.device, run.header["data"]["mean_image"])
         val_member = Member(run.state.model, centre, list(store.classes))
         step_model = layout.step_model(run.state.model, config.compile, config.compile_mode)
         steps = min(len(train_loader), config.max_steps_per_epoch or len(train_loader))
@@ -111,8 +112,9 @@ def train(config: TrainConfig, data: str | Path, run_dir: str | Path, *, resume:
 
 
 def start(config: TrainConfig, store: Store, layout: DataParallel, files: RunDir, saved: dict | None, log: Log,
-          show_progress: bool, parent: dict | None = None) -> Run:
-    """The network, optimizer, schedule and random streams of a new run, or of ``saved`` resumed."""
+          show_progress: bool, parent: dict | None = None, inputs: RunInputs | None = None) -> Run:
+    """The network, optimizer, schedule and random streams of a new run, or of ``saved`` resumed
+    (``parent`` and its :func:`run_inputs`: what a new run fine-tunes from)."""
     rt = resolve_runtime(config, layout.device)
     if saved is not None:  # refuse another recipe before anything is built or written
         notes = check_resume(saved, config, layout.info(config.batch_size_per_device), store_identity(store),
@@ -138,7 +140,8 @@ def start(config: TrainConfig, store: Store, layout: DataParallel, files: RunDir
             log(note)
         if not keep_lrs and pos.epoch < config.epochs:  # a hand-made step of the schedule, as the paper's authors took
             log(f"learning rate {config.lr:g} from --lr replaces the checkpoint's {saved['lrs'][0]:g} from here on")
-    header = dict(model_args=model_args(config, store), data=data_info(store), config=config.to_dict())
+    inputs = run_inputs(config, store, saved=saved) if saved is not None else inputs or run_inputs(config, store)
+    header = dict(model_args=model_args(config, store), data=data_info(store, inputs), config=config.to_dict())
     return Run(config, layout, rt, files, state, header, log, show_progress)
 
 

@@ -20,6 +20,7 @@ from alexnet.data.store import MANIFEST, Store
 from alexnet.errors import UserError
 from alexnet.model import build_model as build_network, init_weights_
 from alexnet.optim import MilestoneSchedule, PaperSGD, PlateauSchedule, parameter_groups
+from alexnet.torchvision_alexnet import FOLDED_STD, folded_std
 
 
 def check_data(config: TrainConfig, store: Store, replicas: int) -> None:
@@ -64,9 +65,48 @@ def store_identity(store: Store) -> str:
     return hashlib.sha256((store.path / MANIFEST).read_bytes()).hexdigest()[:16]
 
 
-def data_info(store: Store) -> dict:
-    return dict(classes=list(store.classes), image_size=store.image_size, channels=store.channels,
-                mean_image=torch.from_numpy(store.mean_image.copy()), store_identity=store_identity(store))
+@dataclass(frozen=True)
+class RunInputs:
+    """What the run subtracts from its inputs, and the input std its conv1 holds folded (or None)."""
+
+    mean_image: torch.Tensor  # (S, S, C) float32, 0-255 pixel units
+    folded_std: tuple[float, ...] | None = None
+
+
+def run_inputs(config: TrainConfig, store: Store, parent: dict | None = None, saved: dict | None = None) -> RunInputs:
+    """The mean image of a run: the store's, or (``mean_image`` "parent") that of the parent
+    checkpoint of a new run, or of the run's own checkpoint ``saved`` on a resume.
+
+    A parent's mean image is taken as it is when it has the store's image size, or spread over
+    the store's size when it holds one value per channel (an imported torchvision network's
+    ImageNet means); another per-pixel mean is refused in one line."""
+    if config.mean_image == "store":
+        return RunInputs(torch.from_numpy(store.mean_image.copy()))
+    if saved is not None:
+        return RunInputs(saved["data"]["mean_image"].float().contiguous(), folded_std(saved))
+    if parent is None:
+        raise ValueError("mean_image 'parent' needs the parent checkpoint")
+    mean, size, channels = parent["data"]["mean_image"].float().cpu(), store.image_size, store.channels
+    if mean.shape[2] != channels:
+        raise UserError(f"--mean-image parent: the parent's mean image has {mean.shape[2]} channel(s), the store's "
+                        f"images {channels}; use --mean-image store")
+    if tuple(mean.shape[:2]) != (size, size):
+        per_channel = mean.reshape(-1, channels)
+        if not bool((per_channel == per_channel[0]).all()):
+            raise UserError(f"--mean-image parent: the parent's mean image is a per-pixel mean of {mean.shape[0]} px "
+                            f"images, the store holds {size} px ones; prepare the data with --image-size "
+                            f"{mean.shape[0]}, or use --mean-image store")
+        mean = per_channel[0].expand(size, size, channels)
+    return RunInputs(mean.contiguous(), folded_std(parent))
+
+
+def data_info(store: Store, inputs: RunInputs | None = None) -> dict:
+    inputs = inputs or RunInputs(torch.from_numpy(store.mean_image.copy()))
+    info = dict(classes=list(store.classes), image_size=store.image_size, channels=store.channels,
+                mean_image=inputs.mean_image, store_identity=store_identity(store))
+    if inputs.folded_std:
+        info[FOLDED_STD] = list(inputs.folded_std)
+    return info
 
 
 def build_model(config: TrainConfig, store: Store, *, new_run: bool = True, log=print,
@@ -176,13 +216,16 @@ def build_optimizer(config: TrainConfig, model: nn.Module) -> tuple[PaperSGD, Pl
     return optimizer, schedule
 
 
-def build_augment(config: TrainConfig, store: Store, device: torch.device) -> tuple[TrainAugment, EvalPreprocess]:
-    """Section 4.1's training augmentation and the validation centre crop, on ``device``."""
-    train = TrainAugment(store.mean_image, store.pca_eigenvalues, store.pca_eigenvectors, crop_size=config.crop_size,
+def build_augment(config: TrainConfig, store: Store, device: torch.device,
+                  mean_image: torch.Tensor | None = None) -> tuple[TrainAugment, EvalPreprocess]:
+    """Section 4.1's training augmentation and the validation centre crop, on ``device``; they
+    subtract ``mean_image`` (default: the store's, see :func:`run_inputs`)."""
+    mean_image = store.mean_image if mean_image is None else mean_image.numpy()
+    train = TrainAugment(mean_image, store.pca_eigenvalues, store.pca_eigenvectors, crop_size=config.crop_size,
                          random_crop=config.random_crop, flip=config.flip, pca_lighting_std=config.pca_lighting_std,
                          pca_scale=config.pca_scale, lighting_shrink=config.lighting_shrink,
                          subtract_mean=config.subtract_mean, input_scale=config.input_scale).to(device)
-    val = EvalPreprocess(store.mean_image, crop_size=config.crop_size, subtract_mean=config.subtract_mean,
+    val = EvalPreprocess(mean_image, crop_size=config.crop_size, subtract_mean=config.subtract_mean,
                          input_scale=config.input_scale).to(device)
     return train, val
 
