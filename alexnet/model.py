@@ -324,8 +324,9 @@ PAPER_BIAS_ONE = ("conv2", "conv4", "conv5", "conv6", "fc6", "fc7", "fc8")
 ORIGINAL_STD_003 = ("conv3", "conv4", "conv5", "conv6")
 
 
-def init_weights_(model: AlexNet, scheme: str = "paper") -> AlexNet:
-    """Initialise in place.
+def init_weights_(model: nn.Module, scheme: str = "paper") -> nn.Module:
+    """Initialise in place a network with this package's layer names (:class:`AlexNet`, or
+    :class:`~alexnet.torchvision_alexnet.TorchvisionAlexNet`, whose layers are named the same).
 
     * ``"paper"``: weights N(0, 0.01); biases 1 in conv2, conv4, conv5, fc6-fc8, 0 in conv1, conv3.
     * ``"original"``: as ``"paper"`` but std 0.03 in conv3-conv5 (and conv6) (the released configs;
