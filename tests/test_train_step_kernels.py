@@ -197,3 +197,48 @@ def test_a_resume_on_a_machine_without_triton_turns_the_kernels_off_with_none(st
     assert main(resume + ["--step-kernels", "none"]) == 0
     assert json.loads((run / "config.json").read_text())["step_kernels"] == []
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+@needs_triton
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the interpreter's NumPy meets inf and NaN
+@pytest.mark.parametrize("every", [1, 4])
+def test_the_one_pass_update_checks_the_gradients_for_the_guard(store, tmp_path, monkeypatch, every):
+    """lr 1e30 makes step 2's values non-finite: with fused-sgd the run stops where the standard step
+    stops (the first read at or after step 2), and no pass over the gradients was made for it."""
+    from alexnet.training import guards
+
+    config = PAPER_STEM.replace(lr=1e30, nonfinite_check_every_steps=every, max_steps_per_epoch=4)
+    first_read = max(2, every)
+    with pytest.raises(guards.NonFiniteError, match=rf"epoch 1, step {first_read} "):
+        train(config, store, tmp_path / "standard", **QUIET)
+
+    def no_pass(model):
+        raise AssertionError("the guard read the gradients: the update's flag went unused")
+
+    monkeypatch.setattr(guards, "grads_finite", no_pass)
+    with pytest.raises(guards.NonFiniteError, match=rf"epoch 1, step {first_read} "):
+        train(config.replace(step_kernels=("fused-sgd",)), store, tmp_path / "fused", **QUIET)
+
+
+@needs_triton
+def test_the_update_leaves_the_check_to_the_guard_when_a_group_is_frozen_or_skip_is_asked():
+    """A frozen group's gradients are not read by the update, and 'skip' needs the verdict before it."""
+    from alexnet.kernels.sgd_triton import FusedPaperSGD
+
+    net = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Linear(2, 1))
+    groups = [dict(params=list(net[0].parameters())), dict(params=list(net[1].parameters()))]
+    opt = FusedPaperSGD(groups, lr=0.1, check_finite=True, flat_grads=True)
+    net(torch.ones(4, 3)).sum().backward()
+    opt.step()
+    assert opt.checked_nonfinite() is not None and int(opt.checked_nonfinite()) == 0
+    net[0].weight.grad[0, 0] = float("nan")
+    opt.step()
+    assert int(opt.checked_nonfinite()) == 1  # the kernel saw the NaN as it read the gradient
+    opt.param_groups[0]["frozen"] = True
+    opt.step()
+    assert opt.checked_nonfinite() is None  # net[0]'s gradients went unread: the guard reads them
+    from alexnet.config import TrainConfig as Config
+    from alexnet.training.recipe import build_optimizer
+
+    optimizer, _ = build_optimizer(Config(step_kernels=("fused-sgd",), on_nonfinite="skip"), net)
+    assert optimizer.check_finite is False

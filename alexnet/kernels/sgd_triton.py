@@ -162,6 +162,7 @@ class FusedPaperSGD(PaperSGD):
         self.bf16_copy, self.check_finite, self.flat_grads = bf16_copy, check_finite, flat_grads
         self._flat: dict[int, _Flat] = {}
         self.nonfinite: torch.Tensor | None = None
+        self._checked_every_gradient = False  # of the last step (see checked_nonfinite)
 
     def _usable(self, device: torch.device) -> bool:
         import os
@@ -189,13 +190,16 @@ class FusedPaperSGD(PaperSGD):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        checked_all = self.check_finite
         for index, group in enumerate(self.param_groups):
             params = group["params"]
             if not params or group.get("frozen", False):  # a frozen group is not updated at all, as in PaperSGD
+                checked_all &= all(p.grad is None for p in params)  # its gradients went unchecked
                 continue
             if any(p.grad is None for p in params) or not self._usable(params[0].device) \
                     or any(p.grad.is_sparse for p in params):
                 self._step_group_reference(group)
+                checked_all = False
                 continue
             flat = self._flat_of(index, params)
             grads = [p.grad for p in params]
@@ -208,7 +212,14 @@ class FusedPaperSGD(PaperSGD):
                 self.nonfinite = torch.zeros(1, dtype=torch.int32, device=flat.w.device)
             fused_update_(flat.w, flat.g, flat.v, group["lr"], group["momentum"], group["weight_decay"],
                           flat.w16, self.nonfinite if self.check_finite else None)
+        self._checked_every_gradient = checked_all and self.nonfinite is not None
         return loss
+
+    def checked_nonfinite(self) -> torch.Tensor | None:
+        """:attr:`nonfinite` when the last step checked every gradient the model holds (no group
+        fell back to the reference update, no frozen group had gradients), else None: then the
+        caller checks the gradients itself."""
+        return self.nonfinite if self._checked_every_gradient else None
 
     def _step_group_reference(self, group: dict) -> None:
         """PaperSGD's own arithmetic for one group (parameters without gradients are skipped)."""

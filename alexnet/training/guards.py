@@ -52,8 +52,18 @@ class NonFiniteGuard:
         self.policy, self.any_rank = policy, any_rank
         self.pending = torch.zeros((), dtype=torch.bool, device=device)
 
-    def observe(self, loss: torch.Tensor, model: nn.Module) -> None:
-        self.pending |= ~(torch.isfinite(loss.detach()) & grads_finite(model).to(self.pending.device))
+    def observe(self, loss: torch.Tensor, model: nn.Module, grads_flag: torch.Tensor | None = None) -> None:
+        """Note whether ``loss`` or a gradient of ``model`` is non-finite (on the device). ``grads_flag``:
+        a device-side flag that the update already set for a non-finite gradient (the one-pass
+        update's, ``FusedPaperSGD.checked_nonfinite``); it is read and cleared instead of a pass
+        over the gradients."""
+        finite = torch.isfinite(loss.detach()).to(self.pending.device)
+        if grads_flag is None:
+            finite &= grads_finite(model).to(self.pending.device)
+        else:
+            finite &= grads_flag.reshape(()).to(self.pending.device) == 0
+            grads_flag.zero_()
+        self.pending |= ~finite
 
     def verdict(self, where: str, keeps: str) -> bool:
         """True when the step(s) since the last verdict had non-finite values and are to be skipped.

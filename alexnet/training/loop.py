@@ -161,20 +161,30 @@ def train_one_epoch(run: Run, step_model: nn.Module, batches, epoch: int, steps:
         loss = F.cross_entropy(logits.float(), labels)
         state.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        guard.observe(loss, state.model)
         kill_point("step")
         pos.step_in_epoch, pos.global_step = pos.step_in_epoch + 1, pos.global_step + 1
         every = config.checkpoint_every_steps
         save_now = bool(every) and pos.global_step % every == 0 and pos.step_in_epoch < steps
         synced = pos.step_in_epoch % sync_every == 0 or pos.step_in_epoch == steps or save_now
-        if synced and guard.verdict(f"epoch {epoch + 1}, step {pos.step_in_epoch} (global step {pos.global_step})",
-                                    _what_is_kept(run)):
+        where = f"epoch {epoch + 1}, step {pos.step_in_epoch} (global step {pos.global_step})"
+        if config.on_nonfinite == "skip":  # the verdict comes before the update (every step is synced)
+            guard.observe(loss, state.model)
+            stepped = not guard.verdict(where, _what_is_kept(run))
+            if stepped:
+                state.optimizer.step()
+        else:  # 'stop': after it, so that the one-pass update checks the gradients as it reads them
+            state.optimizer.step()
+            checked = getattr(state.optimizer, "checked_nonfinite", None)
+            guard.observe(loss, state.model, checked() if checked is not None else None)
+            if synced:
+                guard.verdict(where, _what_is_kept(run))  # raises before any checkpoint holds a bad step
+            stepped = True
+        if stepped:
+            sums.add(loss, logits, labels)
+        else:
             pos.skipped_steps += 1
             _write(bar, run.log, f"warning: non-finite loss or gradient at epoch {epoch + 1} "
                                  f"step {pos.step_in_epoch}; step skipped")
-        else:
-            state.optimizer.step()
-            sums.add(loss, logits, labels)
         images += len(labels) * run.layout.groups.replicas
         if synced:
             losses.append(float(loss.detach()))
