@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from typing import Iterable, Iterator, Sequence
 
@@ -61,8 +62,9 @@ def expand_image_paths(paths: Sequence[str]) -> list[str]:
     """``paths`` with each folder replaced by the image files under it, recursively, in name order.
 
     Files are taken by their ending (Pillow's formats); hidden files and folders (``.name``) are
-    left out and symbolic links to folders are not followed (no loops). A folder holding no image
-    stays in the list, so that it is reported rather than silently dropped.
+    left out and symbolic links to folders are not followed (no loops). A folder holding no image,
+    and a folder that cannot be listed, stays in the list, so that it is reported rather than
+    silently dropped (:func:`unreadable_path` says why).
     """
     endings = image_extensions()
     out: list[str] = []
@@ -70,22 +72,34 @@ def expand_image_paths(paths: Sequence[str]) -> list[str]:
         if not os.path.isdir(path):
             out.append(path)
             continue
-        found = []
-        for root, dirs, files in os.walk(path):
+        found, unlisted = [], []
+        for root, dirs, files in os.walk(path, onerror=lambda e: unlisted.append(e.filename)):
             dirs[:] = sorted(d for d in dirs if not d.startswith("."))
             found += [os.path.join(root, f) for f in sorted(files)
                       if not f.startswith(".") and os.path.splitext(f)[1].lower() in endings]
-        out += found or [path]
+        out += found or ([] if unlisted else [path])
+        out += sorted(unlisted)
     return out
 
 
 def unreadable_path(path: str) -> str | None:
     """Why ``path`` cannot be an image file at all (not found, a folder), or None."""
     if os.path.isdir(path):
+        try:
+            os.scandir(path).close()
+        except OSError as e:
+            return f"a folder that cannot be listed: {e.strerror}"
         return "a folder holding no image files (JPEG, PNG, ...)"
     if not os.path.lexists(path):
         return "not found"
     if not os.path.exists(path):
+        try:
+            os.stat(path)
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                return "a loop of symbolic links"
+            if not isinstance(e, FileNotFoundError):
+                return f"unreadable: {e.strerror}"
         return "not found (a symbolic link to a missing file)"
     if not os.path.isfile(path):  # reading a FIFO would wait forever
         return "not a regular file (a FIFO, socket or device)"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from alexnet.data.images import DEFAULT_MAX_PIXELS
+from alexnet.data.images import DEFAULT_MAX_PIXELS, MAX_IMAGE_SIZE
 from alexnet.data.jpeg import QUALITY as JPEG_QUALITY
 from alexnet.display import printable
 from alexnet.errors import UserError
@@ -25,8 +25,8 @@ def register(subparsers) -> None:
         ),
     )
     p.add_argument("source", metavar="SOURCE", help=f"folder holding the data set, or {BUILTIN}")
-    p.add_argument("out", metavar="OUT", help="folder to write the store to")
-    p.add_argument("--image-size", type=int, default=256, metavar="S", help="side of the stored square images, in pixels (default and paper: 256)")
+    p.add_argument("out", metavar="OUT", help="folder to write the store to: new or empty, and not inside a folder that SOURCE's layout reads")
+    p.add_argument("--image-size", type=int, default=256, metavar="S", help=f"side of the stored square images, in pixels, 1 to {MAX_IMAGE_SIZE} (default and paper: 256)")
     p.add_argument(
         "--val-fraction",
         type=float,
@@ -34,7 +34,7 @@ def register(subparsers) -> None:
         help="fraction of each class held out for validation when SOURCE has no val/ folder, above 0 and below 1 "
         "(default: 0.1 then; at least one image of every class that has two)",
     )
-    p.add_argument("--seed", type=int, default=0, help="seed choosing the held-out images (default: 0)")
+    p.add_argument("--seed", type=int, default=0, help="seed choosing the held-out images, 0 or more (default: 0)")
     p.add_argument("--val-labels", metavar="FILE", default=None,
                    help="labels of a flat val/ folder (ILSVRC-2012 layout): 'filename label' lines, or the devkit's "
                    "ILSVRC2012_validation_ground_truth.txt with meta.mat beside it (default: the devkit in "

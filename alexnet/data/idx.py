@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -45,11 +46,39 @@ def _header(f, path) -> tuple[int, ...]:
     return tuple(int(d) for d in np.frombuffer(raw, ">u4"))
 
 
+def check_idx_data(path: str | os.PathLike) -> tuple[int, ...]:
+    """The header's shape, after checking that the file holds all the values it announces (a
+    gzipped file is read through, in blocks): a truncated or damaged file is an :class:`IdxError`
+    here, not a failure of the decoding processes later."""
+    path = Path(path)
+    try:
+        with _open(path) as f:
+            shape = _header(f, path)
+            need = int(np.prod(shape, dtype=np.int64))
+            if not isinstance(f, gzip.GzipFile):
+                have = os.fstat(f.fileno()).st_size - f.tell()
+            else:
+                have = 0
+                while have < need:
+                    block = f.read(min(1 << 20, need - have))
+                    if not block:
+                        break
+                    have += len(block)
+    except (EOFError, gzip.BadGzipFile, zlib.error) as e:
+        raise IdxError(f"{path} is a damaged or truncated gzip file ({e})") from None
+    if have < need:
+        raise IdxError(f"{path} is truncated: {have} of {need} bytes of values")
+    return shape
+
+
 def read_idx(path: str | os.PathLike) -> np.ndarray:
     """The whole array (uint8)."""
-    with _open(Path(path)) as f:
-        shape = _header(f, path)
-        data = f.read()
+    try:
+        with _open(Path(path)) as f:
+            shape = _header(f, path)
+            data = f.read()
+    except (EOFError, gzip.BadGzipFile, zlib.error) as e:
+        raise IdxError(f"{path} is a damaged or truncated gzip file ({e})") from None
     count = int(np.prod(shape))
     if len(data) < count:
         raise IdxError(f"{path} is truncated: {len(data)} of {count} bytes")
@@ -66,6 +95,17 @@ def write_idx(path: str | os.PathLike, array: np.ndarray, *, compress: bool | No
     with (gzip.GzipFile(path, "wb", compresslevel=9, mtime=0) if compress else open(path, "wb")) as f:
         f.write(header)
         f.write(array.tobytes())
+
+
+def half_pair(folder: Path, prefix: str) -> tuple[str, str] | None:
+    """(the file found, the name missing) when only one of ``prefix``'s images / labels files is in ``folder``."""
+    kinds = ("images-idx3-ubyte", "labels-idx1-ubyte")
+    found = [next((f"{prefix}-{kind}{ext}" for ext in ("", ".gz") if (folder / f"{prefix}-{kind}{ext}").is_file()), None)
+             for kind in kinds]
+    if (found[0] is None) == (found[1] is None):
+        return None
+    k = 0 if found[0] is None else 1
+    return found[1 - k], f"{prefix}-{kinds[k]}[.gz]"
 
 
 def find_idx_pair(folder: Path, prefix: str) -> tuple[Path, Path] | None:

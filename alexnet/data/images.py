@@ -9,13 +9,14 @@ keeps at least S pixels on each side). Smaller images are upscaled the same way.
 The paper does not say what it did with unusual files; here every file ends in one of two ways:
 
 * converted to 8-bit RGB (or 8-bit gray for an all-grayscale set), with a note of what was done:
-  EXIF orientation applied; CMYK, YCbCr, LAB, HSV and palette images converted to RGB;
+  the first frame of an animation or multi-page file taken; EXIF orientation applied; CMYK, YCbCr, LAB, HSV and palette images converted to RGB;
   transparency (alpha channels, palette transparency) composited on a white background, because
   the transparent pixels of such files are usually meant to be shown on white; 16-bit images
   scaled to 8 bits (v / 257, rounded, so 65535 -> 255); bilevel images to gray;
 * or refused with a one-line reason (:class:`BadImage`): not found, unreadable, empty, not an
   image, corrupt or truncated, larger than ``max_pixels`` (a decompression bomb), or an
-  unsupported mode (floating-point images, whose range is unknown).
+  unsupported mode (floating-point images, and 32-bit integer images with values outside 0..65535,
+  whose range is unknown).
 
 Only what a bad file can cause becomes a :class:`BadImage`: an error raised while Pillow opens,
 parses and loads the file (:func:`load_file`), or a file that is missing or unreadable. Once the
@@ -38,6 +39,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 # Pillow's own default; images over it are refused as possible decompression bombs.
 DEFAULT_MAX_PIXELS = 89_478_485
+# The largest side S of a store's images: prepare's exact statistics hold 8 bytes per stored value, in the
+# main process and in every decoding process (about 400 MiB each at 4096; a mistyped 100000 would ask for 224 GiB).
+MAX_IMAGE_SIZE = 4096
 
 GRAY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
 SIXTEEN_BIT_MODES = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N"})
@@ -110,9 +114,11 @@ def load_file(path: Path, size: int, max_pixels: int) -> tuple[Image.Image, tupl
                 width, height = img.size
                 if width * height > max_pixels:
                     raise BadImage(f"too large: {width}x{height} pixels, over the limit of {max_pixels} (possible decompression bomb)")
+                notes: list[str] = []
+                if _several_frames(img):
+                    notes.append("first frame of several used")  # an animated GIF/PNG/WebP, a multi-page TIFF
                 if img.format == "JPEG":
                     img.draft(None, (size, size))  # DCT scaling by 1/2, 1/4 or 1/8 while both sides stay >= size
-                notes: list[str] = []
                 if img.getexif().get(EXIF_ORIENTATION, 1) != 1:
                     notes.append("EXIF orientation applied")
                 ImageOps.exif_transpose(img, in_place=True)  # also loads the pixels
@@ -136,6 +142,19 @@ def load_file(path: Path, size: int, max_pixels: int) -> tuple[Image.Image, tupl
             message = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise BadImage(f"corrupt or truncated: {message}") from None
         raise
+
+
+def _several_frames(img: Image.Image) -> bool:
+    """Whether the file holds more than one frame (only the first is used). A damaged later frame
+    is no reason to refuse the first: then the answer is no."""
+    try:
+        several = bool(getattr(img, "is_animated", False))
+        img.seek(0)
+    except FILE_FAULTS as e:
+        if isinstance(e, OSError) or raised_by_pillow(e):
+            return False
+        raise
+    return several
 
 
 def decode_file(path: str | os.PathLike, size: int, channels: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, list[str]]:
@@ -168,8 +187,12 @@ def to_8bit(img: Image.Image, notes: list[str]) -> Image.Image:
         notes.append("bilevel converted to grayscale")
         return img.convert("L")
     if mode in SIXTEEN_BIT_MODES:
-        notes.append("16-bit scaled to 8-bit")
         values = np.asarray(img).astype(np.float64)
+        if mode == "I" and values.size and (values.min() < 0 or values.max() > 65535):
+            # 32-bit integers (a TIFF of counts, say): clipping them to 16 bits would flatten the image
+            raise BadImage(f"unsupported 32-bit integer pixels ({values.min():.0f} to {values.max():.0f}, "
+                           "outside 16-bit 0..65535: range unknown)")
+        notes.append("16-bit scaled to 8-bit")
         return Image.fromarray(np.rint(np.clip(values, 0, 65535) / 257.0).astype(np.uint8))
     if mode == "F":
         raise BadImage("unsupported mode F (floating-point pixels of unknown range)")

@@ -196,6 +196,7 @@ def run_tasks(tasks: Iterable[Task], workers: int, max_pixels: int, on_result: C
         finally:
             Image.MAX_IMAGE_PIXELS = pillow_limit
         return
+    workers = min(workers, len(queue))  # --workers 500 for 3 chunks starts 3 processes, not 500
     while queue:
         suspects = []
         with _pool(workers, max_pixels) as pool:

@@ -20,12 +20,18 @@ How the work is done:
 * A progress record (``prepare-progress.npz``: which chunks are done, the sums, the failures;
   :mod:`alexnet.data.progress`) is replaced atomically every ``checkpoint_seconds`` (10), after
   the image files are fsynced. A rerun after any interruption, SIGKILL included, redoes only
-  the chunks not recorded; a rerun with a different source listing or size starts again cleanly.
+  the chunks not recorded; a rerun with a different source listing or size, or whose decoded files
+  changed since (their size, modification time or inode, one stat per file), starts again cleanly.
 * A file that cannot be used is skipped and listed with its reason; the run never stops on
   one file. Its row is filled by the last good image of the split before the file is
   truncated, so row order is file order except at those rows (in a JPEG store only the index
   rows move).
 * ``manifest.json`` is written last, atomically; until then :func:`open_store` refuses the folder.
+* OUT is a new or empty folder (or a store, rebuilt with ``force``), never a folder that SOURCE's
+  layout reads (SOURCE itself, a class folder, train/ or val/), whose store files the next
+  prepare of SOURCE would list as images; a folder beside train/ and val/ or beside IDX files, or
+  a hidden one, is fine. ``image_size`` is at most ``MAX_IMAGE_SIZE`` (the statistics' memory
+  grows with its square).
 """
 
 from __future__ import annotations
@@ -45,9 +51,9 @@ from tqdm import tqdm
 
 from alexnet.atomic import atomic_save_npy, atomic_savez, atomic_write_json, fsync_dir
 from alexnet.data import jpeg
-from alexnet.data.images import DEFAULT_MAX_PIXELS, is_grayscale_file
+from alexnet.data.images import DEFAULT_MAX_PIXELS, MAX_IMAGE_SIZE, is_grayscale_file
 from alexnet.data.pool import ChunkResult, Task, clear_caches, run_tasks
-from alexnet.data.progress import PROGRESS, Progress, can_resume, clear_store
+from alexnet.data.progress import PROGRESS, Progress, can_resume, changed_chunks, clear_store, files_digest
 from alexnet.data.sources import Plan, read_source
 from alexnet.data.statistics import pixel_statistics
 from alexnet.data.store import (FORMAT, FORMAT_VERSION, MANIFEST, REPORT, STATS, Store, foreign_entries, images_file,
@@ -111,6 +117,32 @@ def _tasks(plan: Plan, out: Path, size: int, channels: int, max_pixels: int, chu
                 task.paths = split.paths[start:stop]
             tasks.append(task)
     return tasks
+
+
+def _refuse_out_in_source(source: Path, out: Path) -> None:
+    """Refuse an OUT that is SOURCE or lies in a folder that SOURCE's layout reads: the store's own
+    files would be listed as images (a class folder of their own, or skipped files) by the next
+    prepare of SOURCE. A folder beside train/ and val/ or beside IDX files, or a hidden one (a name
+    starting with "."), is not read: allowed."""
+    if not source.is_dir():
+        return  # read_source says what is wrong with it
+    src, dst = os.path.realpath(source), os.path.realpath(out)
+    if not (dst == src or dst.startswith(src.rstrip(os.sep) + os.sep)):
+        return
+    if dst != src:
+        from alexnet.data import idx
+
+        if any(part.startswith(".") for part in Path(os.path.relpath(dst, src)).parts):
+            return  # a hidden folder is never listed
+        if idx.find_idx_pair(Path(src), "train"):
+            return
+        if (Path(src) / "train").is_dir():
+            read = [os.path.realpath(Path(src) / name) for name in ("train", "val")]
+            if not any(dst == r or dst.startswith(r + os.sep) for r in read):
+                return
+    where = "is the source folder itself" if dst == src else f"lies inside the source folder {printable(str(source))}"
+    raise UserError(f"OUT {printable(str(out))} {where}, where the store's files would be read as "
+                    "images by the next prepare of it; choose an OUT outside the source (or beside its train/ and val/)")
 
 
 def _reserve_disk(path: Path) -> None:
@@ -196,6 +228,14 @@ def prepare_store(
     """
     if image_size < 1:
         raise UserError(f"--image-size must be a positive number of pixels, got {image_size}")
+    if image_size > MAX_IMAGE_SIZE:
+        raise UserError(f"--image-size {image_size} is over the limit of {MAX_IMAGE_SIZE} pixels: the store would take "
+                        f"{image_size * image_size * 3 / 2**20:,.0f} MiB per image and its exact statistics "
+                        f"{image_size * image_size * 3 * 8 / 2**20:,.0f} MiB of memory in each decoding process (the paper stores 256)")
+    if max_pixels < 1:
+        raise UserError(f"--max-image-pixels must be a positive number of pixels, got {max_pixels}")
+    if seed < 0:
+        raise UserError(f"--seed must be 0 or more, got {seed}")
     if encoding not in ENCODINGS:
         raise UserError(f"--encoding must be one of {', '.join(ENCODINGS)}, got {encoding!r}")
     if encoding == "raw" and quality is not None:
@@ -219,6 +259,7 @@ def prepare_store(
     if foreign:  # --force rebuilds a store, never writes one among other files
         raise UserError(f"{out} holds other files than a store ({', '.join(map(printable, foreign[:3]))}"
                         f"{', ...' if len(foreign) > 3 else ''}); prepare into a new or empty folder")
+    _refuse_out_in_source(Path(source).expanduser(), out)
     plan = read_source(source, val_fraction=val_fraction, seed=seed, val_labels=val_labels, val_labels_base=val_labels_base,
                        image_size=image_size)
     out.mkdir(parents=True, exist_ok=True)
@@ -242,11 +283,16 @@ def prepare_store(
         resumable = _can_resume_jpeg(progress, plan, out, fingerprint, chunk_size, channels)
     else:
         resumable = can_resume(progress, plan, out, size, fingerprint, chunk_size, channels)
+    changed = changed_chunks(progress, plan) if resumable and progress.state == "decoding" else 0
+    if changed:
+        log(f"starting {out} afresh: files of {changed} chunks changed since the interrupted run decoded them")
+        resumable = False
     if resumable:
         resumed = int(sum(d.sum() for d in progress.done.values()))
         log(f"resuming an interrupted prepare of {out}: {resumed} of {sum(chunks.values())} chunks already done")
     else:
-        if progress is not None or any((out / f).exists() for s in ("train", "val") for f in (images_file(s), jpeg.part_dir(s))):
+        leftovers = any((out / f).exists() for s in ("train", "val") for f in (images_file(s), jpeg.part_dir(s)))
+        if not changed and (progress is not None or leftovers):
             log(f"starting {out} afresh (the previous, unfinished run was for other data or settings)")
         clear_store(out)
         _clear_jpeg(out)
@@ -295,6 +341,9 @@ def _decode_all(plan, out, size, c, max_pixels, chunk_size, workers, progress: P
         if bar is None:  # made once the workers exist: tqdm starts a thread, and they are forked
             bar = tqdm(total=total, initial=total - remaining, unit="img", desc="prepare", file=sys.stderr, disable=not progress_bar, dynamic_ncols=True)
         progress.add(result)
+        split = plan.splits[result.split]
+        if split.paths:
+            progress.files[result.split][result.chunk] = files_digest(split.paths[result.start : result.start + chunk_size])
         bar.update(min(chunk_size, len(plan.splits[result.split]) - result.start))
         if time.monotonic() - last_save >= checkpoint_seconds:
             checkpoint()
@@ -384,6 +433,13 @@ def _finish(plan: Plan, out: Path, size: int, c: int, progress: Progress, encodi
         labels = labels[:n_good]
         atomic_save_npy(out / labels_file(name), labels)
         splits_info[name] = {"count": n_good, "per_class": np.bincount(labels, minlength=len(plan.class_ids)).tolist()}
+
+    if "val" in splits_info:
+        unmeasured = [printable(plan.class_names[i]) for i, n in enumerate(splits_info["val"]["per_class"]) if n == 0]
+        if unmeasured:
+            plan.notes.append(f"{len(unmeasured)} of {len(plan.class_ids)} classes have no validation image "
+                              f"({', '.join(unmeasured[:5])}{', ...' if len(unmeasured) > 5 else ''}): "
+                              "the validation error says nothing about them")
 
     mean_image, eigenvalues, eigenvectors, covariance = pixel_statistics(progress.sum_image, progress.sum_outer, progress.count)
     atomic_savez(out / STATS, mean_image=mean_image, pca_eigenvalues=eigenvalues, pca_eigenvectors=eigenvectors, pixel_covariance=covariance)

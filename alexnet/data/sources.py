@@ -14,7 +14,9 @@
   Class names come from ``LOC_synset_mapping.txt`` or ``synset_words.txt`` ("wnid name, other
   name") when present (display only);
 * Fashion-MNIST / MNIST IDX files: ``train-images-idx3-ubyte[.gz]`` and
-  ``train-labels-idx1-ubyte[.gz]`` (and ``t10k-*`` for the validation split).
+  ``train-labels-idx1-ubyte[.gz]`` (and ``t10k-*`` for the validation split); one file of a
+  pair without the other, a file shorter than its header says, or classes with no training
+  label are refused.
 
 Class indices follow the sorted class-folder names (WNIDs sort into the usual ImageNet order).
 
@@ -37,6 +39,9 @@ What is listed (nothing is dropped silently: whatever is not read is in ``report
   classes share gets the class id added ("crane (n02012849)": ImageNet has two cranes).
 * every split must end up with images: a source too small to hold out a validation split, or
   ``--val-fraction 0``, is refused (training validates every epoch).
+* a folder named ``train`` or ``val`` decides the layout; when it holds image files where class
+  folders belong, beside other folders, it is probably a class of that name, and the refusal says
+  to rename it. A folder that cannot be listed (the source, a class folder) is refused by name.
 """
 
 from __future__ import annotations
@@ -52,7 +57,7 @@ import numpy as np
 
 from alexnet.data import idx
 from alexnet.data.images import image_size_of
-from alexnet.data.val_labels import DEVKIT_DATA, find_val_labels
+from alexnet.data.val_labels import DEVKIT_DATA, GROUND_TRUTH, find_val_labels
 from alexnet.display import printable
 from alexnet.errors import UserError
 
@@ -122,6 +127,11 @@ def read_source(source: str | os.PathLike, *, val_fraction: float | None = None,
     if val_fraction is not None and not 0.0 < val_fraction < 1.0:
         raise UserError(f"--val-fraction must be above 0 and below 1 (training validates every epoch), got {val_fraction}")
     source = source.resolve()
+    _require_listable(source, "the source folder")
+    for prefix in ("train", "t10k"):  # an IDX file without its partner: the other one is missing, not "no class folders"
+        half = idx.half_pair(source, prefix)
+        if half:
+            raise UserError(f"{shown} holds {half[0]} but no {half[1]}: IDX images and labels come in pairs; add the missing file")
     if idx.find_idx_pair(source, "train"):
         if val_labels is not None or val_labels_base is not None:
             raise UserError("--val-labels and --val-labels-base are for a flat val/ folder of images (the ILSVRC-2012 layout)")
@@ -143,6 +153,14 @@ def read_source(source: str | os.PathLike, *, val_fraction: float | None = None,
 
 
 # --- listing files ---------------------------------------------------------------------------
+
+
+def _require_listable(folder: Path, what: str) -> None:
+    """One line for a folder whose entries cannot be listed (no read or search permission)."""
+    try:
+        os.scandir(folder).close()
+    except OSError as e:
+        raise UserError(f"{what} {printable(str(folder))} cannot be read ({e.strerror}); fix its permissions") from None
 
 
 def _visible(name: str) -> bool:
@@ -317,6 +335,7 @@ def _read_folders(source: Path, val_fraction: float | None, seed: int, val_label
     for c in val_classes:
         lister.add_root(val_root / c)
     skipped += [{"split": "train", "path": _relative(f, source), "reason": "outside any class folder"} for f in root_files]
+    _refuse_a_class_named_like_a_split(source, top_dirs, has_train, class_ids, root_files, val_root, val_classes, val_labels)
     shown = printable(str(train_root))
     if not class_ids:
         raise UserError(
@@ -328,6 +347,7 @@ def _read_folders(source: Path, val_fraction: float | None, seed: int, val_label
     for c in class_ids:
         files = lister.files(train_root / c)
         if not files:
+            _require_listable(train_root / c, "class folder")
             raise UserError(f"class folder {printable(str(train_root / c))} holds no files: add images or remove the folder")
         paths += files
         labels += [index[c]] * len(files)
@@ -356,10 +376,43 @@ def _read_folders(source: Path, val_fraction: float | None, seed: int, val_label
         paths, labels = [], []
         for c in val_classes:
             files = lister.files(val_root / c)
+            if not files:
+                _require_listable(val_root / c, "validation class folder")
             paths += files
             labels += [index[c]] * len(files)
         plan.splits["val"] = SplitPlan("val", np.asarray(labels, np.int64), paths)
     return plan
+
+
+def _refuse_a_class_named_like_a_split(source: Path, top_dirs: list[str], has_train: bool, class_ids: list[str],
+                                      root_files: list[str], val_root: Path | None, val_classes: list[str],
+                                      val_labels) -> None:
+    """A folder of classes one of which is named ``train`` or ``val`` reads as the train/ + val/
+    layout; say so, rather than that train/ holds no class folders or that val/ lacks labels."""
+    beside = [d for d in top_dirs if d not in ("train", "val", DEVKIT_DATA.parts[0])]
+    if has_train and beside and root_files and len(class_ids) < 2:
+        name, held = "train", "no class folders" if not class_ids else f"one folder ({printable(class_ids[0])})"
+    elif (not has_train and val_root is not None and not val_classes and val_labels is None and class_ids
+          and not (source / DEVKIT_DATA / GROUND_TRUTH).is_file() and _has_entries(val_root)):
+        name, held = "val", "no class folders"
+    else:
+        return
+    shown = ", ".join(printable(d) for d in beside[:3]) + (", ..." if len(beside) > 3 else "")
+    layout = "a train/ + val/ layout" if name == "train" else "class folders with a val/ folder of validation images"
+    raise UserError(
+        f"{printable(str(source))} holds a folder named {name}/, so it reads as {layout}, but {name}/ "
+        f"holds image files and {held}, beside the folders {shown}: if '{name}' is one of your classes, rename that "
+        f"folder (e.g. to {name}_class); else put {name}/'s images into class folders"
+        + (" or give their labels with --val-labels FILE" if name == "val" else "")
+    )
+
+
+def _has_entries(folder: Path) -> bool:
+    try:
+        with os.scandir(folder) as it:
+            return any(True for _ in it)
+    except OSError:
+        return False
 
 
 def _hold_out(train: SplitPlan, fraction: float, seed: int, plan: Plan) -> dict[str, SplitPlan]:
@@ -485,7 +538,7 @@ def _read_idx(source: Path, val_fraction: float | None, seed: int) -> Plan:
             continue
         images_file, labels_file = pair
         try:
-            shape = idx.read_idx_header(images_file)
+            shape = idx.check_idx_data(images_file)
             labels = idx.read_idx(labels_file).astype(np.int64)
         except (idx.IdxError, OSError, EOFError) as e:
             raise UserError(f"cannot read {images_file.name} / {labels_file.name}: {e}") from None
@@ -502,6 +555,13 @@ def _read_idx(source: Path, val_fraction: float | None, seed: int) -> Plan:
         names = [str(i) for i in range(num_classes)]
     if len(names) < num_classes:
         raise UserError(f"{names_file} names {len(names)} classes but the labels go up to {num_classes - 1}")
+    untrained = sorted(set(range(len(names))) - set(splits["train"].labels.tolist()))
+    if untrained:
+        where = ", ".join(f"{c} ({names[c]})" if names[c] != str(c) else str(c) for c in untrained[:5])
+        said = (f"{names_file.name} names {len(names)} classes" if names_file.is_file() and len(names) > num_classes
+                else f"the labels go up to {num_classes - 1}")
+        raise UserError(f"{said}, but no training label is class {where}{', ...' if len(untrained) > 5 else ''}; "
+                        "every class needs training images: check the label files (and classes.txt)")
     class_ids = [str(i) for i in range(len(names))]
     plan = Plan("idx", source, class_ids, names, splits, grayscale=True)
     if "val" not in splits:

@@ -10,7 +10,12 @@ from exactly one of two places, and never from a file found by searching around 
 * a file the user names (``--val-labels FILE``): the devkit's ground-truth file (read as above,
   ``meta.mat`` beside it), or "filename label" lines, separated by spaces or commas (Caffe's
   ``val.txt``, Kaggle's ``LOC_val_solution.csv`` whose second field starts with the WNID; a
-  first line that is a header is skipped). A label is a WNID / class-folder name, or a number
+  first line whose label is a word without digits is a header and skipped). A file name may
+  hold spaces: in a ``.csv`` a cell is one field; elsewhere quote the name ("a photo.jpg" n01440764)
+  or put the label last, as a line whose second word is no label but whose last is reads so.
+  A name matches a file named by its stem, by its path (the last part: val/ is flat), or by the
+  same text in another Unicode form
+  (composed or decomposed: macOS writes names decomposed). A label is a WNID / class-folder name, or a number
   into the sorted class list; numbers need ``--val-labels-base`` (0 or 1), because a file
   counted from 1 read as counted from 0 shifts every label by one class and nothing fails.
 
@@ -29,6 +34,8 @@ import csv
 import hashlib
 import os
 import re
+import shlex
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -56,19 +63,31 @@ class ValLabels:
     by_name: dict[str, str] = field(default_factory=dict)
     record: dict = field(default_factory=dict)
     file: Path | None = None
+    _composed: dict[str, str] | None = field(default=None, repr=False)  # by_name with NFC keys, made when needed
 
     def label_of(self, path: str) -> str | None:
         name = os.path.basename(path)
         if self.by_number:
             m = VAL_IMAGE.match(name)
             return self.by_number.get(int(m.group(1))) if m else None
-        return self.by_name.get(name, self.by_name.get(os.path.splitext(name)[0]))
+        found = self.by_name.get(name, self.by_name.get(os.path.splitext(name)[0]))
+        if found is None and self.by_name:
+            # the same name in another Unicode form: macOS writes names decomposed (NFD), most editors
+            # and scripts composed (NFC); names that are not UTF-8 (surrogate escapes) stay as they are
+            if self._composed is None:
+                self._composed = {_nfc(k): v for k, v in self.by_name.items()}
+            found = self._composed.get(_nfc(name), self._composed.get(_nfc(os.path.splitext(name)[0])))
+        return found
 
     def missing_reason(self, path: str) -> str:
         name = os.path.basename(path)
         if self.by_number and not VAL_IMAGE.match(name):
             return "no label: not named ILSVRC2012_val_NNNNNNNN, which is how the devkit's labels name images"
         return "no label for this file"
+
+
+def _nfc(name: str) -> str:
+    return unicodedata.normalize("NFC", name)
 
 
 def find_val_labels(source: Path, val_root: Path, class_ids: list[str], named: str | os.PathLike | None,
@@ -165,30 +184,67 @@ def _devkit(path: Path, class_ids: list[str]) -> ValLabels:
     return ValLabels(by_number={k: id_to_wnid[i] for k, i in enumerate(ids, start=1)}, record=record, file=path)
 
 
-def _rows(path: Path) -> list[tuple[int, str, str]]:
-    """(line number, file name, label) of every line with at least two fields."""
+def _one_field(path: Path, line: int) -> UserError:
+    return UserError(f"{printable(str(path))} line {line} has one field; expected 'filename label' lines "
+                     f"(the devkit's ID-per-line file must keep its name {GROUND_TRUTH}, beside meta.mat)")
+
+
+def _quoted_fields(path: Path, line: int, text: str) -> list[str]:
+    """Fields separated by spaces or tabs, "a double-quoted field" being one (no escapes: a
+    backslash is part of a name)."""
+    lexer = shlex.shlex(text, posix=True)
+    lexer.whitespace_split, lexer.quotes, lexer.escape, lexer.commenters = True, '"', "", ""
+    try:
+        return list(lexer)
+    except ValueError as e:
+        raise UserError(f"{printable(str(path))} line {line} cannot be read as 'filename label' ({e})") from None
+
+
+def _rows(path: Path, is_label) -> list[tuple[int, str, str]]:
+    """(line number, file name, label) of every line that is not blank.
+
+    In a ``.csv`` file a cell is one field, spaces included (a file name may hold spaces), and the
+    label is the first word of the second cell (Kaggle's "n01751748 2 3 4 5 ..."). Elsewhere fields
+    are separated by spaces or tabs, a quoted field is one field, and a line of more than two
+    unquoted fields whose second is no label but whose last is (``is_label``) is a file name
+    with spaces followed by its label."""
     _require_text(path, LISTING_FORMAT, "--val-labels ")
     rows = []
     # utf-8-sig: a byte-order mark (Windows editors) is not part of the first file name
     with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
-        reader = csv.reader(f, delimiter="," if path.suffix.lower() == ".csv" else " ", skipinitialspace=True)
-        try:
-            for line, row in enumerate(reader, start=1):
-                fields = [t for cell in row for t in cell.split()]
-                if len(fields) >= 2:
-                    rows.append((line, fields[0], fields[1]))
-                elif len(fields) == 1:
-                    raise UserError(f"{printable(str(path))} line {line} has one field; expected 'filename label' lines "
-                                    f"(the devkit's ID-per-line file must keep its name {GROUND_TRUTH}, beside meta.mat)")
-        except csv.Error as e:
-            raise UserError(f"{printable(str(path))} line {reader.line_num} cannot be read as 'filename label' ({e})") from None
+        if path.suffix.lower() == ".csv":
+            reader = csv.reader(f, delimiter=",")
+            try:
+                for line, row in enumerate(reader, start=1):
+                    cells = [cell.strip() for cell in row]
+                    if not any(cells):
+                        continue
+                    words = cells[1].split() if len(cells) > 1 else []
+                    if not cells[0] or not words:
+                        raise _one_field(path, line)
+                    rows.append((line, cells[0], words[0]))
+            except csv.Error as e:
+                raise UserError(f"{printable(str(path))} line {reader.line_num} cannot be read as 'filename label' ({e})") from None
+            return rows
+        for line, text in enumerate(f.read().splitlines(), start=1):
+            text = text.strip()
+            if not text:
+                continue
+            if '"' in text:
+                fields = _quoted_fields(path, line, text)
+            else:
+                fields = text.split()
+                if len(fields) > 2 and not is_label(fields[1]) and is_label(fields[-1]):
+                    fields = text.rsplit(None, 1)
+            if len(fields) < 2:
+                raise _one_field(path, line)
+            rows.append((line, fields[0], fields[1]))
     return rows
 
 
 def _listing(path: Path, class_ids: list[str], base: int | None) -> ValLabels:
     """'filename label' lines, checked against the class list."""
     shown = printable(str(path))
-    rows = _rows(path)
     known = set(class_ids)
 
     def kind(label: str) -> str:
@@ -196,8 +252,9 @@ def _listing(path: Path, class_ids: list[str], base: int | None) -> ValLabels:
             return "name"
         return "number" if label.isdigit() else "name" if WNID.match(label) else "other"
 
-    if rows and kind(rows[0][2]) == "other":
-        rows = rows[1:]  # a header line ("ImageId,PredictionString")
+    rows = _rows(path, lambda label: kind(label) != "other")
+    if rows and kind(rows[0][2]) == "other" and not any(ch.isdigit() for ch in rows[0][2]):
+        rows = rows[1:]  # a header line ("ImageId,PredictionString"); a mistyped WNID is no header
     if not rows:
         raise UserError(f"{shown} has no 'filename label' lines")
     kinds = {kind(label) for _, _, label in rows}
@@ -221,6 +278,7 @@ def _listing(path: Path, class_ids: list[str], base: int | None) -> ValLabels:
     by_name: dict[str, str] = {}
     for line, name, label in rows:
         wnid = class_ids[int(label) - base] if numbers else label
+        name = name.rsplit("/", 1)[-1]  # "val/x.JPEG": val/ is flat (no file name holds a "/")
         if by_name.setdefault(name, wnid) != wnid:
             raise UserError(f"{shown} line {line}: {printable(name)} is labelled twice, differently")
     if all(VAL_IMAGE.match(n) for n in by_name) and len(by_name) != ILSVRC2012_VAL_IMAGES:
