@@ -17,6 +17,7 @@ import io
 import os
 import sys
 import traceback
+from pathlib import Path
 
 from alexnet import __version__
 from alexnet.commands import COMMANDS, CommaList
@@ -34,6 +35,14 @@ class UsageError(Exception):
     def __init__(self, parser: argparse.ArgumentParser, message: str) -> None:
         super().__init__(message)
         self.parser = parser
+
+
+def _is_number(word: str) -> bool:
+    try:
+        float(word)
+        return True
+    except ValueError:
+        return False
 
 
 class Parser(argparse.ArgumentParser):
@@ -64,6 +73,13 @@ class Parser(argparse.ArgumentParser):
         return actions
 
     def error(self, message: str):  # argparse's contract: does not return
+        if "arguments are required" in message:
+            given = getattr(self, "given", [])
+            flags = {flag for a in self._chosen_actions(given) for flag in a.option_strings}
+            dashed = [w for w in given if w.startswith("-") and w != "--" and w.split("=", 1)[0] not in flags
+                      and not _is_number(w)]
+            if dashed:  # argparse takes a name that starts with '-' for a flag
+                message += f" ({dashed[0]} was read as a flag: put names that start with '-' after '--', or write ./{dashed[0]})"
         if "unrecognized arguments" in message:
             given = getattr(self, "given", [])
             flags = {flag for a in self._chosen_actions(given) if isinstance(a, CommaList) for flag in a.option_strings}
@@ -150,6 +166,19 @@ def use_file_backend() -> None:
         matplotlib.use("Agg")
 
 
+def _interrupt_advice(name: str, args) -> str:
+    """How to go on after Ctrl-C stopped the command ``name`` (nothing for commands that keep no state)."""
+    if name == "alexnet train":
+        if getattr(args, "out", None) and (Path(args.out) / "last.pt").is_file():
+            return "; add --resume to the same command to go on from the last checkpoint"
+        return "; no checkpoint was written yet: run the same command again to start over"
+    return {"alexnet prepare": "; run the same command again to resume where it stopped",
+            "alexnet demo": "; run it again to go on where it stopped",
+            "alexnet experiment": "; run the same command again: finished runs are kept and the unfinished one "
+                                  "resumes"}.get(name.rsplit(" ", 1)[0] if name.startswith("alexnet experiment ")
+                                             else name, "")
+
+
 def _say_error(command: str, message: str, hint: str) -> None:
     text = " ".join(printable(str(message)).split())  # one line, whatever the message held
     print(f"{command}: error: {text} ({hint})", file=sys.stderr)
@@ -193,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         _say_error(name, _os_error(e), TRACEBACK_HINT)
         return 2
     except KeyboardInterrupt:
-        print(f"{name}: interrupted", file=sys.stderr)
+        print(f"{name}: interrupted{_interrupt_advice(name, args)}", file=sys.stderr)
         return 130
     except MemoryError:
         if debug:

@@ -88,6 +88,7 @@ CASES = [
     (["prepare", "SRC", "OUT", "--image-siz", "8"], "unrecognized arguments: --image-siz 8; did you mean --image-size"),
     (["prepare", "SRC", "OUT", "--workers", "-1"], "--workers must be 0 or more"),
     (["prepare", "SRC", "OUT", "--channels", "2"], "invalid choice: '2'"),
+    (["prepare", "-photos", "OUT"], "required: OUT [(]-photos was read as a flag: put names that start with '-' after '--'"),
     (["prepare", "SRC"], "required: OUT"),
     # train: argument validation only
     (["train", "STORE"], "required: --out"),
@@ -319,3 +320,35 @@ def test_a_run_refused_for_its_folder_leaves_that_folder_as_it_was(target, paths
     assert main(["train", paths["STORE"], "--out", str(folder), "--epochs", "1", "--quiet",
                  "--crop-size", "28", "--stem", "small", "--batch-size-per-device", "4"]) == 2
     assert sorted((p.relative_to(folder), p.stat().st_mtime_ns) for p in folder.rglob("*")) == before
+
+
+@pytest.mark.parametrize("argv, advice", [
+    (["prepare", "SRC", "OUT"], "interrupted; run the same command again to resume where it stopped"),
+    (["train", "STORE", "--out", "OUT"], "interrupted; no checkpoint was written yet: run the same command again"),
+    (["train", "STORE", "--out", "BADCKPTRUN"], "interrupted; add --resume to the same command to go on"),
+    (["experiment", "ablations", "STORE", "--out", "OUT"], "interrupted; run the same command again: finished runs"),
+    (["evaluate", "CKPT", "STORE"], "interrupted$"),
+])
+def test_ctrl_c_says_how_to_go_on(argv, advice, paths, capsys, monkeypatch):
+    import alexnet.cli as cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    real = cli.build_parser
+
+    def parser_with_interrupts():
+        parser = real()
+        parser.set_defaults(func=interrupted)
+        for action in parser._subparsers._group_actions:
+            for sub in action.choices.values():
+                sub.set_defaults(func=interrupted)
+                for inner in getattr(sub, "_subparsers", None) and sub._subparsers._group_actions or []:
+                    for leaf in inner.choices.values():
+                        leaf.set_defaults(func=interrupted)
+        return parser
+
+    monkeypatch.setattr(cli, "build_parser", parser_with_interrupts)
+    assert main(_argv(argv, paths)) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and re.search(advice, err[0]), err
