@@ -9,6 +9,7 @@ Ensembles (section 6: "averaging the predictions of five similar CNNs") average 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
@@ -59,8 +60,28 @@ def load_member(path: str, device: torch.device) -> Member:
     checkpoint.load_model_state(model, payload["model"], str(path))
     model.to(device).eval()
     data = payload["data"]
-    return Member(model, preprocess_for(payload, device), list(data["classes"]), str(path),
+    return Member(model, preprocess_for(payload, device), list(data["classes"]), _shown_source(path, payload),
                   int(data["image_size"]), int(data["channels"]))
+
+
+def _shown_source(path: str, payload: dict) -> str:
+    """``path`` as messages name it: for a run folder, with the checkpoint taken from it and its epoch
+    (a run still training has a best.pt older than its last epoch)."""
+    from alexnet.export import is_export_dir
+
+    folder = Path(path)
+    if not folder.is_dir() or is_export_dir(folder):
+        return str(path)
+    name = "best.pt" if (folder / "best.pt").is_file() else "last.pt"
+    when = ""
+    progress = payload.get("progress")
+    if isinstance(payload.get("epoch"), int):  # best.pt: the epoch (1-based) whose weights it holds
+        when = f", epoch {payload['epoch']}"
+    elif isinstance(progress, dict) and isinstance(progress.get("epoch"), int):  # last.pt: epochs done, steps into the next
+        step = progress.get("step_in_epoch")
+        when = (f", epoch {progress['epoch'] + 1} step {step}" if isinstance(step, int) and step > 0
+                else f", epoch {progress['epoch']}")
+    return f"{path} ({name}{when})"
 
 
 def check_compatible(members: Sequence[Member], classes: Sequence[str] | None = None) -> None:
@@ -70,6 +91,19 @@ def check_compatible(members: Sequence[Member], classes: Sequence[str] | None = 
             raise UserError(f"{m.source} was trained on other classes than {first.source}; an ensemble needs the same classes")
     if classes is not None and list(classes) != first.classes:
         raise UserError(f"{first.source} was trained on other classes than this data set's ({len(classes)} classes)")
+
+
+def check_distinct(members: Sequence[Member]) -> None:
+    """One line when two members are the same network (the same file named twice, a run folder and its
+    best.pt, an export of a checkpoint beside it): its softmax would count twice in the average."""
+    states = [m.model.state_dict() for m in members]
+    for j in range(1, len(members)):
+        for i in range(j):
+            a, b = states[i], states[j]
+            if type(members[i].model) is type(members[j].model) and a.keys() == b.keys() and all(
+                    a[k].shape == b[k].shape and torch.equal(a[k], b[k]) for k in a):
+                raise UserError(f"{members[j].source} is the same network as {members[i].source} (identical weights); "
+                                "an ensemble averages different networks, so name each once")
 
 
 def check_store(member: Member, store, data_name: str) -> None:

@@ -46,7 +46,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from alexnet.atomic import atomic_write_bytes
+from alexnet.atomic import atomic_write_bytes, stale_temporaries
 from alexnet.errors import UserError
 from alexnet.lrn import LocalResponseNorm, effective_alpha, lrn_reference
 from alexnet.torchvision_alexnet import FOLDED_STD, folded_std
@@ -100,29 +100,35 @@ def _plain(value):
     return json.loads(json.dumps(value, default=str))
 
 
-def _prepare_out_dir(out: Path, overwrite: bool, source: str = "") -> None:
+def _check_out_dir(out: Path, overwrite: bool, source: str = "") -> list[Path]:
+    """Refuse an ``out`` the export would mix with or lose data in; the files of an export already there."""
     if out.exists() and not out.is_dir():
         raise UserError(f"{out} is a file; --out names a folder for the export")
+    for parent in out.absolute().parents:
+        if parent.exists() and not parent.is_dir():
+            raise UserError(f"--out {out}: {parent} is a file, not a folder")
+        if is_export_dir(parent):  # an export folder holds its export and nothing else
+            raise UserError(f"--out {out} is inside the export folder {parent}; export to a folder outside it")
     if source and out.exists() and Path(source).exists() and Path(source).resolve() == out.resolve():
-        # --overwrite would delete the export being read: a failure half-way would leave neither
-        raise UserError(f"--out {out} is the export being read ({source}); export to another folder")
+        # --overwrite would delete what is being read: a failure half-way would leave neither
+        what = "the export being read" if is_export_dir(out) else "the folder the network is read from"
+        raise UserError(f"--out {out} is {what} ({source}); export to another folder")
     ours = [out / META_FILE] + [out / name for f in FORMATS for name in _FILES[f]]
     present = [p.name for p in ours if p.exists()]
-    others = sorted(p.name for p in out.iterdir() if p not in ours) if out.is_dir() else []
+    # Temporary files of an export that was killed while writing are not someone else's files.
+    stale = {t for p in ours for t in stale_temporaries(p)}
+    others = sorted(p.name for p in out.iterdir() if p not in ours and p not in stale) if out.is_dir() else []
     if others:  # a run folder, a data set, anything else: an export there would mix with it
         raise UserError(f"{out} holds other files ({', '.join(others[:3])}); export to a new or empty folder")
     if present and not overwrite:
         raise UserError(f"{out} already holds an export ({', '.join(present)}); choose another --out or add --overwrite")
-    out.mkdir(parents=True, exist_ok=True)
-    if overwrite:
-        # The description goes first: until the new one is written the folder reads as unfinished.
-        for p in ours:
-            if p.exists():
-                p.unlink()
+    return [p for p in ours if p.exists()]
 
 
 def write_export(payload: dict, out: str | Path, formats: Sequence[str], *, source: str = "", overwrite: bool = False) -> dict:
     """Export a checkpoint payload to the folder ``out`` in ``formats``; returns the written ``alexnet.json``."""
+    if not str(out).strip():
+        raise UserError("--out is empty; name a new or empty folder for the export")
     out = Path(out)
     formats = list(dict.fromkeys(formats))
     for f in formats:
@@ -134,16 +140,20 @@ def write_export(payload: dict, out: str | Path, formats: Sequence[str], *, sour
         raise UserError("--format torchvision needs a network with torchvision's layout (from 'alexnet import-torchvision'); "
                         "the paper's AlexNet has other layers")
     meta = metadata(payload, source)
-    _prepare_out_dir(out, overwrite, source)
+    _check_out_dir(out, overwrite, source)
+    # Every file is made in memory first, so that nothing in ``out`` is touched (an export being
+    # replaced included) until the whole export exists; a failure before then changes nothing.
+    contents = {}
     # The mean image is needed by every format's user (the ONNX graph holds it too).
-    _write_safetensors(out / MEAN_FILE, {"mean_image": payload["data"]["mean_image"]})
+    contents[MEAN_FILE] = _safetensors_bytes({"mean_image": payload["data"]["mean_image"]})
     meta["files"]["mean_image"] = MEAN_FILE
     if "safetensors" in formats:
-        _write_safetensors(out / WEIGHTS_FILE, payload["model"])
+        contents[WEIGHTS_FILE] = _safetensors_bytes(payload["model"])
         meta["files"]["safetensors"] = WEIGHTS_FILE
     if "onnx" in formats:
         model = _model_from_payload(payload, source)
-        export_onnx(model, {**inference_meta(meta), "classes": meta["classes"]}, payload["data"]["mean_image"], out / ONNX_FILE)
+        contents[ONNX_FILE] = onnx_bytes(model, {**inference_meta(meta), "classes": meta["classes"]},
+                                         payload["data"]["mean_image"])
         meta["files"]["onnx"] = ONNX_FILE
         meta["onnx"] = {
             "file": ONNX_FILE, "opset": ONNX_OPSET,
@@ -161,21 +171,28 @@ def write_export(payload: dict, out: str | Path, formats: Sequence[str], *, sour
             state = unfold_input_std(state, tuple(std))
         buffer = io.BytesIO()
         torch.save(to_torchvision_state_dict(state), buffer)
-        atomic_write_bytes(out / TORCHVISION_FILE, buffer.getvalue())
+        contents[TORCHVISION_FILE] = buffer.getvalue()
         meta["files"]["torchvision"] = TORCHVISION_FILE
         meta["torchvision"] = {"file": TORCHVISION_FILE, "input_std_unfolded": bool(std),
                                "preprocessing": "torchvision's ImageNet normalisation" if std else
                                "this export's mean image and input_scale, not torchvision's normalisation"}
+    # Checked again just before writing: another export may have finished there meanwhile.
+    old = _check_out_dir(out, overwrite, source)
+    out.mkdir(parents=True, exist_ok=True)
+    # The description goes first: until the new one is written the folder reads as unfinished.
+    for path in sorted(old, key=lambda p: p.name != META_FILE):
+        path.unlink()
+    for name, data in contents.items():
+        atomic_write_bytes(out / name, data)
     atomic_write_bytes(out / META_FILE, (json.dumps(meta, indent=1) + "\n").encode())
     return meta
 
 
-def _write_safetensors(path: Path, tensors: dict) -> None:
+def _safetensors_bytes(tensors: dict) -> bytes:
     from safetensors.torch import save
 
-    data = save({k: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype).contiguous()
+    return save({k: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype).contiguous()
                  for k, v in tensors.items()})
-    atomic_write_bytes(path, data)
 
 
 def _require(*modules: str) -> None:
@@ -317,13 +334,18 @@ def onnx_model(module: nn.Module, example: torch.Tensor, *, input_name: str = ON
     return proto
 
 
-def export_onnx(network: nn.Module, meta: dict, mean_image: torch.Tensor, path: str | Path) -> None:
-    """Write the inference path of ``network`` (see :class:`InferencePath`) as an ONNX file at ``path``."""
+def onnx_bytes(network: nn.Module, meta: dict, mean_image: torch.Tensor) -> bytes:
+    """The inference path of ``network`` (see :class:`InferencePath`) as the bytes of an ONNX file."""
     net = InferencePath(plain_torch_copy(network).float().cpu(), mean_image.cpu(), **meta).eval()
     s, c = int(meta["image_size"]), int(meta["channels"])
     proto = onnx_model(net, torch.zeros(2, s, s, c, dtype=torch.uint8),
                        metadata={"alexnet": json.dumps({**meta, "opset": ONNX_OPSET})})
-    atomic_write_bytes(path, proto.SerializeToString())
+    return proto.SerializeToString()
+
+
+def export_onnx(network: nn.Module, meta: dict, mean_image: torch.Tensor, path: str | Path) -> None:
+    """Write the inference path of ``network`` (see :class:`InferencePath`) as an ONNX file at ``path``."""
+    atomic_write_bytes(path, onnx_bytes(network, meta, mean_image))
 
 
 # --------------------------------------------------------------------------------------------
@@ -347,13 +369,24 @@ def read_metadata(path: str | Path) -> dict:
     return meta
 
 
+def _utf8(path: Path) -> bool:
+    """Whether ``path`` is valid UTF-8 (on POSIX a file name is bytes; some libraries take only UTF-8 paths)."""
+    try:
+        str(path).encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
 def _read_safetensors(file: Path) -> dict:
     from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    from safetensors.torch import load, load_file
 
     if not file.is_file():
         raise UserError(f"{file} is missing; export the checkpoint again")
     try:
+        if not _utf8(file):  # safetensors opens only paths that are valid UTF-8: read the bytes here instead
+            return load(file.read_bytes())
         return load_file(str(file))
     except (SafetensorError, OSError, ValueError) as e:
         raise UserError(f"{file} is not a readable safetensors file ({str(e).splitlines()[0]}); export the checkpoint again") from None
@@ -394,6 +427,14 @@ def load_payload(path: str | Path) -> dict:
     """A checkpoint file, run folder or safetensors export as a checkpoint payload."""
     from alexnet import checkpoint
 
+    folder = Path(path)
+    if folder.is_dir() and (folder / "manifest.json").is_file() and not is_export_dir(folder):
+        raise UserError(f"{path} is a prepared data set, not a trained network; name the checkpoint, run folder "
+                        "or export first (evaluate and show take the data set last)")
+    if (folder.is_dir() and not is_export_dir(folder) and not (folder / "best.pt").is_file()
+            and not (folder / "last.pt").is_file() and any((folder / n).is_file() for f in FORMATS for n in _FILES[f])):
+        raise UserError(f"{path} holds an unfinished export (no {META_FILE}: still being written, or its export "
+                        "failed); export the checkpoint again")
     return checkpoint_payload(path) if is_export_dir(path) else checkpoint.load(path)
 
 
@@ -411,7 +452,8 @@ class OnnxRunner:
             raise UserError("running an ONNX export needs onnxruntime: pip install 'alexnet[onnx]'") from None
         file = path / self.meta["files"]["onnx"]
         try:
-            self.session = onnxruntime.InferenceSession(str(file), providers=["CPUExecutionProvider"])
+            model = str(file) if _utf8(file) else file.read_bytes()  # as safetensors, for a path that is not UTF-8
+            self.session = onnxruntime.InferenceSession(model, providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own kinds for missing or damaged files
             raise UserError(f"{file} cannot be loaded by onnxruntime ({str(e).splitlines()[0]}); export again") from None
         self.classes = list(self.meta["classes"])

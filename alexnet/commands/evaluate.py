@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     from alexnet.data.loader import Loader
     from alexnet.errors import UserError
     from alexnet.devices import apply_process_settings
-    from alexnet.evaluate import check_compatible, check_store, evaluate, load_member
+    from alexnet.evaluate import check_compatible, check_distinct, check_store, evaluate, load_member
     from alexnet.inference import progress_bar
     from alexnet.runtime import pick_device
 
@@ -46,11 +46,12 @@ def run(args: argparse.Namespace) -> int:
     *checkpoints, data = args.paths
     apply_process_settings(args.cpu_threads, False, log=lambda s: print(s, file=sys.stderr))
     device = pick_device(args.device)
+    members = [load_member(c, device) for c in checkpoints]  # first: a data set named first is said to be one
     store = open_store(data)
-    members = [load_member(c, device) for c in checkpoints]
     for member in members:
         check_store(member, store, data)
     check_compatible(members, store.classes)
+    check_distinct(members)
     split = store.split(args.split)
     loader = Loader(split, args.batch_size, shuffle=False, seed=0, drop_last=False, pin_memory=device.type == "cuda")
     loader.set_epoch(0)
@@ -67,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(result))
     else:
         views = "ten crops" if args.ten_crop else "centre crop"
-        who = f"{len(members)} networks averaged" if len(members) > 1 else checkpoints[0]
+        who = f"{len(members)} networks averaged" if len(members) > 1 else members[0].source
         top5 = f", top-5 error {result['top5_error']:.2%}" if "top5_error" in result else ""
         print(printable(f"{who}, {views}, {result['images']} {args.split} images: "
                         f"top-1 error {result['top1_error']:.2%}{top5}"))

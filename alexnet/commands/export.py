@@ -46,10 +46,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
+    from alexnet.display import printable
+    from alexnet.errors import UserError
     from alexnet.export import load_payload, write_export
 
     payload = load_payload(args.checkpoint)
-    meta = write_export(payload, args.out, args.format, source=args.checkpoint, overwrite=args.overwrite)
+    try:
+        meta = write_export(payload, args.out, args.format, source=args.checkpoint, overwrite=args.overwrite)
+    except OSError as e:  # a full disk, a folder we may not write: name the export, not a temporary file in it
+        raise UserError(f"could not write the export to {printable(args.out)}: {e.strerror or e}; the folder holds "
+                        "no finished export (no alexnet.json)") from None
     files = ", ".join(meta["files"].values())
     print(f"exported {args.checkpoint} to {args.out}: {files} and alexnet.json")
     if "onnx" in meta["files"]:
@@ -73,7 +79,8 @@ def _read_classes(spec: str | None, count: int) -> list[str]:
         names = list(open_store(path).classes)
     elif path.is_file():
         try:
-            names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+            # utf-8-sig: a byte-order mark (as some Windows editors write) is not part of the first name
+            names = [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
         except UnicodeDecodeError:
             raise UserError(f"{path} is not a text file of class names") from None
     else:
@@ -95,14 +102,29 @@ def run_import(args: argparse.Namespace) -> int:
     from alexnet.torchvision_alexnet import import_checkpoint_payload
 
     src, out = Path(args.weights), Path(args.out)
+    if src.is_dir():
+        from alexnet.export import TORCHVISION_FILE
+
+        hint = f" ({src / TORCHVISION_FILE}?)" if (src / TORCHVISION_FILE).is_file() else ""
+        raise UserError(f"{src} is a folder; name the weights file (.pth) in it{hint}")
     if not src.is_file():
         raise UserError(f"{src} does not exist or is not a file")
-    if out.is_dir():
-        raise UserError(f"--out {out} is a folder; name the checkpoint file to write, e.g. {out / 'torchvision.pt'}")
+    if out.is_dir() or args.out.endswith("/"):
+        raise UserError(f"--out {args.out} is a folder; name the checkpoint file to write, e.g. {out / 'torchvision.pt'}")
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UserError(f"--out {out}: {parent} is a file, not a folder")
+            break
     if out.exists() and not args.overwrite:
         raise UserError(f"{out} exists; choose another --out or add --overwrite")
     if out.resolve() == src.resolve():
         raise UserError("--out names the weights file itself; choose another path")
+    if out.exists() and out.stat().st_size and not _is_torch_file(out):
+        raise UserError(f"{out} exists and is not a PyTorch file; --overwrite replaces only a checkpoint, so choose "
+                        "another --out")
+    if not 1 <= args.image_size <= checkpoint.MAX_IMAGE_SIZE:
+        raise UserError(f"--image-size {args.image_size} must be between 1 and {checkpoint.MAX_IMAGE_SIZE}")
     if not 1 <= args.crop_size <= args.image_size:
         raise UserError(f"--crop-size {args.crop_size} must be between 1 and --image-size {args.image_size}")
     if args.crop_size < 63:
@@ -127,19 +149,42 @@ def run_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def _is_torch_file(path) -> bool:
+    """Whether ``path`` starts as torch.save's zip format or PyTorch's legacy format does."""
+    from alexnet import checkpoint
+
+    with open(path, "rb") as f:
+        head = f.read(16)
+    return head.startswith((checkpoint.ZIP_MAGIC, checkpoint.LEGACY_MAGIC))
+
+
 def _unwrap(state, src) -> dict:
     """The state dict inside what torch.load returned: plain, under 'model'/'state_dict', or with DDP's 'module.'."""
+    import torch
+
+    from alexnet import checkpoint
     from alexnet.errors import UserError
 
+    if isinstance(state, dict) and state.get("format") == checkpoint.FORMAT:
+        raise UserError(f"{src} is already an alexnet checkpoint; give it to evaluate, predict, show or export as it is")
     if isinstance(state, dict):
         for key in ("model", "state_dict"):
             if isinstance(state.get(key), dict):
                 state = state[key]
                 break
-    if not isinstance(state, dict) or not state or not all(hasattr(v, "shape") for v in state.values()):
+    if (not isinstance(state, dict) or not state or not all(isinstance(k, str) for k in state)
+            or not all(isinstance(v, torch.Tensor) for v in state.values())):
         raise UserError(f"{src} does not hold a state dict (a mapping of names to tensors)")
     if all(k.startswith("module.") for k in state):
         state = {k[len("module."):]: v for k, v in state.items()}
+    if "features.conv1.weight" in state:
+        raise UserError(f"{src} holds the weights of this package's AlexNet (features.conv1, ...), not torchvision's; "
+                        "an 'alexnet train' checkpoint is used as it is")
+    for key, tensor in state.items():
+        if not tensor.is_floating_point():
+            raise UserError(f"{src} is not torchvision's AlexNet: {key} holds {tensor.dtype} values, not weights")
+        if not bool(torch.isfinite(tensor).all()):
+            raise UserError(f"{src}: {key} holds NaN or infinite values; these weights cannot predict anything")
     return state
 
 
@@ -147,6 +192,9 @@ def _fc8_outputs(state: dict, src) -> int:
     from alexnet.errors import UserError
 
     w = state.get("classifier.6.weight")
-    if w is None or w.ndim != 2:
+    if w is None:
         raise UserError(f"{src} is not torchvision's AlexNet: it has no classifier.6.weight")
+    if w.ndim != 2 or w.shape[0] < 1:
+        raise UserError(f"{src} is not torchvision's AlexNet: classifier.6.weight is {tuple(w.shape)}, "
+                        "not (classes, 4096)")
     return int(w.shape[0])

@@ -15,13 +15,20 @@ def register(sub: argparse._SubParsersAction) -> None:
         "e.g. 'alexnet evaluate RUN DATA --json > RUN/eval.json') and any other PNG there.",
     )
     p.add_argument("run", metavar="RUN", help="run directory (the --out of 'alexnet train')")
-    p.add_argument("--out", metavar="FILE", help="HTML file to write (default RUN/report.html)")
+    p.add_argument("--out", metavar="FILE", help="HTML file to write, or a folder to write report.html into "
+                   "(default RUN/report.html); an existing file is replaced only if it is an HTML page")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from alexnet.display import printable
+    from alexnet.errors import UserError
     from alexnet.figures.report import build_report
 
-    out = build_report(args.run, args.out)
+    try:
+        out = build_report(args.run, args.out)
+    except OSError as e:  # the page's own write: name the page, not the temporary file beside it
+        where = printable(str(args.out or args.run))
+        raise UserError(f"could not write the report ({where}): {e.strerror or e}; nothing was written") from None
     print(f"report of {args.run} in {out}")
     return 0

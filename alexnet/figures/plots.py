@@ -9,6 +9,59 @@ import numpy as np
 import torch
 
 from alexnet.atomic import atomic_write
+from alexnet.errors import UserError
+
+# What the first bytes of each figure format are: an existing file is replaced only if it is one.
+FIGURE_MAGIC = {".png": (b"\x89PNG\r\n\x1a\n",), ".pdf": (b"%PDF",), ".svg": (b"<?xml", b"<svg"),
+                ".html": (b"<!DOCTYPE html", b"<!doctype html"), ".htm": (b"<!DOCTYPE html", b"<!doctype html")}
+FORMAT_NAMES = {".png": "a PNG image", ".pdf": "a PDF", ".svg": "an SVG drawing", ".html": "an HTML page",
+                ".htm": "an HTML page"}
+
+
+def output_file(out: str | Path | None, default: str | Path, *, suffixes: tuple[str, ...] = (".png",),
+                flag: str = "--out") -> Path:
+    """The file a figure or page goes to, checked before any work is done; one-line UserError otherwise.
+
+    ``out`` None or empty: ``default``. A folder (one that exists, or a name ending in '/'): the
+    default's name inside it. The ending must be one of ``suffixes`` (the format is taken from
+    it). A file already there is replaced only if it is of that format (or empty), so a mistyped
+    ``--out`` never writes over a checkpoint, a recipe or an image of another kind. A file where
+    a folder of the path should be is named. Nothing goes into an export folder, which holds its
+    export alone.
+    """
+    from alexnet.export import is_export_dir
+
+    default = Path(default)
+    if not out:
+        path = default
+    elif str(out).endswith("/") or Path(out).is_dir():
+        path = Path(out) / default.name
+    else:
+        path = Path(out)
+    if path.suffix.lower() not in suffixes:
+        raise UserError(f"{flag} {path}: the ending names the format; use "
+                        f"{' or '.join(s for s in suffixes)} (e.g. {path.with_suffix(suffixes[0]).name})")
+    if path.is_dir():
+        raise UserError(f"{flag} {path} is a folder; name a file inside it")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UserError(f"{flag} {path}: {parent} is a file, not a folder")
+            break
+    export = next((p for p in path.absolute().parents if is_export_dir(p)), None)
+    if export is not None:
+        raise UserError(f"{flag} {path} is inside the export folder {export}, which must hold only the export; "
+                        "write it elsewhere")
+    if path.exists():
+        try:
+            with open(path, "rb") as f:
+                head = f.read(16)
+        except OSError as e:
+            raise UserError(f"{flag} {path} exists and cannot be read ({e.strerror}); choose another {flag}") from None
+        if head and not head.lstrip().startswith(FIGURE_MAGIC[path.suffix.lower()]):
+            raise UserError(f"{flag} {path} exists and is not {FORMAT_NAMES[path.suffix.lower()]}; refusing to "
+                            f"write over it (a checkpoint, a recipe or data?); choose another {flag}")
+    return path
 
 
 def new_figure(**kwargs):
@@ -42,20 +95,31 @@ def save_png(image: np.ndarray, path: str | Path) -> Path:
     return path
 
 
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def plot_curves(metrics: Sequence[dict], path: str | Path) -> Path:
-    """Loss and error per epoch (train and validation) and the learning rate, as one PNG."""
-    epochs = [m["epoch"] for m in metrics]
+    """Loss and error per epoch (train and validation) and the learning rate, as one PNG.
+
+    A row without a measure (a run of another version, a damaged line) leaves a gap in that line only."""
+    def series(key: str, scale: float = 1.0) -> tuple[list, list]:
+        points = [(m["epoch"], scale * m[key]) for m in metrics if _number(m.get("epoch")) and _number(m.get(key))]
+        return [x for x, _ in points], [y for _, y in points]
+
     fig = new_figure(figsize=(13, 3.8))
     axes = fig.subplots(1, 3)
-    axes[0].plot(epochs, [m["train_loss"] for m in metrics], marker="o", label="train loss")
+    axes[0].plot(*series("train_loss"), marker="o", label="train loss")
     axes[0].set_title("training loss")
-    axes[1].plot(epochs, [100 * m["train_top1_error"] for m in metrics], marker="o", label="train top-1")
-    axes[1].plot(epochs, [100 * m["val_top1_error"] for m in metrics], marker="o", label="val top-1")
-    axes[1].plot(epochs, [100 * m["val_top5_error"] for m in metrics], marker="o", label="val top-5")
+    axes[1].plot(*series("train_top1_error", 100), marker="o", label="train top-1")
+    axes[1].plot(*series("val_top1_error", 100), marker="o", label="val top-1")
+    axes[1].plot(*series("val_top5_error", 100), marker="o", label="val top-5")
     axes[1].set_title("error (%)")
     axes[1].legend()
-    axes[2].plot(epochs, [m["lr"] for m in metrics], marker="o")
-    axes[2].set_yscale("log")
+    lrs = series("lr")
+    axes[2].plot(*lrs, marker="o")
+    if any(v > 0 for v in lrs[1]):
+        axes[2].set_yscale("log")
     axes[2].set_title("learning rate")
     for ax in axes:
         ax.set_xlabel("epoch")

@@ -78,9 +78,12 @@ def _table(header: list[str] | None, rows: list[list], row_classes: list[str] | 
 def _evaluations(run: Path) -> list[tuple[str, dict]]:
     found = []
     for path in sorted(run.glob("*.json")):
-        if path.name == "config.json":
+        if path.name == "config.json" or not path.is_file():
             continue
-        text = path.read_text(errors="replace").strip()
+        try:
+            text = path.read_text(errors="replace").strip()
+        except OSError:  # unreadable: not a result this page can show
+            continue
         try:
             value = json.loads(text)
         except json.JSONDecodeError:
@@ -104,10 +107,59 @@ def _evaluation_rows(name: str, value: dict) -> list[list]:
     return rows
 
 
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _percent(value) -> str:
+    return f"{100 * value:.2f}%" if _is_number(value) else "-"
+
+
+def _is_png(path: Path) -> bool:
+    """Whether ``path`` is a file that starts as a PNG does (a broken or mislabelled one is left out of the page)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(8) == b"\x89PNG\r\n\x1a\n"
+    except OSError:
+        return False
+
+
+def _progress(payload: dict) -> str:
+    """`` (epoch N)`` of a best.pt, `` (after N epochs)`` of a last.pt (its position in the data), or nothing."""
+    if _is_number(payload.get("epoch")):
+        return f" (epoch {payload['epoch']})"
+    progress = payload.get("progress")
+    if not isinstance(progress, dict) or not _is_number(progress.get("epoch")):
+        return ""
+    steps = progress.get("step_in_epoch")
+    more = f" and {steps} step(s)" if _is_number(steps) and steps > 0 else ""
+    return f" (after {progress['epoch']} epoch(s){more})"
+
+
+def _checkpoint(run: Path) -> tuple[Path | None, dict | None, str]:
+    """(the checkpoint shown, its payload, why the others could not be read): best.pt, else last.pt.
+
+    A damaged best.pt (an empty file, a copy cut short) falls back to last.pt, and the page says
+    so; when no checkpoint there can be read, the first one's error stops the report."""
+    from alexnet import checkpoint
+
+    problems: list[UserError] = []
+    for name in ("best.pt", "last.pt"):
+        path = run / name
+        if not path.is_file():
+            continue
+        try:
+            return path, checkpoint.load(path), " ".join(f"{e}; {path.name} is shown instead." for e in problems)
+        except UserError as e:
+            problems.append(e)
+    if problems:
+        raise problems[0]
+    return None, None, ""
+
+
 def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     """Write the report of ``run_dir`` to ``out`` (default ``run_dir/report.html``); returns its path."""
-    from alexnet import checkpoint
-    from alexnet.figures.plots import filter_image, plot_curves
+    from alexnet.figures.plots import filter_image, output_file, plot_curves
 
     run = Path(run_dir)
     if not run.is_dir():
@@ -119,10 +171,12 @@ def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
         config = json.loads(config_file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise UserError(f"{config_file} is damaged (not JSON)") from None
-    out = Path(out) if out else run / "report.html"
-    metrics = read_metrics(run)
-    ckpt_path = next((run / n for n in ("best.pt", "last.pt") if (run / n).is_file()), None)
-    payload = checkpoint.load(ckpt_path) if ckpt_path else None
+    if not isinstance(config, dict):
+        raise UserError(f"{config_file} is damaged: it holds a JSON {type(config).__name__}, not a recipe (a table of keys)")
+    out = output_file(out, run / "report.html", suffixes=(".html", ".htm"))
+    # Rows that are not a table of measures (a damaged line, another file's content) are left out.
+    metrics = [m for m in read_metrics(run) if isinstance(m, dict) and _is_number(m.get("epoch"))]
+    ckpt_path, payload, unreadable = _checkpoint(run)
 
     sections = [f"<h1>AlexNet run: {html.escape(run.name or str(run))}</h1>",
                 f"<p class='muted'>{html.escape(str(run.resolve()))}</p>"]
@@ -130,12 +184,15 @@ def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     # summary
     facts = [["epochs done", f"{len(metrics)} of {config.get('epochs', '?')}"]]
     if metrics:
-        best = min(metrics, key=lambda m: m["val_top1_error"])
         last = metrics[-1]
         facts += [["last epoch: validation top-1 / top-5 error",
-                   f"{100 * last['val_top1_error']:.2f}% / {100 * last['val_top5_error']:.2f}% (centre crop)"],
-                  ["best validation top-1 error", f"{100 * best['val_top1_error']:.2f}% (epoch {best['epoch']})"],
-                  ["training time", f"{sum(m.get('epoch_seconds', 0) for m in metrics) / 60:.1f} minutes"]]
+                   f"{_percent(last.get('val_top1_error'))} / {_percent(last.get('val_top5_error'))} (centre crop)"]]
+        scored = [m for m in metrics if _is_number(m.get("val_top1_error")) and math.isfinite(m["val_top1_error"])]
+        if scored:
+            best = min(scored, key=lambda m: m["val_top1_error"])
+            facts += [["best validation top-1 error", f"{_percent(best['val_top1_error'])} (epoch {best['epoch']})"]]
+        seconds = sum(m["epoch_seconds"] for m in metrics if _is_number(m.get("epoch_seconds")))
+        facts += [["training time", f"{seconds / 60:.1f} minutes"]]
     if payload is not None:
         data = payload.get("data", {})
         classes = list(data.get("classes", []))
@@ -143,11 +200,13 @@ def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
         facts += [["data", f"{len(classes)} classes ({shown}), {data.get('image_size')} px, "
                            f"{data.get('channels')} channel(s)"],
                   ["parameters", f"{sum(t.numel() for t in payload['model'].values()):,}"],
-                  ["checkpoint shown", ckpt_path.name + (f" (epoch {payload['epoch']})" if "epoch" in payload else "")]]
+                  ["checkpoint shown", ckpt_path.name + _progress(payload)]]
     sections += ["<h2>Summary</h2>", _table(None, facts)]
-    if metrics and "classes" in (payload or {}).get("data", {}):
+    if unreadable:
+        sections.append("<p class='warn'>" + html.escape(unreadable) + "</p>")
+    if metrics and "classes" in (payload or {}).get("data", {}) and _is_number(metrics[-1].get("train_loss")):
         chance = math.log(len(payload["data"]["classes"]))
-        if abs(metrics[-1]["train_loss"] - chance) < 0.05 * chance:
+        if chance > 0 and abs(metrics[-1]["train_loss"] - chance) < 0.05 * chance:
             sections.append(f"<p class='warn'>The training loss is still at ln(classes) = {chance:.3f} (chance): the "
                             "paper's init (N(0, 0.01), biases 1) is known to stall like this; try init 'he', a smaller "
                             "input_scale or a lower lr.</p>")
@@ -174,9 +233,10 @@ def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
         keys = [("epoch", "epoch"), ("train_loss", "train loss"), ("train_top1_error", "train top-1 %"),
                 ("val_top1_error", "val top-1 %"), ("val_top5_error", "val top-5 %"), ("lr", "lr"),
                 ("images_per_s", "images/s"), ("epoch_seconds", "seconds")]
-        table_rows = [[(f"{100 * m[k]:.2f}" if k.endswith("error") else m.get(k, "")) for k, _ in keys] for m in metrics]
+        table_rows = [[(f"{100 * m[k]:.2f}" if k.endswith("error") and _is_number(m.get(k)) else m.get(k, ""))
+                       for k, _ in keys] for m in metrics]
         curves = run / "curves.png"
-        if curves.is_file():
+        if _is_png(curves):
             image = curves.read_bytes()
         else:
             import tempfile
@@ -205,7 +265,7 @@ def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     if evaluations:
         rows = [r for name, value in evaluations for r in _evaluation_rows(name, value)]
         sections += ["<h2>Evaluation results</h2>", _table(["file", "measure", "value"], rows)]
-    others = [p for p in sorted(run.glob("*.png")) if p.name not in ("curves.png",)]
+    others = [p for p in sorted(run.glob("*.png")) if p.name not in ("curves.png",) and _is_png(p)]
     for p in others:
         sections += [f"<h2>{html.escape(p.name)}</h2>", _png(p.read_bytes(), p.name)]
 
