@@ -155,7 +155,8 @@ def read_torch_file(path: str | Path, *, expect: str = CHECKPOINT, legacy: bool 
     except pickle.UnpicklingError as e:
         if any(w in str(e) for w in ("Unsupported global", "GLOBAL", "Unsupported class")):
             raise UserError(f"refused to load {path}: it holds Python objects that would run code when loaded; "
-                            "only load files that hold tensors alone") from None
+                            "only load files that hold tensors alone (a whole model saved with torch.save(model): "
+                            "save model.state_dict() instead)") from None
         raise UserError(f"{path} is not a readable PyTorch file (truncated, corrupt or not one: "
                         f"{_unpickler_detail(e)}); it is not {expect}") from None
     except Exception as e:  # the unpickler raises many kinds on garbage: all mean "not readable"
@@ -194,10 +195,14 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
 
         if (path / META_FILE).is_file():  # an export folder: every reader of a trained network takes one
             return checkpoint_payload(path)
-        raise UserError(f"{path} is a folder with no best.pt or last.pt; name a checkpoint file")
+        still = " (a run writes last.pt at the end of its first epoch)" if (path / "config.json").is_file() else ""
+        raise UserError(f"{path} is a folder with no best.pt or last.pt{still}; name a checkpoint file")
     payload = read_torch_file(path, map_location=map_location)
     if isinstance(payload, dict) and payload and payload.get("format") != FORMAT and all(
             isinstance(k, str) and k.startswith(("features.", "classifier.")) for k in payload):
+        if any(".conv1." in k or ".fc8." in k for k in payload):  # this package's layer names
+            raise UserError(f"{path} is a bare state dict of this package's network, without the class names, mean "
+                            "image and recipe a checkpoint carries; use the run's best.pt or last.pt, or an export")
         raise UserError(f"{path} is a bare state dict, not an alexnet checkpoint; if it holds torchvision's AlexNet, "
                         f"turn it into one with 'alexnet import-torchvision {path} --out FILE.pt'")
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:

@@ -174,6 +174,11 @@ def evaluate(
     return result
 
 
+def top5_is_informative(num_classes: int) -> bool:
+    """Whether top-5 error says anything: with 5 classes or fewer every label is among the top five."""
+    return num_classes > 5
+
+
 def top5_table(probs: np.ndarray, classes: Sequence[str], k: int = 5) -> list[list[tuple[str, float]]]:
     """For each row of ``probs``, the k most probable (class, probability) pairs."""
     order = np.argsort(-probs, axis=1)[:, :k]

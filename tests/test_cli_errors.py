@@ -39,6 +39,7 @@ def paths(tmp_path_factory) -> dict[str, str]:
                                data=dict(classes=classes, image_size=32, channels=3,
                                          mean_image=torch.full((32, 32, 3), 120.0))))
     (root / "notes.txt").write_text("some text, not a checkpoint\n")
+    torch.save(AlexNet(**SMALL).state_dict(), root / "state.pt")  # weights alone, no checkpoint around them
     Image.fromarray(np.full((20, 20, 3), 90, np.uint8)).save(root / "photo.png")
     (root / "empty_dir").mkdir()
     run = root / "run"
@@ -63,7 +64,7 @@ def paths(tmp_path_factory) -> dict[str, str]:
         (root / name).write_text(text)
     return dict(STORE=str(store), STORE16=str(other), CKPT=str(ckpt), TEXT=str(root / "notes.txt"),
                 IMAGE=str(root / "photo.png"), DIR=str(root / "empty_dir"), MISSING=str(root / "missing"),
-                BADRUN=str(run), BADCKPTRUN=str(run2), OUT=str(root / "out"), SRC=str(store.parent / "src"),
+                BADRUN=str(run), BADCKPTRUN=str(run2), STATE=str(root / "state.pt"), OUT=str(root / "out"), SRC=str(store.parent / "src"),
                 EXPORT=str(root / "export"), ONNXEXPORT=str(onnx_only), **{f"RECIPE:{n}": str(root / n) for n in recipes})
 
 
@@ -125,7 +126,10 @@ CASES = [
     (["evaluate", "TEXT", "STORE"], "is a text file, not an alexnet checkpoint"),
     (["evaluate", "IMAGE", "STORE"], "is a PNG image, not an alexnet checkpoint"),
     (["evaluate", "MISSING", "STORE"], "checkpoint .*missing not found"),
-    (["evaluate", "DIR", "STORE"], "is a folder with no best.pt or last.pt"),
+    (["evaluate", "DIR", "STORE"], "is a folder with no best.pt or last.pt; name a checkpoint file"),
+    (["evaluate", "BADRUN", "STORE"], r"no best.pt or last.pt \(a run writes last.pt at the end of its first epoch\)"),
+    (["evaluate", "STATE", "STORE"], "is a bare state dict of this package's network, without the class names"),
+    (["evaluate", "CKPT", "STORE", "--split", "test"], "the data set .*store has no 'test' split [(]it has train, val[)]"),
     (["evaluate", "CKPT", "MISSING"], "missing does not exist"),
     (["evaluate", "CKPT", "TEXT"], "notes.txt is a file, not a prepared data set"),
     (["evaluate", "CKPT", "CKPT"], "c.pt is a file, not a prepared data set"),
@@ -267,6 +271,24 @@ def test_top5_is_not_shown_for_five_classes_or_fewer(paths, capsys):
     assert "top-1 error" in out and "top-5" not in out
     assert main(_argv(["evaluate", "CKPT", "STORE", "--json"], paths)) == 0
     assert "top5_error" not in json.loads(capsys.readouterr().out)
+
+
+def test_training_shows_top5_only_with_more_than_five_classes(paths, tmp_path, capsys):
+    small = ["--crop-size", "28", "--stem", "small", "--width", "0.125", "--batch-size-per-device", "4",
+             "--epochs", "1", "--max-steps-per-epoch", "1", "--quiet"]
+    assert main(_argv(["train", "STORE", "--out", str(tmp_path / "three"), *small], paths)) == 0
+    out = capsys.readouterr().out
+    assert "val top-1 error" in out and "top-5" not in out, out
+    rng = np.random.default_rng(0)
+    for c in range(6):
+        (tmp_path / "src" / f"c{c}").mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(tmp_path / "src" / f"c{c}" / f"{i}.png")
+    six = tmp_path / "six"
+    assert main(["prepare", str(tmp_path / "src"), str(six), "--quiet", "--val-fraction", "0.25"]) == 0
+    assert main(["train", str(six), "--out", str(tmp_path / "six-run"), *small]) == 0
+    out = capsys.readouterr().out
+    assert out.count("top-5") == 2, out  # the epoch's line and the last one
 
 
 @pytest.mark.slow

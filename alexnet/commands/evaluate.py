@@ -35,7 +35,8 @@ def run(args: argparse.Namespace) -> int:
     from alexnet.data.loader import Loader
     from alexnet.errors import UserError
     from alexnet.devices import apply_process_settings
-    from alexnet.evaluate import check_compatible, check_distinct, check_store, evaluate, load_member
+    from alexnet.evaluate import (check_compatible, check_distinct, check_store, evaluate, load_member,
+                                  top5_is_informative)
     from alexnet.inference import progress_bar
     from alexnet.runtime import pick_device
 
@@ -61,8 +62,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"{result['nonfinite_images']} of {result['images']} {args.split} images gave NaN or infinite "
                         "network outputs, so no error rate is reported; the network overflows on this data "
                         "(try the checkpoint before, or check that DATA is prepared like its training set)")
-    if store.num_classes <= 5:
-        result.pop("top5_error", None)  # every label is among the top five: top-5 error says nothing
+    if not top5_is_informative(store.num_classes):
+        result.pop("top5_error", None)
     result.update(checkpoints=checkpoints, split=args.split, ten_crop=args.ten_crop)
     if args.json:
         print(json.dumps(result))

@@ -25,8 +25,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from alexnet.data import open_store
     from alexnet.devices import apply_process_settings, validate_device_name
     from alexnet.distributed import cleanup
+    from alexnet.evaluate import top5_is_informative
     from alexnet.training import train
     from alexnet.training.run_dir import saved_recipe
 
@@ -42,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
         cleanup()
     if metrics and int(os.environ.get("RANK", "0")) == 0:
         last = metrics[-1]
-        print(f"done: {last['epoch']} epoch{'s' * (last['epoch'] != 1)}, val top-1 error {last['val_top1_error']:.2%}, "
-              f"top-5 {last['val_top5_error']:.2%}; run directory {args.out}")
+        top5 = f", top-5 {last['val_top5_error']:.2%}" if top5_is_informative(open_store(args.data).num_classes) else ""
+        print(f"done: {last['epoch']} epoch{'s' * (last['epoch'] != 1)}, val top-1 error {last['val_top1_error']:.2%}"
+              f"{top5}; run directory {args.out}")
     return 0

@@ -120,7 +120,7 @@ class Store:
 
     def split(self, name: str) -> Split:
         if name not in self.splits:
-            raise UserError(f"store {self.path} has no {name!r} split (it has {', '.join(self.splits)})")
+            raise UserError(f"the data set {self.path} has no {name!r} split (it has {', '.join(self.splits)})")
         if name not in self._splits:
             if self.encoding == "jpeg":
                 index = np.load(self.path / index_file(name))

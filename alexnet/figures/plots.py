@@ -99,8 +99,9 @@ def _number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def plot_curves(metrics: Sequence[dict], path: str | Path) -> Path:
-    """Loss and error per epoch (train and validation) and the learning rate, as one PNG.
+def plot_curves(metrics: Sequence[dict], path: str | Path, *, top5: bool = True) -> Path:
+    """Loss and error per epoch (train and validation) and the learning rate, as one PNG; the
+    validation top-5 error only with ``top5`` (see :func:`alexnet.evaluate.top5_is_informative`).
 
     A row without a measure (a run of another version, a damaged line) leaves a gap in that line only."""
     def series(key: str, scale: float = 1.0) -> tuple[list, list]:
@@ -113,7 +114,8 @@ def plot_curves(metrics: Sequence[dict], path: str | Path) -> Path:
     axes[0].set_title("training loss")
     axes[1].plot(*series("train_top1_error", 100), marker="o", label="train top-1")
     axes[1].plot(*series("val_top1_error", 100), marker="o", label="val top-1")
-    axes[1].plot(*series("val_top5_error", 100), marker="o", label="val top-5")
+    if top5:
+        axes[1].plot(*series("val_top5_error", 100), marker="o", label="val top-5")
     axes[1].set_title("error (%)")
     axes[1].legend()
     lrs = series("lr")

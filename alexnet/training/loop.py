@@ -30,7 +30,7 @@ from torch import nn
 from alexnet.config import TrainConfig
 from alexnet.data import Store, open_store
 from alexnet.data.loader import Loader
-from alexnet.evaluate import Member, evaluate
+from alexnet.evaluate import Member, evaluate, top5_is_informative
 from alexnet.faults import kill_point
 from alexnet.runtime import Runtime, resolve_runtime
 from alexnet.training.guards import NonFiniteGuard, StallWatch, sync_interval
@@ -223,8 +223,9 @@ def end_epoch(run: Run, epoch: int, seconds: float, images: int, val: dict, metr
                 images_per_s=images / max(seconds, 1e-9), epoch_seconds=seconds,
                 global_step=pos.global_step, skipped_steps=pos.skipped_steps)
     run.files.append_metrics(line)
+    top5 = f", top-5 {val['top5_error']:.2%}" if top5_is_informative(len(run.header["data"]["classes"])) else ""
     run.log(f"epoch {epoch + 1}: train loss {train_loss:.4f}, train error {train_err:.2%}, "
-            f"val top-1 error {val['top1_error']:.2%}, top-5 {val['top5_error']:.2%}, lr {lr:g}, "
+            f"val top-1 error {val['top1_error']:.2%}{top5}, lr {lr:g}, "
             f"{line['images_per_s']:.0f} images/s" + (f"; lr divided by {1 / config.lr_factor:g}" if reduced else ""))
     _watch_stall(run, train_loss, None)
     improved = val["top1_error"] < pos.best_val_top1_error
@@ -234,7 +235,7 @@ def end_epoch(run: Run, epoch: int, seconds: float, images: int, val: dict, metr
     if improved:
         run.files.save(run.files.best, dict(**run.header, model=weights, epoch=epoch + 1, val=val))
     run.files.plot([*metrics, line], weights.get("features.conv1.weight"),
-                   towers=run.header["model_args"].get("towers", 1))
+                   towers=run.header["model_args"].get("towers", 1), top5=bool(top5))
     return line
 
 

@@ -146,11 +146,11 @@ class RunDir:
         if self.owner:
             checkpoint.save(path, payload)
 
-    def plot(self, metrics: list[dict], conv1_weight, towers: int) -> None:
+    def plot(self, metrics: list[dict], conv1_weight, towers: int, top5: bool = True) -> None:
         """The curves so far; the epoch's scalars and conv1's kernels for TensorBoard when it is on."""
         if self.owner:
             from alexnet.figures.plots import plot_curves
 
-            plot_curves(metrics, self.curves)
+            plot_curves(metrics, self.curves, top5=top5)
             if self.tensorboard is not None:
                 self.tensorboard.log_epoch(metrics[-1], conv1_weight, towers=towers)
