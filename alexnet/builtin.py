@@ -47,14 +47,48 @@ def base_recipe(builtin: bool) -> TrainConfig:
     return BUILTIN_RECIPE if builtin else TrainConfig()
 
 
+def data_is_builtin(data: str | Path | None) -> bool:
+    """Whether ``data`` means the built-in data: None (prepared on first use), or a store of it
+    named as DATA, such as the ``data`` folder a demo or an experiment prepared (the paper's
+    224-pixel crops would not fit its 32-pixel images). A folder that is no store is not."""
+    if data is None:
+        return True
+    try:
+        return is_builtin_store(open_store(data))
+    except UserError:
+        return False  # the command that opens it says what is wrong with it
+
+
+BUILTIN_SPLITS = {"train": 12000, "val": 2000}  # images per split of the shipped subset
+
+
+def is_builtin_store(store: Store) -> bool:
+    """Whether ``store`` is the built-in subset as :func:`prepare_builtin` prepares it: its IDX
+    source, classes and split sizes at :data:`BUILTIN_IMAGE_SIZE` (wherever the package lies)."""
+    names = (builtin_fashion_mnist() / "classes.txt").read_text(encoding="utf-8").split("\n")
+    m = store.manifest
+    return (m.get("source_kind") == "idx" and store.image_size == BUILTIN_IMAGE_SIZE and store.channels == 1
+            and store.classes == [n.strip() for n in names if n.strip()]
+            and {s: m["splits"][s]["count"] for s in m["splits"]} == BUILTIN_SPLITS)
+
+
 def prepare_builtin(store_dir: str | Path, *, show_progress: bool, log: Callable[[str], None]) -> Store:
-    """The built-in data prepared into ``store_dir``: opened if it is there, prepared (again) if not."""
+    """The built-in data prepared into ``store_dir``: opened if it is there, prepared (again) if not.
+
+    Another data set found there is refused, never trained on in the built-in data's name nor
+    overwritten."""
     from alexnet.data.prepare import prepare_store
 
     try:
-        return open_store(store_dir)
+        store = open_store(store_dir)
     except UserError:
         log(f"preparing the built-in Fashion-MNIST subset into {store_dir}")
         prepare_store(builtin_fashion_mnist(), store_dir, image_size=BUILTIN_IMAGE_SIZE, progress_bar=show_progress,
                       force=True, log=log)
         return open_store(store_dir)
+    if not is_builtin_store(store):
+        raise UserError(f"{store_dir} holds another prepared data set ({store.num_classes} classes, "
+                        f"{store.image_size} px, from {store.manifest.get('source', '?')}), not the built-in "
+                        f"Fashion-MNIST subset; choose another --out, or give that data set as DATA where a command "
+                        "takes one")
+    return store

@@ -23,11 +23,14 @@ def run_demo(out: str | Path = "runs/demo", *, log: Callable[[str], None] = prin
     """Prepare the built-in data, train, evaluate (centre crop and ten crops), draw the figures."""
     from alexnet.data.loader import Loader
     from alexnet.evaluate import evaluate, load_member
+    from alexnet.experiments.runs import refuse_foreign_out
     from alexnet.figures.plots import save_filters
     from alexnet.runtime import pick_device
     from alexnet.training import train
 
     out = Path(out)
+    refuse_foreign_out(out, "the demo")
+    pick_device(config.device)  # a device this machine lacks is refused before minutes of preparing data
     started = time.perf_counter()
     data = out / "data"
     store = prepare_builtin(data, show_progress=show_progress, log=log)
@@ -37,7 +40,12 @@ def run_demo(out: str | Path = "runs/demo", *, log: Callable[[str], None] = prin
     for change in BUILTIN_CHANGES:
         log(f"  - {change}")
     run = out / "run"
-    train(config, data, run, resume=(run / "last.pt").exists(), show_progress=show_progress, log=log)
+
+    def train_log(line: str) -> None:  # a finished run is evaluated again; the demo has no --epochs to go on with
+        log(f"demo: {run} holds the finished run; evaluating it again (remove that folder to train anew)"
+            if line.startswith(f"{run} has finished") else line)
+
+    train(config, data, run, resume=(run / "last.pt").exists(), show_progress=show_progress, log=train_log)
     member = load_member(str(run / "last.pt"), pick_device(config.device))
     results = {}
     for ten_crop in (False, True):

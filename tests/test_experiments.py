@@ -13,13 +13,14 @@ from PIL import Image
 
 from alexnet.cli import main
 from alexnet.data import open_store
+from alexnet.data.prepare import prepare_store
 from alexnet.errors import UserError
 from alexnet.experiments import ablations as ablation_runs
 from alexnet.experiments import figure1, runs
 from alexnet.experiments.ablations import DEFAULT_VARIANTS
 from alexnet.experiments.figure1 import steps_to_level
 from alexnet.experiments.four_layer import FourLayerNet
-from helpers import QUIET, TINY, make_store
+from helpers import QUIET, TINY, make_store, write_image_folder
 
 
 @pytest.fixture(scope="module")
@@ -162,3 +163,114 @@ def test_relu_vs_tanh_small_alexnet(store_dir, tmp_path):
         assert json.loads((run / "config.json").read_text())["activation"] == act
     steps_per_epoch = len(open_store(store_dir).split("train")) // TINY.batch_size_per_device
     assert [p["step"] for p in s["curves"][0]["points"]] == [steps_per_epoch, 2 * steps_per_epoch]
+
+
+# --- a hostile user: reruns with other settings, other data, two processes, bad numbers -------------------
+
+
+def _result(out: Path, variant: str = "full") -> str:
+    return (out / variant / "seed-0" / "result.json").read_text()
+
+
+@pytest.mark.slow
+def test_rerun_with_another_lr_or_other_data_is_refused_and_keeps_the_table_true(store_dir, tmp_path):
+    out = tmp_path / "abl"
+    ablation_runs.ablations(store_dir, out, base=TINY, seeds=1, variants=["full"], **QUIET)
+    before = _result(out)
+    assert json.loads(before)["config"]["lr"] == TINY.lr
+    # training's resume takes a new lr "from here on"; an experiment's finished run must not be relabelled with it
+    with pytest.raises(UserError, match=r"another recipe.*lr 0\.01 -> 0\.05"):
+        ablation_runs.ablations(store_dir, out, base=TINY.replace(lr=0.05), seeds=1, variants=["full"], **QUIET)
+    assert _result(out) == before
+    (out / "full" / "seed-0" / "config.json").write_text("{")  # damaged: the checkpoint's recipe is compared
+    with pytest.raises(UserError, match=r"another recipe.*lr 0\.01 -> 0\.05"):
+        ablation_runs.ablations(store_dir, out, base=TINY.replace(lr=0.05), seeds=1, variants=["full"], **QUIET)
+    # the same recipe on another store is not a "finished before" result of this one
+    other = make_store(tmp_path / "other", classes=4)
+    with pytest.raises(UserError, match="another store"):
+        ablation_runs.ablations(other, out, base=TINY, seeds=1, variants=["full"], **QUIET)
+    assert _result(out) == before
+    # more epochs continue the run, as before
+    lines = []
+    ablation_runs.ablations(store_dir, out, base=TINY.replace(epochs=2), seeds=1, variants=["full"],
+                            show_progress=False, log=lines.append)
+    assert any("resuming" in line for line in lines) and json.loads(_result(out))["epochs"] == 2
+
+
+def test_a_second_experiment_on_the_same_folder_stops_before_it_trains(store_dir, tmp_path):
+    from alexnet.runlock import run_lock
+
+    out = tmp_path / "shared"
+    with run_lock(out, "alexnet experiment ablations"):  # another process's lock (flock is per open file)
+        for call in (lambda: ablation_runs.ablations(store_dir, out, base=TINY, seeds=1, variants=["full"], **QUIET),
+                     lambda: figure1.relu_vs_tanh(store_dir, out, seeds=1, epochs=1, lrs=(0.01,), batch_size=8, **QUIET)):
+            with pytest.raises(UserError, match="is in use by 'alexnet experiment ablations'"):
+                call()
+    assert not out.exists()  # nothing was written: the lock's folder is gone with it
+
+
+def test_four_layer_runs_are_kept_only_for_the_same_store(tmp_path):
+    def prepare(classes):
+        src = tmp_path / f"src{classes}"
+        write_image_folder(src, classes, per_class=16, size=36)
+        prepare_store(src, tmp_path / "data", image_size=32, progress_bar=False, force=True, log=lambda s: None)
+
+    prepare(3)
+    out = tmp_path / "fig1"
+    settings = dict(seeds=1, epochs=1, lrs=(0.01,), batch_size=8, show_progress=False)
+    figure1.relu_vs_tanh(tmp_path / "data", out, log=lambda s: None, **settings)
+    prepare(4)  # another data set prepared into the same folder
+    lines = []
+    s = figure1.relu_vs_tanh(tmp_path / "data", out, log=lines.append, **settings)
+    assert not any("done before, kept" in line for line in lines)
+    assert s["steps_per_epoch"] == len(open_store(tmp_path / "data").split("train")) // 8
+    lines.clear()
+    figure1.relu_vs_tanh(tmp_path / "data", out, log=lines.append, **settings)
+    assert sum("done before, kept" in line for line in lines) == 2
+    # a copy of the folder and of the store elsewhere keeps them too
+    import shutil
+
+    shutil.copytree(out, tmp_path / "moved" / "fig1")
+    shutil.copytree(tmp_path / "data", tmp_path / "moved" / "data")
+    lines.clear()
+    figure1.relu_vs_tanh(tmp_path / "moved" / "data", tmp_path / "moved" / "fig1", log=lines.append, **settings)
+    assert sum("done before, kept" in line for line in lines) == 2
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["relu-vs-tanh", "{data}", "--lr", "nan"], "--lr nan"),
+    (["relu-vs-tanh", "{data}", "--lr", "inf"], "--lr inf"),
+    (["relu-vs-tanh", "{data}", "--error-level", "nan"], "--error-level"),
+    (["relu-vs-tanh", "{data}", "--seeds", "0"], "--seeds must be at least 1"),
+    (["relu-vs-tanh", "{data}", "--batch-size", "100000"], "--batch-size 100000 is more than the 36 training images"),
+    (["relu-vs-tanh", "{data}", "--out", "{file}"], "is a file, not a folder"),
+    (["ablations", "{data}", "--out", "{file}"], "is a file, not a folder"),
+    (["ablations", "{data}", "--out", "{data}"], "holds a prepared data set; give another folder"),
+    (["relu-vs-tanh", "{data}", "--out", "{run}"], "holds a training run; give another folder"),
+    (["ablations", "{data}", "--set", "seed=3"], "--set seed"),
+    (["ablations", "{data}", "--set", "nokey=1"], "unknown config key"),
+    (["ablations", "{data}", "--base-config", "{file}"], "not valid JSON"),
+])
+def test_bad_experiment_arguments_end_in_one_line(store_dir, tmp_path, capsys, argv, words):
+    file = tmp_path / "notes.txt"
+    file.write_text("not a recipe\n")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text("")
+    argv = [a.format(data=store_dir, file=file, run=run) for a in argv]
+    out = [] if "--out" in argv else ["--out", str(tmp_path / "out")]
+    assert main(["experiment", *argv, *out, "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and words in err[0] and "Traceback" not in err[0], err
+    assert not (tmp_path / "out" / "runs").exists()
+
+
+def test_the_builtin_data_folder_of_an_experiment_is_not_another_data_set(store_dir, tmp_path):
+    import shutil
+
+    out = tmp_path / "exp"
+    shutil.copytree(store_dir, out / "data")  # a store of 3 classes where the built-in data would be
+    with pytest.raises(UserError, match="holds another prepared data set .*not the built-in Fashion-MNIST"):
+        ablation_runs.ablations(None, out, base=TINY, seeds=1, variants=["full"], **QUIET)
+    assert sorted(p.name for p in out.iterdir()) == ["data"]
+    assert open_store(out / "data").num_classes == 3  # left as it was

@@ -53,3 +53,65 @@ def test_trained_network_from_a_checkpoint(tmp_path):
     assert not model.training
     with torch.no_grad():
         assert torch.equal(model(x), net.eval()(x))
+
+
+# --- wrong arguments and wrong files: one line saying what to pass instead ------------------------------
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    (dict(num_classes=0), "num_classes must be a whole number of at least 1"),
+    (dict(num_classes="10"), "num_classes must be a whole number"),
+    (dict(weights="alexnet-owt.pth"), "no pretrained weights ship with this code"),
+    (dict(widht=0.5), "AlexNet takes no argument 'widht'"),
+])
+def test_paper_network_refuses_wrong_arguments_by_name(kwargs, words):
+    with pytest.raises(ValueError, match=words) as e:
+        hub("alexnet", **kwargs)
+    assert "\n" not in str(e.value)
+
+
+def test_torchvision_entry_refuses_wrong_files_and_arguments_in_one_line(tmp_path):
+    from alexnet.errors import UserError
+
+    source = TorchvisionAlexNet(10)
+    weights = tmp_path / "owt10.pth"
+    torch.save(to_torchvision_state_dict(source.state_dict()), weights)
+    # fc8's outputs come from the file; another num_classes is refused, not a page of size mismatches
+    assert hub("torchvision_alexnet", weights=str(weights)).num_classes == 10
+    with pytest.raises(ValueError, match="has 10 outputs in its last layer, not num_classes=1000"):
+        hub("torchvision_alexnet", num_classes=1000, weights=str(weights))
+    with pytest.raises(UserError, match=r"conv1\.weight is \(64, 3, 11, 11\), not \(64, 1, 11, 11\)"):
+        hub("torchvision_alexnet", weights=str(weights), in_channels=1)
+    # a training checkpoint's state dict under "state_dict" with DDP's "module." prefix loads the same
+    wrapped = tmp_path / "wrapped.pth"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in to_torchvision_state_dict(source.state_dict()).items()}},
+               wrapped)
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        assert torch.equal(hub("torchvision_alexnet", weights=str(wrapped)).eval()(x), source.eval()(x))
+    # this package's own checkpoint is pointed at the 'trained' entry
+    args = dict(num_classes=4, in_channels=1, input_size=24, stem="small", width=0.125, towers=1, dropout=0.0)
+    data = dict(classes=list("abcd"), image_size=28, channels=1, mean_image=torch.zeros(28, 28, 1))
+    checkpoint.save(tmp_path / "best.pt", dict(model_args=args, model=AlexNet(**args).state_dict(), data=data,
+                                               config=dict(crop_size=24)))
+    with pytest.raises(UserError, match="checkpoint of this package.*'trained' entry"):
+        hub("torchvision_alexnet", weights=str(tmp_path / "best.pt"))
+    other = tmp_path / "other.pth"
+    torch.save({"conv.weight": torch.zeros(2, 2)}, other)
+    with pytest.raises(UserError, match="is not torchvision's AlexNet: 'conv.weight'"):
+        hub("torchvision_alexnet", weights=str(other))
+    with pytest.raises(UserError, match="not found"):
+        hub("torchvision_alexnet", weights=str(tmp_path / "missing.pth"))
+    for kwargs, words in ((dict(pretrained=True), "no pretrained weights ship"), (dict(lrn=False), "takes no argument 'lrn'")):
+        with pytest.raises(ValueError, match=words):
+            hub("torchvision_alexnet", **kwargs)
+
+
+def test_trained_entry_names_what_it_was_given(tmp_path):
+    from alexnet.errors import UserError
+
+    (tmp_path / "photo.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(32))
+    for path, words in ((tmp_path / "missing.pt", "not found"), (tmp_path, "no best.pt or last.pt"),
+                        (tmp_path / "photo.png", "PNG image, not an alexnet checkpoint")):
+        with pytest.raises(UserError, match=words):
+            hub("trained", path=str(path))

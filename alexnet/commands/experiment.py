@@ -18,7 +18,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="rerun the paper's figure 1 (ReLU vs tanh) or its ablations",
         description="Reproduce the paper's claims on a prepared data set: 'relu-vs-tanh' (figure 1) and "
         "'ablations' (LRN, overlapping pooling, dropout, PCA lighting, two towers, ReLU). Rerunning the same "
-        "command continues an interrupted experiment.",
+        "command continues an interrupted experiment; one with another recipe or data set in the same --out is "
+        "refused, and one process at a time works in a --out.",
     )
     kinds = p.add_subparsers(dest="experiment", metavar="EXPERIMENT", required=True)
 
@@ -56,7 +57,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "pooling, no dropout, no PCA lighting, one tower, tanh), each for several seeds, and tabulate top-1/top-5 "
         "validation error (mean and std over seeds) and the train-validation gap beside the paper's reported "
         "effect. Each variant x seed is a run directory DIR/VARIANT/seed-N; finished runs are skipped and a "
-        "partial one resumed when the command is run again. Writes DIR/ablations.md and DIR/ablations.json.",
+        "partial one resumed when the command is run again with the same recipe and data (more --epochs continue "
+        "them; another recipe or data set is refused: choose another --out). Writes DIR/ablations.md and "
+        "DIR/ablations.json.",
     )
     a.add_argument("data", metavar="DATA", nargs="?", help=DATA_HELP)
     a.add_argument("--out", metavar="DIR", required=True, help="folder for the runs and the table")
@@ -78,19 +81,23 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _base(args: argparse.Namespace):
     """The base recipe: None (the default for the data) unless a file, --set or --epochs changes it."""
-    from alexnet.builtin import base_recipe
+    from alexnet.builtin import base_recipe, data_is_builtin
 
     changes = cfg.load_file(args.base_config) if args.base_config else {}
     for item in getattr(args, "set", []):
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise UserError(f"--set wants KEY=VALUE, got {item!r}")
-        changes[key.strip().replace("-", "_")] = value.strip()
+        key = key.strip().lstrip("-").replace("-", "_")
+        if key == "seed":
+            raise UserError("--set seed: each variant runs seeds 0..N-1 (--seeds N), so a base seed would be ignored; "
+                            "leave it out")
+        changes[key] = value.strip()
     if getattr(args, "epochs", None) is not None:
         changes["epochs"] = args.epochs
     if not changes:
         return None
-    return cfg.from_dict(changes, base_recipe(builtin=args.data is None))
+    return cfg.from_dict(changes, base_recipe(builtin=data_is_builtin(args.data)))
 
 
 def _apply_process_settings(base) -> None:
@@ -108,9 +115,12 @@ def run_relu_vs_tanh(args: argparse.Namespace) -> int:
         raise UserError("--batch-size must be at least 1")
     base = None
     if args.base_config:
-        from alexnet.builtin import base_recipe
+        from alexnet.builtin import base_recipe, data_is_builtin
 
-        base = cfg.from_dict(cfg.load_file(args.base_config), base_recipe(builtin=args.data is None))
+        base = cfg.from_dict(cfg.load_file(args.base_config), base_recipe(builtin=data_is_builtin(args.data)))
+        if args.net == "four-layer":
+            print("note: --base-config shapes only --net alexnet runs; the four-layer network has its own recipe "
+                  "(no LRN, dropout, weight decay or augmentation); only its runtime keys (threads) apply")
     _apply_process_settings(base)
     relu_vs_tanh(args.data, args.out, seeds=args.seeds, epochs=args.epochs, level=args.error_level, net=args.net,
                  lrs=args.lr, base=base, batch_size=args.batch_size, show_progress=not args.quiet)

@@ -4,7 +4,9 @@
 dropout, PCA lighting, two towers, ReLU), for several seeds, each a run directory made by
 :func:`alexnet.training.train`, and tabulates top-1 and top-5 validation error (centre crop, last
 epoch) and the train-validation gap beside the paper's reported effect. Finished runs are
-skipped and a partial run is resumed, so an interrupted experiment continues where it stopped.
+skipped and a partial run is resumed, so an interrupted experiment continues where it stopped;
+a finished run counts only for the same recipe on the same store (its ``result.json`` records
+both), and a run of another recipe or store is refused rather than relabelled.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from alexnet.atomic import atomic_write_bytes, atomic_write_json
 from alexnet.config import TrainConfig
 from alexnet.data import Store
 from alexnet.errors import UserError
-from alexnet.experiments.runs import Log, count, experiment_inputs, finite, mean_std, pct, train_or_resume
+from alexnet.experiments.runs import (Log, count, experiment_folder, experiment_inputs, finite, mean_std, pct,
+                                     train_or_resume)
 from alexnet.figures.paper import spread_indices, split_batches
 
 # name: (changes to the base recipe, what the paper reports for the feature)
@@ -90,7 +93,15 @@ def ablations(
         raise UserError(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
     if seeds < 1:
         raise UserError("--seeds must be at least 1")
+    with experiment_folder(out, "alexnet experiment ablations"):
+        return _ablations(data, out, base=base, seeds=seeds, variants=variants, show_progress=show_progress, log=log)
+
+
+def _ablations(data, out, *, base, seeds, variants, show_progress, log) -> dict:
+    from alexnet.training.recipe import store_identity
+
     out, data, _, store, base = experiment_inputs(data, out, base, show_progress=show_progress, log=log)
+    identity = store_identity(store)
     variants = list(dict.fromkeys(variants))
     plan = [(v, s) for v in variants for s in range(seeds)]
     results: dict[str, list[dict]] = {v: [] for v in variants}
@@ -100,15 +111,16 @@ def ablations(
         config = variant_config(base, variant, seed)
         result_file = run_dir / "result.json"
         if result_file.is_file():
-            saved = json.loads(result_file.read_text())
-            if saved.get("config") == json.loads(json.dumps(config.to_dict())):
+            saved = _read_result(result_file)
+            # a result counts only for the same recipe on the same data (a digest of the store's manifest)
+            if saved.get("config") == json.loads(json.dumps(config.to_dict())) and saved.get("store") == identity:
                 log(f"[{i}/{len(plan)}] {variant}, seed {seed}: finished before, skipped ({run_dir})")
                 results[variant].append(saved)
                 continue
         state = "resuming" if (run_dir / "last.pt").exists() else "training"
         log(f"[{i}/{len(plan)}] {variant}, seed {seed}: {state} in {run_dir}")
         metrics = train_or_resume(config, data, run_dir, show_progress=show_progress, log=log)
-        result = dict(variant=variant, seed=seed, config=config.to_dict(),
+        result = dict(variant=variant, seed=seed, config=config.to_dict(), store=identity,
                       **run_result(run_dir, store, metrics, batch_size=max(64, config.batch_size_per_device)))
         atomic_write_json(result_file, result)
         results[variant].append(result)
@@ -118,6 +130,15 @@ def ablations(
     atomic_write_bytes(out / "ablations.md", ablations_markdown(summary).encode())
     log(f"ablations: wrote {out / 'ablations.md'} and {out / 'ablations.json'}")
     return summary
+
+
+def _read_result(path: Path) -> dict:
+    """A run's saved result, or {} when the file is not one (it is then computed again)."""
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return saved if isinstance(saved, dict) else {}
 
 
 def summarize(results: dict[str, list[dict]], *, base: TrainConfig, data: str, seeds: list[int]) -> dict:

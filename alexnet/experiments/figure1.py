@@ -30,7 +30,8 @@ from alexnet.atomic import atomic_write_bytes, atomic_write_json
 from alexnet.config import TrainConfig
 from alexnet.errors import UserError
 from alexnet.experiments.four_layer import POINTS_PER_EPOCH, train_four_layer
-from alexnet.experiments.runs import Log, count, experiment_inputs, finite, mean_std, pct, train_or_resume
+from alexnet.experiments.runs import (Log, count, experiment_folder, experiment_inputs, finite, mean_std, pct,
+                                     train_or_resume)
 from alexnet.training.inputs import loader_threads
 
 FOUR_LAYER_LRS = (0.003, 0.01, 0.03, 0.1)
@@ -64,19 +65,45 @@ def relu_vs_tanh(
 
     ``lrs``: one learning rate for both activations, or several to choose from per activation
     (default: :data:`FOUR_LAYER_LRS` for the four-layer net, the base recipe's lr for AlexNet)."""
-    from alexnet.figures.paper import plot_training_error
-
     if net not in ("four-layer", "alexnet"):
         raise UserError(f"--net must be four-layer or alexnet, got {net!r}")
     if lrs is None:
         lrs = FOUR_LAYER_LRS if net == "four-layer" else None
-    if seeds < 1 or epochs < 1 or not 0 < level < 1 or (lrs is not None and (not lrs or min(lrs) <= 0)):
-        raise UserError("--seeds and --epochs must be at least 1, --error-level in (0, 1), learning rates positive")
+    if seeds < 1:
+        raise UserError(f"--seeds must be at least 1, got {seeds}")
+    if epochs < 1:
+        raise UserError(f"--epochs must be at least 1, got {epochs}")
+    if not 0 < level < 1:  # also refuses NaN
+        raise UserError(f"--error-level is a fraction of the training images, between 0 and 1 (e.g. 0.25), got {level}")
+    if lrs is not None:
+        if not lrs:
+            raise UserError("--lr needs at least one learning rate")
+        bad = [lr for lr in lrs if not (math.isfinite(lr) and lr > 0)]
+        if bad:
+            raise UserError(f"--lr {bad[0]}: learning rates must be positive finite numbers, e.g. --lr 0.01,0.03")
+    if batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {batch_size}")
+    with experiment_folder(out, "alexnet experiment relu-vs-tanh"):
+        return _relu_vs_tanh(data, out, seeds=seeds, epochs=epochs, level=level, net=net, lrs=lrs, base=base,
+                             batch_size=batch_size, show_progress=show_progress, log=log)
+
+
+def _relu_vs_tanh(data, out, *, seeds, epochs, level, net, lrs, base, batch_size, show_progress, log) -> dict:
+    from alexnet.figures.paper import plot_training_error
+    from alexnet.training.recipe import store_identity
+
     out, data, builtin, store, base = experiment_inputs(data, out, base, show_progress=show_progress, log=log)
     lrs = [base.lr] if lrs is None else list(lrs)
     runs_dir = out / "runs"
-    every = max(1, len(store.split("train")) // batch_size // POINTS_PER_EPOCH)
-    settings = dict(net=net, epochs=epochs, batch_size=batch_size, points_every_steps=every, data=str(data))
+    train_images = len(store.split("train"))
+    if net == "four-layer" and batch_size > train_images:
+        raise UserError(f"--batch-size {batch_size} is more than the {train_images} training images of {data}; "
+                        f"use at most {train_images}")
+    every = max(1, train_images // batch_size // POINTS_PER_EPOCH)
+    # a cached run counts only for the same settings on the same data: a digest of the store's manifest,
+    # the same for a copy of the store elsewhere (a moved experiment folder keeps its runs)
+    settings = dict(net=net, epochs=epochs, batch_size=batch_size, points_every_steps=every,
+                    store=store_identity(store))
 
     def one(activation: str, lr: float, seed: int) -> dict:
         name = f"{activation}-lr{_lr_name(lr)}-seed{seed}"
@@ -96,8 +123,8 @@ def relu_vs_tanh(
             return dict(activation=activation, lr=lr, seed=seed, points=points, diverged=diverged)
         cached = runs_dir / f"{name}.json"
         if cached.is_file():
-            saved = json.loads(cached.read_text())
-            if saved.get("settings") == settings:
+            saved = _read_json(cached)
+            if saved.get("settings") == settings and saved.get("lr") == lr:
                 log(f"figure 1: {name} done before, kept ({cached})")
                 return saved
         log(f"figure 1: {name} (four-layer CNN)")
@@ -161,10 +188,19 @@ def relu_vs_tanh(
     atomic_write_bytes(out / "relu_vs_tanh.md", relu_vs_tanh_markdown(summary).encode())
     what = "four-layer CNN" if net == "four-layer" else "small AlexNet"
     plot_training_error(summary["curves"], level, out / "relu_vs_tanh.png",
-                        title=f"{what}, lr relu {chosen['relu']:g} / tanh {chosen['tanh']:g}, {len(seed_list)} seeds")
+                        title=f"{what}, lr relu {chosen['relu']:g} / tanh {chosen['tanh']:g}, {count(len(seed_list), 'seed')}")
     log(f"figure 1: {speedup_sentence(summary)}")
     log(f"figure 1: wrote {out / 'relu_vs_tanh.md'}, {out / 'relu_vs_tanh.json'}, {out / 'relu_vs_tanh.png'}")
     return summary
+
+
+def _read_json(path: Path) -> dict:
+    """A cached run, or {} when the file is not one (the run is then trained again)."""
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return saved if isinstance(saved, dict) else {}
 
 
 def _run(runs: list[dict], activation: str, seed: int) -> dict:
