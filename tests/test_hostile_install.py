@@ -145,6 +145,7 @@ def test_wheel_holds_the_package_the_builtin_data_and_its_licence(tmp_path):
     meta = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
     assert "License-Expression: MIT" in meta
     assert any(n.endswith("licenses/alexnet/assets/fashion_mnist/LICENSE") for n in names)
+    assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)  # the package's own
 
 
 def test_demo_refuses_a_device_it_cannot_use_before_preparing_data(tmp_path, capsys):
