@@ -200,3 +200,28 @@ def test_bad_arguments():
         LocalResponseNorm(groups=0)
     with pytest.raises(ValueError, match="groups"):
         LocalResponseNorm(groups=2)(torch.ones(1, 5, 2, 2))
+
+
+def test_the_compile_mark_is_the_one_torch_sets():
+    """``constant_result`` stands in for ``torch.compiler.assume_constant_result``, which imports dynamo."""
+    from alexnet.kernels.compile_marks import constant_result
+
+    def ours():
+        return True
+
+    def torchs():
+        return True
+
+    assert vars(constant_result(ours)) == vars(torch.compiler.assume_constant_result(torchs))
+
+
+def test_importing_the_package_and_its_kernels_leaves_dynamo_and_triton_unloaded():
+    """They take about 1.5 s to import: every command would pay it before doing anything."""
+    import subprocess
+    import sys
+
+    code = ("import sys, alexnet.cli, alexnet.kernels, alexnet.model, alexnet.training; "
+            "print(sorted(m for m in ('torch._dynamo', 'triton') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]", out.stdout

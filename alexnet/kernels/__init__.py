@@ -21,11 +21,12 @@ from __future__ import annotations
 import torch
 
 from alexnet.kernels import lrn_autograd, lrn_cpu
+from alexnet.kernels.compile_marks import constant_result
 
 BACKENDS = ("triton", "cpu", "eager")
 
 
-@torch.compiler.assume_constant_result
+@constant_result
 def _triton_available() -> bool:
     from alexnet.kernels import lrn_triton  # imported on first use: importing triton takes ~1 s
 

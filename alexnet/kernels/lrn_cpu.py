@@ -29,6 +29,7 @@ import ctypes
 import torch
 
 from alexnet.kernels.cbuild import HELPERS_C, CLibrary
+from alexnet.kernels.compile_marks import constant_result
 from alexnet.kernels.layout import memory_format_of
 
 SOURCE = HELPERS_C + r"""
@@ -222,7 +223,7 @@ def library() -> ctypes.CDLL | None:
     return LIBRARY.get()
 
 
-@torch.compiler.assume_constant_result  # torch.compile evaluates it once instead of tracing it
+@constant_result  # torch.compile evaluates it once instead of tracing it
 def available() -> bool:
     """Whether the kernels can run here; the first call builds them (about a second)."""
     return LIBRARY.available()
