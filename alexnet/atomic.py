@@ -20,6 +20,7 @@ from typing import BinaryIO, Callable
 import numpy as np
 
 from alexnet.faults import kill_point
+from alexnet.runlock import pid_alive
 
 
 def _temporary(path: Path) -> Path:
@@ -29,6 +30,22 @@ def _temporary(path: Path) -> Path:
 def stale_temporaries(path: Path) -> list[Path]:
     """Temporary files beside ``path`` left by an interrupted atomic write of it (safe to delete)."""
     return sorted(path.parent.glob(f".{path.name}.*.tmp"))
+
+
+def sweep_dead_temporaries(folder: Path) -> list[str]:
+    """Delete the temporary files in ``folder`` of atomic writes whose process has died (a crash,
+    SIGKILL); those of live processes are left alone. Returns the names deleted."""
+    swept = []
+    for tmp in Path(folder).glob(".*.tmp"):
+        parts = tmp.name.split(".")  # "", name..., pid, token, "tmp"
+        if len(parts) < 5 or not parts[-3].isdigit() or pid_alive(int(parts[-3])):
+            continue
+        try:
+            tmp.unlink()
+            swept.append(tmp.name)
+        except OSError:
+            pass
+    return swept
 
 
 def fsync_dir(path: Path) -> None:

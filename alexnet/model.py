@@ -42,6 +42,7 @@ The module is pure: no I/O, no device or precision choices.
 
 from __future__ import annotations
 
+import numbers
 from collections import OrderedDict
 from typing import Sequence
 
@@ -114,6 +115,13 @@ class StridePad(nn.Module):
         return nn.functional.pad(x, (0, self.extra_pixels(w), 0, self.extra_pixels(h)))
 
 
+def check_counts(**counts) -> None:
+    """Class and channel counts must be whole numbers of at least 1 (``AlexNet(0)`` would build)."""
+    for name, value in counts.items():
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+            raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
+
+
 def _divisible(channels: float, towers: int) -> int:
     return max(towers, int(round(channels / towers)) * towers)
 
@@ -168,6 +176,7 @@ class AlexNet(nn.Module):
         cnorm2: bool = False,
     ) -> None:
         super().__init__()
+        check_counts(num_classes=num_classes, in_channels=in_channels)
         if towers not in (1, 2):
             raise ValueError(f"towers must be 1 or 2, got {towers}")
         if activation not in ACTIVATIONS:

@@ -133,12 +133,31 @@ def _flock(directory: Path, path: Path, me: Owner, advice: str) -> tuple[int, st
 def _alive(owner: Owner) -> bool:
     if owner.host != socket.gethostname():
         return True  # cannot tell: assume it runs
+    return pid_alive(owner.pid)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` of this machine runs; True when that cannot be told."""
+    if pid == os.getpid():
+        return True
+    if os.name == "nt":  # os.kill(pid, 0) would send CTRL_C_EVENT there: ask the process table
+        import ctypes
+
+        kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)
+        handle = kernel32.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
+        if not handle:
+            return ctypes.get_last_error() == 5  # access denied: it exists
+        code = ctypes.c_ulong()
+        try:
+            return not kernel32.GetExitCodeProcess(handle, ctypes.byref(code)) or code.value == 259  # STILL_ACTIVE
+        finally:
+            kernel32.CloseHandle(handle)
     try:
-        os.kill(owner.pid, 0)
+        os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
-        return True  # someone else's process
+    except OSError:
+        return True  # someone else's process, or no way to ask
     return True
 
 

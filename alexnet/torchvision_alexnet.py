@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from alexnet.errors import UserError
-from alexnet.model import fc7_activations, learnable_layers
+from alexnet.model import check_counts, fc7_activations, learnable_layers
 
 # torchvision's index in features/classifier -> our name (layers without parameters omitted).
 TORCHVISION_KEYS = OrderedDict(
@@ -70,6 +70,7 @@ class TorchvisionAlexNet(nn.Module):
 
     def __init__(self, num_classes: int = 1000, *, dropout: float = 0.5, in_channels: int = 3) -> None:
         super().__init__()
+        check_counts(num_classes=num_classes, in_channels=in_channels)
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         self.num_classes, self.towers = num_classes, 1

@@ -57,3 +57,20 @@ def test_stale_temporaries_match_the_names_written(tmp_path, monkeypatch):
     monkeypatch.undo()
     (stale,) = stale_temporaries(path)
     assert stale.parent == tmp_path and stale.name.startswith(".f.npy.") and stale.suffix == ".tmp"
+
+
+def test_the_temporaries_of_dead_processes_are_swept_and_those_of_live_ones_kept(tmp_path):
+    """A SIGKILLed writer leaves ``.NAME.PID.TOKEN.tmp``; the next owner of the folder removes it."""
+    import subprocess
+    import sys
+
+    from alexnet.atomic import sweep_dead_temporaries
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)  # exited: no process has this pid now (unless reused within the test)
+    names = {f".curves.png.{dead_pid}.0a1b2c3d.tmp": False, f".last.pt.{os.getpid()}.0a1b2c3d.tmp": True,
+             ".notes.txt.tmp": True, "curves.png": True}  # ours, a stranger's hidden file, a real file
+    for name in names:
+        (tmp_path / name).write_bytes(b"x")
+    assert sweep_dead_temporaries(tmp_path) == [f".curves.png.{dead_pid}.0a1b2c3d.tmp"]
+    assert {p.name for p in tmp_path.iterdir()} == {n for n, kept in names.items() if kept}

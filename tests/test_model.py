@@ -508,3 +508,11 @@ def test_cnorm2_sits_after_conv2s_lrn():
     names = [n for n, _ in small(cnorm2=True).features.named_children()]
     assert names.index("lrn2") + 1 == names.index("cnorm2") and names.index("cnorm2") + 1 == names.index("pool2")
     assert "cnorm2" not in [n for n, _ in small().features.named_children()]
+
+
+@pytest.mark.parametrize("build", [
+    lambda: AlexNet(0), lambda: AlexNet(-3), lambda: AlexNet(2.5), lambda: AlexNet(True), lambda: AlexNet(3, in_channels=0),
+])
+def test_class_and_channel_counts_must_be_whole_and_positive(build):
+    with pytest.raises(ValueError, match="must be a whole number >= 1"):
+        build()

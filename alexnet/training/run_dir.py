@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Callable
 
 from alexnet import checkpoint
-from alexnet.atomic import atomic_write_bytes
+from alexnet.atomic import atomic_write_bytes, sweep_dead_temporaries
 from alexnet.config import TrainConfig
 from alexnet.errors import UserError
 from alexnet.faults import kill_point
@@ -92,6 +92,7 @@ class RunDir:
                 raise UserError(f"run directory {self.dir} is not writable; choose another --out")
             # run_lock makes the folder, and removes it again if the run fails before writing into it
             self._lock.enter_context(run_lock(self.dir, "alexnet train", log=lambda note: self.log(f"note: {note}")))
+            sweep_dead_temporaries(self.dir)  # half-written files of a process that was killed
         return self
 
     def __exit__(self, *exc) -> None:
