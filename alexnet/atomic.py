@@ -66,7 +66,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -
     """Call ``write(file)`` on a temporary file beside ``path``, fsync it, then rename it over ``path``.
 
     The folder is created if missing. An exception (a full disk, KeyboardInterrupt) removes the
-    temporary file and propagates; ``path`` keeps its previous content."""
+    temporary file and propagates; ``path`` keeps its previous content. An OSError that names no
+    file (a full disk while writing) is raised again naming ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temporary(path)
@@ -76,11 +77,13 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(e, OSError) and e.filename is None and e.errno is not None:
+            raise OSError(e.errno, e.strerror, str(path)) from e
         raise
     fsync_dir(path.parent)
 

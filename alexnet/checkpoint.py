@@ -24,6 +24,7 @@ Contents (``FORMAT`` marks the file as ours):
 
 from __future__ import annotations
 
+import errno
 import io
 import math
 import pickle
@@ -47,10 +48,12 @@ def save(path: str | Path, payload: dict[str, Any]) -> None:
     tensor of a checkpoint stands alone, whoever reads it."""
     buffer = io.BytesIO()
     torch.save({"format": FORMAT, "version": VERSION, **_standalone(payload)}, buffer)
+    kept = "the previous checkpoint is kept" if Path(path).is_file() else "none was written before"
     try:
         atomic_write_bytes(path, buffer.getvalue(), fault_point="checkpoint-write")
     except OSError as e:
-        raise UserError(f"could not write checkpoint {path}: {e.strerror or e}; the previous checkpoint is kept") from None
+        size = f" ({buffer.tell() / 2**20:.1f} MiB)" if e.errno == errno.ENOSPC else ""
+        raise UserError(f"could not write checkpoint {path}{size}: {e.strerror or e}; {kept}") from None
 
 
 def _standalone(value):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import importlib
 import io
 import os
@@ -142,10 +143,11 @@ def _unrecognized(parser: argparse.ArgumentParser, extras: list[str]):
 
 def _os_error(e: OSError) -> str:
     """``[Errno 28] No space left on device: 'x'`` as ``x: no space left on device``."""
+    advice = "; free some space, or write somewhere else" if e.errno == errno.ENOSPC else ""
     if e.strerror and e.filename is not None:
         where = f"{os.fsdecode(e.filename)}" + (f" -> {os.fsdecode(e.filename2)}" if e.filename2 is not None else "")
-        return f"{where}: {e.strerror[:1].lower()}{e.strerror[1:]}"
-    return e.strerror or str(e) or type(e).__name__
+        return f"{where}: {e.strerror[:1].lower()}{e.strerror[1:]}{advice}"
+    return (e.strerror or str(e) or type(e).__name__) + advice
 
 
 def printable_streams() -> None:

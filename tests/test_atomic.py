@@ -74,3 +74,18 @@ def test_the_temporaries_of_dead_processes_are_swept_and_those_of_live_ones_kept
         (tmp_path / name).write_bytes(b"x")
     assert sweep_dead_temporaries(tmp_path) == [f".curves.png.{dead_pid}.0a1b2c3d.tmp"]
     assert {p.name for p in tmp_path.iterdir()} == {n for n, kept in names.items() if kept}
+
+
+def test_a_full_disk_names_the_file_and_the_cli_says_what_to_do(tmp_path):
+    import errno
+
+    from alexnet.cli import _os_error
+
+    def full(f):
+        raise OSError(errno.ENOSPC, "No space left on device")  # what a write() says: no file named
+
+    with pytest.raises(OSError) as raised:
+        atomic_write(tmp_path / "last.pt", full)
+    assert raised.value.errno == errno.ENOSPC and raised.value.filename == str(tmp_path / "last.pt")
+    assert _os_error(raised.value) == f"{tmp_path / 'last.pt'}: no space left on device; free some space, or write somewhere else"
+    assert not list(tmp_path.iterdir())

@@ -247,3 +247,18 @@ def test_views_of_a_larger_storage_are_saved_standing_alone(tmp_path):
         assert torch.equal(got, want)
         assert got.untyped_storage().nbytes() == got.numel() * 4
     assert loaded["lrs"] == (0.1,) and flat.data_ptr() == weight.data_ptr()  # the caller's tensors are untouched
+
+
+def test_a_full_disk_says_how_large_the_checkpoint_is_and_whether_one_is_kept(tmp_path, monkeypatch):
+    import errno
+
+    def full(path, data, **kw):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(checkpoint, "atomic_write_bytes", full)
+    payload = dict(model={"w": torch.zeros(2**18)})  # 1 MiB of float32
+    with pytest.raises(UserError, match=r"last.pt \(1.0 MiB\): No space left on device; none was written before"):
+        checkpoint.save(tmp_path / "last.pt", payload)
+    (tmp_path / "last.pt").write_bytes(b"an older checkpoint")
+    with pytest.raises(UserError, match="; the previous checkpoint is kept"):
+        checkpoint.save(tmp_path / "last.pt", payload)

@@ -155,8 +155,10 @@ def _reserve_disk(path: Path) -> None:
             os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
         except OSError as e:
             if e.errno == errno.ENOSPC:
-                gib = os.fstat(f.fileno()).st_size / 2**30
-                raise UserError(f"not enough free disk space in {path.parent} for {path.name} ({gib:.1f} GiB); free some or choose another OUT") from None
+                size = os.fstat(f.fileno()).st_size
+                shown = f"{size / 2**30:.1f} GiB" if size >= 2**30 else f"{size / 2**20:.1f} MiB"
+                raise UserError(f"not enough free disk space in {path.parent} for {path.name} ({shown}); "
+                                "free some or choose another OUT") from None
             # file systems without fallocate: the space is taken as the rows are written
 
 
