@@ -1,7 +1,8 @@
 """Fault injection for crash tests: die by SIGKILL at a named point of the code.
 
 ``ALEXNET_KILL_AT="checkpoint-write:2"`` kills the process the 2nd time it reaches the point
-``checkpoint-write``. Unset (always, outside tests) this costs one dictionary lookup.
+``checkpoint-write``; ``ALEXNET_KILL_SIGNAL=SIGTERM`` sends that signal instead (a scheduler's
+polite stop). Unset (always, outside tests) this costs one dictionary lookup.
 Points: ``step`` (after backward, before the update), ``evaluate`` (inside validation),
 ``checkpoint-write`` (half of a checkpoint's bytes written), ``metrics-append``, ``prepare-chunk``.
 """
@@ -24,4 +25,4 @@ def kill_point(name: str) -> None:
         return
     _reached[name] += 1
     if _reached[name] == int(count or 1):
-        os.kill(os.getpid(), signal.SIGKILL)
+        os.kill(os.getpid(), getattr(signal, os.environ.get("ALEXNET_KILL_SIGNAL", "SIGKILL")))

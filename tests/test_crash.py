@@ -20,8 +20,8 @@ FLAGS = ["--stem", "small", "--width", "0.125", "--crop-size", "28", "--batch-si
          "--epochs", "3", "--loader-workers", "1", "--checkpoint-every-steps", "2", "--quiet", "--deterministic"]
 
 
-def run_cli(*args: str, kill_at: str | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+def run_cli(*args: str, kill_at: str | None = None, signal: str = "SIGKILL") -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ALEXNET_KILL_SIGNAL": signal}
     env.pop("ALEXNET_KILL_AT", None)
     if kill_at:
         env["ALEXNET_KILL_AT"] = kill_at
@@ -88,3 +88,20 @@ def test_nonfinite_loss_stops_and_keeps_checkpoint(store_dir, tmp_path):
     assert "skipped" in skipped.stderr + skipped.stdout
     weights = checkpoint.load(tmp_path / "skip" / "last.pt")["model"]
     assert all(np.isfinite(t.numpy()).all() for t in weights.values())
+
+
+def test_sigterm_checkpoints_where_it_arrives_and_the_resume_ends_bit_identical(store_dir, tmp_path):
+    """A scheduler's SIGTERM at step 5 (mid-epoch): the run writes last.pt at that step, says how to go
+    on, exits 143; resumed, it ends with the weights of a run never stopped."""
+    ref = run_cli("train", str(store_dir), "--out", str(tmp_path / "ref"), *FLAGS)
+    assert ref.returncode == 0, ref.stderr
+    run = str(tmp_path / "run")
+    stopped = run_cli("train", str(store_dir), "--out", run, *FLAGS, kill_at="step:5", signal="SIGTERM")
+    assert stopped.returncode == 143, stopped.stderr
+    assert stopped.stderr.strip().splitlines()[-1] == (f"alexnet train: SIGTERM: stopped at epoch 2, step 2 (global step 5); "
+                                                       f"{run}/last.pt holds it: add --resume to go on")
+    assert checkpoint.load(Path(run) / "last.pt")["progress"]["global_step"] == 5
+    done = run_cli("train", str(store_dir), "--out", run, *FLAGS, "--resume")
+    assert done.returncode == 0, done.stderr
+    a, b = (checkpoint.load(Path(r) / "last.pt")["model"] for r in (tmp_path / "ref", run))
+    assert all(torch.equal(a[name], b[name]) for name in a)

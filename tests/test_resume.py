@@ -178,3 +178,37 @@ def test_a_damaged_run_state_is_refused_in_one_line(store, finished, tmp_path, d
     checkpoint.save(run / "last.pt", payload)
     with pytest.raises(UserError, match=says):
         train(TINY.replace(epochs=2), store, run, resume=True, **QUIET)
+
+
+# --- stopping when asked (SIGTERM) ------------------------------------------------------------
+
+
+def _asked_after(calls: int):
+    asked = []
+
+    def stop_requested() -> bool:
+        asked.append(1)
+        return len(asked) >= calls
+
+    return stop_requested
+
+
+@pytest.mark.parametrize("calls, stopped_at, every", [(3, 3, 0), (2, 4, 2), (6, 6, 0)])
+def test_a_run_asked_to_stop_checkpoints_and_resumes_to_the_uninterrupted_run(store, tmp_path, calls, stopped_at,
+                                                                              every):
+    """Asked at every synced step (every step on the CPU, or every 2nd) and after each epoch; the
+    checkpoint it leaves resumes to the very weights of a run never stopped. 6 steps make an epoch,
+    whose last step is not asked: the 6th ask comes after epoch 1, whose own checkpoint is kept."""
+    from alexnet.training import Stopped
+
+    config = TINY.replace(epochs=2, batch_size_per_device=4, nonfinite_check_every_steps=every)
+    train(config, store, tmp_path / "whole", **QUIET)
+    with pytest.raises(Stopped, match=f"global step {stopped_at}|end of epoch 1") as raised:
+        train(config, store, tmp_path / "stopped", stop_requested=_asked_after(calls), **QUIET)
+    assert "add --resume to go on" in str(raised.value)
+    assert checkpoint.load(tmp_path / "stopped" / "last.pt")["progress"]["global_step"] == stopped_at
+    train(config, store, tmp_path / "stopped", resume=True, **QUIET)
+    whole, resumed = (checkpoint.load(tmp_path / r / "last.pt") for r in ("whole", "stopped"))
+    assert all(torch.equal(whole["model"][k], resumed["model"][k]) for k in whole["model"])
+    losses = [[m["train_loss"] for m in read_metrics(tmp_path / r)] for r in ("whole", "stopped")]
+    assert losses[0] == losses[1] and len(losses[0]) == 2

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
+import sys
+import threading
 
 from alexnet import config as cfg
 
@@ -24,12 +28,28 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+@contextlib.contextmanager
+def stop_on_sigterm():
+    """While the block runs, SIGTERM (a scheduler's preemption, ``kill``, torchrun passing one on)
+    only sets a flag that training reads at its next synced step, checkpoints and stops; yields
+    the flag's reader. Ctrl-C still interrupts at once."""
+    arrived = threading.Event()
+    if threading.current_thread() is not threading.main_thread():  # signal handlers live in the main thread
+        yield arrived.is_set
+        return
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: arrived.set())
+    try:
+        yield arrived.is_set
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run(args: argparse.Namespace) -> int:
     from alexnet.data import open_store
     from alexnet.devices import apply_process_settings, validate_device_name
     from alexnet.distributed import cleanup
     from alexnet.evaluate import top5_is_informative
-    from alexnet.training import train
+    from alexnet.training import Stopped, train
     from alexnet.training.run_dir import saved_recipe
 
     base = None
@@ -39,7 +59,13 @@ def run(args: argparse.Namespace) -> int:
     validate_device_name(config.device)  # before anything is opened or written
     apply_process_settings(config.cpu_threads, config.deterministic, log=print)
     try:
-        metrics = train(config, args.data, args.out, resume=args.resume, show_progress=not args.quiet)
+        with stop_on_sigterm() as asked:
+            metrics = train(config, args.data, args.out, resume=args.resume, show_progress=not args.quiet,
+                            stop_requested=asked)
+    except Stopped as stopped:
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"alexnet train: SIGTERM: {stopped}", file=sys.stderr)
+        return 128 + signal.SIGTERM
     finally:
         cleanup()
     if metrics and int(os.environ.get("RANK", "0")) == 0:

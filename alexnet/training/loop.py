@@ -60,16 +60,35 @@ class Run:
     log: Log
     show_progress: bool
     stall: StallWatch | None = None  # set when the epoch length is known
+    stop_requested: Callable[[], bool] | None = None  # asked at each synced step (e.g. SIGTERM arrived)
 
     def save_last(self) -> None:
         """Checkpoint the run state into last.pt (collective)."""
         self.files.save(self.files.last, {**self.header, **self.state.checkpoint(
             self.layout, self.config.batch_size_per_device)})
 
+    def asked_to_stop(self) -> bool:
+        """Whether any rank was asked to stop (collective when ``stop_requested`` is given)."""
+        if self.stop_requested is None:
+            return False
+        return bool(self.layout.any_rank(torch.tensor(bool(self.stop_requested()), device=self.rt.device)))
+
+
+class Stopped(Exception):
+    """The run stopped when asked (``stop_requested``), after writing a checkpoint to resume from."""
+
+    def __init__(self, where: str, checkpoint: Path) -> None:
+        super().__init__(f"stopped at {where}; {checkpoint} holds it: add --resume to go on")
+        self.where, self.checkpoint = where, checkpoint
+
 
 def train(config: TrainConfig, data: str | Path, run_dir: str | Path, *, resume: bool = False,
-          show_progress: bool = True, log: Log = print) -> list[dict]:
-    """Train with ``config`` on the prepared store ``data`` into ``run_dir``; returns every epoch's metrics."""
+          show_progress: bool = True, log: Log = print, stop_requested: Callable[[], bool] | None = None) -> list[dict]:
+    """Train with ``config`` on the prepared store ``data`` into ``run_dir``; returns every epoch's metrics.
+
+    ``stop_requested`` is asked at every step that reads the device (each step on a CPU, every
+    ``nonfinite_check_every_steps`` on a GPU) and after each epoch; when it says so on any rank,
+    the run writes last.pt and raises :class:`Stopped` (the CLI asks it on SIGTERM)."""
     store = open_store(data)
     layout = join(config.device, config.tower_parallel)
     check_data(config, store, layout.groups.replicas)
@@ -83,6 +102,7 @@ def train(config: TrainConfig, data: str | Path, run_dir: str | Path, *, resume:
     log = log if layout.is_main else _silent  # rank 0 speaks for the run; what it logs is reduced over ranks
     with RunDir(run_dir, owner=layout.is_main, log=log) as files:
         run = start(config, store, layout, files, files.checkpoint_to_resume(resume), log, show_progress, parent, inputs)
+        run.stop_requested = stop_requested
         done = run.state.pos.epoch
         if done >= config.epochs:  # nothing to train: the run directory is left as it is
             log(f"{run_dir} has finished {done} epoch{'s' * (done != 1)}; pass --epochs N with N > {done} to go on")
@@ -108,6 +128,8 @@ def train(config: TrainConfig, data: str | Path, run_dir: str | Path, *, resume:
             seconds, images = train_one_epoch(run, step_model, batches, epoch, steps)
             val = validate(val_member, val_loader, run)
             metrics.append(end_epoch(run, epoch, seconds, images, val, metrics))
+            if epoch + 1 < config.epochs and run.asked_to_stop():  # end_epoch has just written last.pt
+                raise Stopped(f"the end of epoch {epoch + 1}", files.last)
     return metrics
 
 
@@ -199,6 +221,14 @@ def train_one_epoch(run: Run, step_model: nn.Module, batches, epoch: int, steps:
         if save_now:
             sums.fold_into(pos)
             run.save_last()
+        if synced and pos.step_in_epoch < steps and run.asked_to_stop():  # the epoch's end checks it itself
+            if not save_now:
+                sums.fold_into(pos)
+                run.save_last()
+            if bar is not None:
+                bar.close()
+            raise Stopped(f"epoch {epoch + 1}, step {pos.step_in_epoch} (global step {pos.global_step})",
+                          run.files.last)
     if bar is not None:
         bar.close()
     sums.fold_into(pos)
