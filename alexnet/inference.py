@@ -31,8 +31,9 @@ def predict_files(
     from alexnet.data.images import BadImage, decode_file
     from alexnet.evaluate import load_member, probabilities, top5_table
 
-    if top < 1:
-        raise UserError("--top must be at least 1")
+    if isinstance(top, bool) or not isinstance(top, int) or top < 1:
+        raise UserError(f"--top must be at least 1 (a whole number), got {top!r}")
+    paths = _path_list(paths)
     member = load_member(checkpoint_path, device)
     for path in paths:
         missing = unreadable_path(path)
@@ -51,6 +52,13 @@ def predict_files(
         yield path, top5_table(probs.cpu().numpy(), member.classes, k=min(top, len(member.classes)))[0]
 
 
+def _path_list(paths: Sequence[str]) -> list[str]:
+    """``paths`` as a list; one path given bare (a str would be read as one path per character) is refused."""
+    if isinstance(paths, (str, bytes, os.PathLike)):
+        raise TypeError(f"paths must be a list of paths, got the single path {paths!r}; pass [{paths!r}]")
+    return list(paths)
+
+
 def image_extensions() -> frozenset[str]:
     """File name endings of the formats Pillow can read (``.jpg``, ``.png``, ...), lower case."""
     from PIL import Image
@@ -66,6 +74,7 @@ def expand_image_paths(paths: Sequence[str]) -> list[str]:
     and a folder that cannot be listed, stays in the list, so that it is reported rather than
     silently dropped (:func:`unreadable_path` says why).
     """
+    paths = _path_list(paths)
     endings = image_extensions()
     out: list[str] = []
     for path in paths:

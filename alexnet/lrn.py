@@ -38,6 +38,9 @@ the plain formula, kept for tests.
 
 from __future__ import annotations
 
+import math
+import numbers
+
 import torch
 from torch import nn
 import torch.nn.functional as F
@@ -53,19 +56,40 @@ def effective_alpha(alpha: float, size: int, convention: str) -> float:
     return alpha if convention == "paper" else alpha / size
 
 
+def whole_number(name: str, value) -> int:
+    """``value`` as an int >= 1, or a ValueError naming ``name`` (no floats, no booleans)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
+    return int(value)
+
+
+def real_number(name: str, value) -> float:
+    """``value`` as a finite float, or a ValueError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    return float(value)
+
+
 def window_sum_of_squares(x: torch.Tensor, size: int, groups: int = 1) -> torch.Tensor:
     """sum_{j in window(i)} x[:, j]^2 for every channel i, windows clipped at block edges.
 
     The window of channel i is [i - size//2, i + (size-1)//2], which is the paper's
     [i - n/2, i + n/2] for odd n and torch's convention for even n.
     """
-    n, c = x.shape[:2]
-    if c % groups:
-        raise ValueError(f"{c} channels do not split into {groups} LRN groups")
-    sq = (x * x).reshape(n * groups, c // groups, *x.shape[2:])
-    front, back = size // 2, (size - 1) // 2
-    padded = F.pad(sq.flatten(2), (0, 0, front, back))  # zero channels beyond the edges
+    if x.shape[1] % groups:
+        raise ValueError(f"{x.shape[1]} channels do not split into {groups} LRN groups")
+    return _window_sum_of_squares(x, size, groups)
+
+
+def _window_sum_of_squares(x: torch.Tensor, size: int, groups: int) -> torch.Tensor:
+    """:func:`window_sum_of_squares` without its check, in ops TorchScript compiles."""
+    n, c = x.shape[0], x.shape[1]
     cg = c // groups
+    positions = 1
+    for side in x.shape[2:]:
+        positions *= side
+    sq = (x * x).reshape([n * groups, cg, positions])
+    padded = F.pad(sq, [0, 0, size // 2, (size - 1) // 2])  # zero channels beyond the edges
     total = padded[:, 0:cg]
     for j in range(1, size):
         total = total + padded[:, j : j + cg]
@@ -108,15 +132,23 @@ class LocalResponseNorm(nn.Module):
         groups: int = 1,
     ) -> None:
         super().__init__()
-        if size < 1:
-            raise ValueError(f"LRN size must be at least 1, got {size}")
-        if groups < 1:
-            raise ValueError(f"LRN groups must be at least 1, got {groups}")
+        size, groups = whole_number("LRN size", size), whole_number("LRN groups", groups)
+        alpha, beta, k = real_number("LRN alpha", alpha), real_number("LRN beta", beta), real_number("LRN k", k)
+        if alpha < 0 or k <= 0:  # k + alpha * (sum of squares) must stay positive
+            raise ValueError(f"LRN needs alpha >= 0 and k > 0 (the denominator k + alpha * sum must be positive), "
+                             f"got alpha={alpha}, k={k}")
         effective_alpha(alpha, size, convention)  # validates the convention
         self.size, self.alpha, self.beta, self.k = size, alpha, beta, k
         self.convention, self.groups = convention, groups
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():  # TorchScript: the formula in plain torch ops
+            a = self.alpha if self.convention == "paper" else self.alpha / self.size
+            return x / (self.k + a * _window_sum_of_squares(x, self.size, self.groups)).pow(self.beta)
+        return self._kernel(x)
+
+    @torch.jit.unused
+    def _kernel(self, x: torch.Tensor) -> torch.Tensor:
         from alexnet.kernels import local_response_norm
 
         a = effective_alpha(self.alpha, self.size, self.convention)
@@ -142,11 +174,16 @@ class SpatialResponseNorm(nn.Module):
 
     def __init__(self, size: int = 5, scale: float = 1e-3, power: float = 0.75, k: float = 1.0) -> None:
         super().__init__()
-        if size < 1:
-            raise ValueError(f"spatial normalisation size must be at least 1, got {size}")
+        size = whole_number("spatial normalisation size", size)
+        scale, power, k = (real_number(f"spatial normalisation {name}", value)
+                           for name, value in (("scale", scale), ("power", power), ("k", k)))
+        if scale < 0 or k <= 0:
+            raise ValueError(f"spatial normalisation needs scale >= 0 and k > 0, got scale={scale}, k={k}")
         self.size, self.scale, self.power, self.k = size, scale, power, k
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_scripting():
+            _check_spatial_input(x)
         s = self.size
         lo = s // 2  # cuda-convnet's window starts at -size/2 and spans size pixels
         padded = F.pad(x * x, (lo, s - 1 - lo, lo, s - 1 - lo))  # zeros outside the map: the window is clipped
@@ -155,3 +192,10 @@ class SpatialResponseNorm(nn.Module):
 
     def extra_repr(self) -> str:
         return f"size={self.size}, scale={self.scale}, power={self.power}, k={self.k}"
+
+
+@torch.jit.unused
+def _check_spatial_input(x: torch.Tensor) -> None:
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dim() < 3:
+        raise ValueError("spatial normalisation needs a floating-point tensor of shape ([N,] C, H, W), got "
+                         + (f"{x.dtype} {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__))

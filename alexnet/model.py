@@ -42,10 +42,12 @@ The module is pure: no I/O, no device or precision choices.
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections import OrderedDict
-from typing import Sequence
+from typing import Iterable, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -122,6 +124,18 @@ def check_counts(**counts) -> None:
             raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
 
 
+def check_flags(**flags) -> None:
+    """Switches must be booleans (``lrn="no"`` would turn LRN on)."""
+    for name, value in flags.items():
+        if not isinstance(value, (bool, np.bool_)):
+            raise ValueError(f"{name} must be True or False, got {value!r}")
+
+
+def check_choice(name: str, value, choices: Sequence[str]) -> None:
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
+
+
 def _divisible(channels: float, towers: int) -> int:
     return max(towers, int(round(channels / towers)) * towers)
 
@@ -152,6 +166,12 @@ class AlexNet(nn.Module):
         fc_units: units of fc6 and fc7, replacing ``width`` for them; 0: 4096 times ``width``.
         conv6_channels: kernels of a sixth convolutional layer over conv5's pooled maps
             (section 6; 256 in the released config); 0: none.
+
+    Arguments of the wrong type or out of range raise a ValueError naming them. :meth:`forward`
+    and :meth:`fc7_features` take float (N, C, H, W) batches of ``in_channels`` maps whose side
+    pools to fc6's (``input_size``, or e.g. 227 for 224); anything else is refused in one line
+    (:meth:`check_input`). The network compiles with ``torch.compile`` and ``torch.jit.script``
+    (there LRN is the plain formula).
     """
 
     def __init__(
@@ -176,36 +196,40 @@ class AlexNet(nn.Module):
         cnorm2: bool = False,
     ) -> None:
         super().__init__()
-        check_counts(num_classes=num_classes, in_channels=in_channels)
-        if towers not in (1, 2):
-            raise ValueError(f"towers must be 1 or 2, got {towers}")
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
-        if stem not in STEMS:
-            raise ValueError(f"stem must be one of {sorted(STEMS)}, got {stem!r}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-        if width <= 0:
-            raise ValueError(f"width must be positive, got {width}")
-        if dropout_style not in DROPOUT_STYLES:
-            raise ValueError(f"dropout_style must be one of {DROPOUT_STYLES}, got {dropout_style!r}")
-        if lrn_convention not in CONVENTIONS:
-            raise ValueError(f"lrn_convention must be one of {CONVENTIONS}, got {lrn_convention!r}")
+        check_counts(num_classes=num_classes, in_channels=in_channels, input_size=input_size)
+        num_classes, in_channels, input_size = int(num_classes), int(in_channels), int(input_size)
+        if isinstance(towers, bool) or not isinstance(towers, numbers.Integral) or towers not in (1, 2):
+            raise ValueError(f"towers must be 1 or 2, got {towers!r}")
+        towers = int(towers)
+        check_flags(lrn=lrn, lrn_before_relu=lrn_before_relu, overlapping_pool=overlapping_pool, cnorm2=cnorm2)
+        check_choice("activation", activation, sorted(ACTIVATIONS))
+        check_choice("stem", stem, sorted(STEMS))
+        if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) or not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be a number in [0, 1), got {dropout!r}")
+        if isinstance(width, bool) or not isinstance(width, numbers.Real) or not 0 < width < math.inf:
+            raise ValueError(f"width must be a finite number > 0, got {width!r}")
+        check_choice("dropout_style", dropout_style, DROPOUT_STYLES)
+        check_choice("lrn_convention", lrn_convention, CONVENTIONS)
         self.towers, self.num_classes, self.input_size = towers, num_classes, input_size
+        self.in_channels = in_channels
+        if conv_channels is not None and (isinstance(conv_channels, (str, bytes)) or not isinstance(conv_channels, Iterable)):
+            raise ValueError(f"conv_channels must be five positive whole numbers (conv1..conv5), got {conv_channels!r}")
+        conv_channels = tuple(conv_channels) if conv_channels is not None else ()
         if conv_channels:
-            conv_channels = tuple(conv_channels)
-            if len(conv_channels) != 5 or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 1
+            if len(conv_channels) != 5 or not all(isinstance(c, numbers.Integral) and not isinstance(c, bool) and c >= 1
                                                   for c in conv_channels):
                 raise ValueError(f"conv_channels must be five positive whole numbers (conv1..conv5), got {conv_channels}")
+            conv_channels = tuple(int(c) for c in conv_channels)
             if any(c % towers for c in conv_channels):
                 raise ValueError(f"conv_channels {conv_channels} must each divide into {towers} towers")
             c1, c2, c3, c4, c5 = conv_channels
         else:
             c1, c2, c3, c4, c5 = (_divisible(c * width, towers) for c in PAPER_CONV_CHANNELS)
-        if isinstance(fc_units, bool) or not isinstance(fc_units, int) or fc_units < 0:
+        if isinstance(fc_units, bool) or not isinstance(fc_units, numbers.Integral) or fc_units < 0:
             raise ValueError(f"fc_units must be a whole number >= 0, got {fc_units!r}")
-        if isinstance(conv6_channels, bool) or not isinstance(conv6_channels, int) or conv6_channels < 0:
+        if isinstance(conv6_channels, bool) or not isinstance(conv6_channels, numbers.Integral) or conv6_channels < 0:
             raise ValueError(f"conv6_channels must be a whole number >= 0, got {conv6_channels!r}")
+        fc_units, conv6_channels = int(fc_units), int(conv6_channels)
         fc = fc_units or max(1, int(round(PAPER_FC_UNITS * width)))
         self.channels = (c1, c2, c3, c4, c5)
         self.fc_units = fc
@@ -256,6 +280,7 @@ class AlexNet(nn.Module):
         )
         last_maps = conv6_channels or c5
         side = feature_map_size(input_size, stem, overlapping_pool)
+        self.stem, self.overlapping_pool, self.feature_side = stem, overlapping_pool, side
         if side < 1:
             raise ValueError(
                 f"input_size {input_size} is too small for stem {stem!r}: "
@@ -278,13 +303,40 @@ class AlexNet(nn.Module):
         init_weights_(self, "paper")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_scripting():
+            self.check_input(x)
         return self.classifier(self.features(x))
 
     def fc7_features(self, x: torch.Tensor) -> torch.Tensor:
         """The 4096-d activations of fc7 (after its nonlinearity, before its dropout), as figure 4
         uses: fc6's outputs pass drop6 as at test time (times 1 - p with the paper's dropout), in
         any mode, so these are the activations of the network that :meth:`forward` computes in eval()."""
+        if not torch.jit.is_scripting():
+            self.check_input(x)
         return fc7_activations(self.classifier, self.features(x))
+
+    @torch.jit.unused
+    def check_input(self, x: torch.Tensor) -> None:
+        """A TypeError or ValueError in one line unless ``x`` is a float (N, C, H, W) batch that this
+        network takes: ``in_channels`` maps, and crops whose conv5 maps have the side fc6 was built
+        for (``input_size``, or another size that pools to the same side, such as 227 for 224)."""
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"AlexNet takes a torch.Tensor of shape (N, C, H, W), got {type(x).__name__}")
+        if not x.is_floating_point():
+            raise TypeError(f"AlexNet takes floating-point images (N, C, H, W), got {x.dtype}; "
+                            "convert them (x.float()) and centre them as the network was trained")
+        if x.dim() != 4:
+            raise ValueError(f"AlexNet takes a batch of shape (N, C, H, W), got shape {tuple(x.shape)}"
+                             + ("; for one image pass x[None]" if x.dim() == 3 else ""))
+        n, c, h, w = x.shape
+        if c != self.in_channels:
+            raise ValueError(f"this AlexNet takes {self.in_channels}-channel images, got {c} channels "
+                             f"(shape {tuple(x.shape)})")
+        sides = [feature_map_size(s, self.stem, self.overlapping_pool) for s in (h, w)]
+        if sides != [self.feature_side, self.feature_side]:
+            raise ValueError(f"this AlexNet was built for {self.input_size}x{self.input_size} crops "
+                             f"(input_size={self.input_size}), got {h}x{w}: crop the images to that size or "
+                             f"build the network with input_size={h}")
 
     def learnable_layers(self) -> "OrderedDict[str, nn.Module]":
         """conv1..conv5, fc6..fc8 by name."""
@@ -344,8 +396,11 @@ def init_weights_(model: nn.Module, scheme: str = "paper") -> nn.Module:
       N(0, 0.01) and bias 0, so the loss starts at ln(classes). Not the paper's; it avoids the
       long stall at loss ln(classes) on small data sets.
     """
-    if scheme not in INIT_SCHEMES:
+    if not isinstance(scheme, str) or scheme not in INIT_SCHEMES:
         raise ValueError(f"init scheme must be one of {INIT_SCHEMES}, got {scheme!r}")
+    if not callable(getattr(model, "learnable_layers", None)):
+        raise TypeError(f"init_weights_ takes an AlexNet (a network whose layers are named conv1..fc8), "
+                        f"got {type(model).__name__}")
     with torch.no_grad():
         for name, layer in model.learnable_layers().items():
             if scheme == "he":

@@ -12,11 +12,33 @@ up at the old rate keeps its size and decays, with torch's it is rescaled at onc
 
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Iterable
 
 import torch
 from torch import nn
 from torch.optim import Optimizer
+
+
+HYPERPARAMETERS = ("lr", "momentum", "weight_decay")
+
+
+def check_hyperparameters(group: dict) -> None:
+    """A ValueError naming the first of ``lr`` (>= 0), ``momentum`` ([0, 1)) and ``weight_decay``
+    (>= 0) that is not a finite number in its range."""
+    lr, momentum, wd = (group[key] for key in HYPERPARAMETERS)
+    for name, value in (("learning rate", lr), ("momentum", momentum), ("weight decay", wd)):
+        if isinstance(value, torch.Tensor) and value.numel() == 1:
+            value = value.item()
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+            raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if lr < 0:
+        raise ValueError(f"learning rate must be >= 0, got {lr}")
+    if not 0.0 <= momentum < 1.0:
+        raise ValueError(f"momentum must be in [0, 1), got {momentum}")
+    if wd < 0:
+        raise ValueError(f"weight decay must be >= 0, got {wd}")
 
 
 class PaperSGD(Optimizer):
@@ -35,13 +57,38 @@ class PaperSGD(Optimizer):
         momentum: float = 0.9,
         weight_decay: float = 5e-4,
     ) -> None:
-        if lr < 0:
-            raise ValueError(f"learning rate must be >= 0, got {lr}")
-        if not 0.0 <= momentum < 1.0:
-            raise ValueError(f"momentum must be in [0, 1), got {momentum}")
-        if weight_decay < 0:
-            raise ValueError(f"weight decay must be >= 0, got {weight_decay}")
-        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay))
+        defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay)
+        check_hyperparameters(defaults)
+        super().__init__(params, defaults)  # each group is checked by add_param_group
+
+    def add_param_group(self, param_group: dict) -> None:
+        """As torch's, with the group's lr, momentum and weight decay checked, and a parameter
+        named twice refused (its velocity would be updated twice a step)."""
+        if isinstance(param_group, dict):
+            check_hyperparameters({key: param_group.get(key, self.defaults[key]) for key in HYPERPARAMETERS})
+            params = param_group.get("params")
+            if params is not None and not isinstance(params, (torch.Tensor, set)):  # torch refuses a set
+                params = list(params)  # a generator is read once, here
+                param_group["params"] = params  # as torch's own add_param_group does
+            if isinstance(params, list) and len({id(p) for p in params}) != len(params):
+                raise ValueError("a parameter is listed twice in one PaperSGD group; list each once")
+        super().add_param_group(param_group)
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """As torch's, refusing hyperparameters out of range and velocities whose shape is not
+        their parameter's (a state saved for another network)."""
+        saved_groups = state_dict.get("param_groups", ())
+        for group in saved_groups:
+            check_hyperparameters({key: group.get(key, self.defaults[key]) for key in HYPERPARAMETERS})
+        if len(saved_groups) == len(self.param_groups):  # torch refuses other group counts and sizes itself
+            state = state_dict.get("state", {})
+            for saved, group in zip(saved_groups, self.param_groups):
+                for index, p in zip(saved.get("params", ()), group["params"]):
+                    v = state.get(index, {}).get("velocity")
+                    if isinstance(v, torch.Tensor) and v.shape != p.shape:
+                        raise ValueError(f"the optimizer state holds a velocity of shape {tuple(v.shape)} for a "
+                                         f"parameter of shape {tuple(p.shape)}: it was saved for another network")
+        super().load_state_dict(state_dict)
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -49,14 +96,15 @@ class PaperSGD(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        if any(p.grad is not None and p.grad.is_sparse for group in self.param_groups for p in group["params"]):
+            # refused before any group is updated: a half-made step would be lost in the error
+            raise TypeError("PaperSGD does not support sparse gradients (nn.Embedding(sparse=True) and the like)")
         for group in self.param_groups:
             if group.get("frozen", False):
                 continue
             params = [p for p in group["params"] if p.grad is not None]
             if not params:
                 continue
-            if any(p.grad.is_sparse for p in params):
-                raise RuntimeError("PaperSGD does not support sparse gradients")
             velocities = []
             for p in params:
                 state = self.state[p]
@@ -148,14 +196,14 @@ class PlateauSchedule:
         threshold: float = 1e-3,
         max_reductions: int = 3,
     ) -> None:
-        if not 0 < factor < 1:
-            raise ValueError(f"factor must be in (0, 1), got {factor}")
-        if patience_epochs < 1:
-            raise ValueError(f"patience must be at least 1 epoch, got {patience_epochs}")
-        if threshold < 0:
-            raise ValueError(f"threshold must be >= 0, got {threshold}")
-        if max_reductions < 0:
-            raise ValueError(f"max_reductions must be >= 0, got {max_reductions}")
+        check_optimizer(optimizer)
+        check_factor(factor)
+        if not _whole(patience_epochs) or patience_epochs < 1:
+            raise ValueError(f"patience must be a whole number of epochs >= 1, got {patience_epochs!r}")
+        if not _finite(threshold) or threshold < 0:
+            raise ValueError(f"threshold must be a finite number >= 0, got {threshold!r}")
+        if not _whole(max_reductions) or max_reductions < 0:
+            raise ValueError(f"max_reductions must be a whole number >= 0, got {max_reductions!r}")
         self.optimizer = optimizer
         self.factor, self.patience_epochs = factor, patience_epochs
         self.threshold, self.max_reductions = threshold, max_reductions
@@ -164,7 +212,9 @@ class PlateauSchedule:
         self.reductions = 0
 
     def step(self, val_error: float) -> bool:
-        if val_error < self.best - self.threshold:
+        if isinstance(val_error, bool) or not isinstance(val_error, numbers.Real):
+            raise TypeError(f"PlateauSchedule.step takes the epoch's validation error as a number, got {val_error!r}")
+        if val_error < self.best - self.threshold:  # NaN never improves
             self.best = val_error
             self.epochs_without_improvement = 0
             return False
@@ -184,6 +234,7 @@ class PlateauSchedule:
         )
 
     def load_state_dict(self, state: dict) -> None:
+        _check_keys("PlateauSchedule", state, ("best", "epochs_without_improvement", "reductions"))
         self.best = float(state["best"])
         self.epochs_without_improvement = int(state["epochs_without_improvement"])
         self.reductions = int(state["reductions"])
@@ -197,8 +248,13 @@ class MilestoneSchedule:
     """
 
     def __init__(self, optimizer: Optimizer, milestones: Iterable[int] = (30, 60, 80), *, factor: float = 0.1) -> None:
-        if not 0 < factor < 1:
-            raise ValueError(f"factor must be in (0, 1), got {factor}")
+        check_optimizer(optimizer)
+        check_factor(factor)
+        if isinstance(milestones, (str, bytes)) or not isinstance(milestones, Iterable):
+            raise ValueError(f"milestones must be a list of epochs, got {milestones!r}")
+        milestones = tuple(milestones)
+        if not all(_whole(m) and m >= 1 for m in milestones):  # "30" would be the epochs 3 and 0
+            raise ValueError(f"milestones must be whole numbers of epochs >= 1, got {milestones!r}")
         self.optimizer = optimizer
         self.milestones = tuple(sorted(int(m) for m in milestones))
         self.factor = factor
@@ -215,7 +271,32 @@ class MilestoneSchedule:
         return dict(epochs_done=self.epochs_done)
 
     def load_state_dict(self, state: dict) -> None:
+        _check_keys("MilestoneSchedule", state, ("epochs_done",))
         self.epochs_done = int(state["epochs_done"])
+
+
+def _whole(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _finite(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_factor(factor) -> None:
+    if not _finite(factor) or not 0 < factor < 1:
+        raise ValueError(f"factor must be a number in (0, 1), got {factor!r}")
+
+
+def check_optimizer(optimizer) -> None:
+    if not isinstance(optimizer, Optimizer):
+        raise TypeError(f"a schedule needs the optimizer whose learning rates it changes, got {type(optimizer).__name__}")
+
+
+def _check_keys(owner: str, state, keys: tuple[str, ...]) -> None:
+    missing = [k for k in keys if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise ValueError(f"not a {owner} state: it lacks {', '.join(missing)}")
 
 
 def scale_lr_(optimizer: Optimizer, factor: float) -> None:

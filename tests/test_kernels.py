@@ -353,12 +353,35 @@ def test_triton_kernels_compile_for_sm90_without_a_gpu():
     compile_for_sm90(COMPILE_FOR_SM90)
 
 
-@pytest.mark.parametrize("backend", ["eager", "triton"])
-def test_double_backward_is_refused_not_silently_wrong(backend):
-    """The backward is a closed form (a kernel), not differentiable torch ops: a second derivative
-    through it must be an error, as ``once_differentiable`` makes it, never a silent zero."""
+@pytest.mark.parametrize("backend", ["eager", "cpu", "triton"])
+@pytest.mark.parametrize("outer", ["sum", "square"])
+def test_second_derivative_matches_the_formula(backend, outer):
+    """A gradient penalty differentiates the backward: with ``create_graph=True`` every backend's
+    gradient must itself have the formula's gradient (lrn_reference's autograd in float64), whether
+    the first backward's incoming gradient needs a graph (``square``) or not (``sum``: once it
+    silently came back as a constant, so the penalty's gradient was zero)."""
     fn = _backend(backend)
-    x = torch.rand(1, 6, 3, 3, device=DEVICE, requires_grad=True)
-    (g,) = torch.autograd.grad(fn(x, 5, 1e-4, 0.75, 2.0).square().sum(), x, create_graph=True)
-    with pytest.raises(RuntimeError):  # torch's words differ by version; what matters is that it raises
-        torch.autograd.grad(g.sum(), x)
+    torch.manual_seed(0)
+    size, alpha, beta, k, groups = 5, 0.3, 0.75, 1.5, 2
+    x0 = torch.randn(2, 6, 3, 3, dtype=torch.float64)
+    w = torch.randn(2, 6, 3, 3, dtype=torch.float64)
+
+    def penalty_grad(f, x):
+        y = f(x)
+        y = y.sum() if outer == "sum" else y.square().sum()
+        (g,) = torch.autograd.grad(y, x, create_graph=True)
+        assert g.requires_grad
+        (gg,) = torch.autograd.grad((g * w.to(g.dtype)).sum() + g.square().sum(), x)
+        return gg.double().cpu()
+
+    dtype = torch.float64 if backend == "eager" else torch.float32
+    x = x0.to(DEVICE, dtype).requires_grad_()
+    got = penalty_grad(lambda t: fn(t, size, alpha, beta, k, groups), x)
+    want = penalty_grad(lambda t: lrn_reference(t, size, alpha, beta, k, "paper", groups), x0.clone().requires_grad_())
+    tol = dict(rtol=1e-10, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(got, want, **tol)
+
+
+def test_gradgradcheck_float64():
+    x = torch.randn(1, 5, 2, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradgradcheck(lambda t: kernels.local_response_norm(t, 4, 0.5, 0.75, 1.5, 1), (x,))

@@ -12,8 +12,11 @@ cpu       float32/bf16/fp16 CPU tensors when a C compiler exists   :mod:`.lrn_cp
 eager     everything else (float64, other devices)                :mod:`.lrn_autograd`
 ========  ======================================================  ===================
 
-All three compute the formula in float32 or better with a closed-form backward;
+All three compute the formula in float32 or better with a closed-form backward; a backward
+that builds a graph (``create_graph=True``: second derivatives) is the same closed form in
+differentiable torch ops (:func:`.lrn_autograd.differentiable_backward`), whatever the backend.
 ``tests/test_kernels.py`` checks each against the formula in NumPy and against torch's LRN.
+Inputs must be floating-point tensors of shape (N, C, ...) with C divisible by ``groups``.
 """
 
 from __future__ import annotations
@@ -45,11 +48,15 @@ def backend_for(x: torch.Tensor) -> str:
 
 
 def _check(x: torch.Tensor, size: int, groups: int) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"LRN needs a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():  # integers would be truncated, booleans and complex numbers have no LRN
+        raise TypeError(f"LRN needs a floating-point tensor, got {x.dtype}")
     if x.dim() < 2:
         raise ValueError(f"LRN needs an input of shape (N, C, ...), got {tuple(x.shape)}")
-    if size < 1:
-        raise ValueError(f"LRN size must be at least 1, got {size}")
-    if groups < 1 or x.shape[1] % groups:
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ValueError(f"LRN size must be a whole number >= 1, got {size!r}")
+    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1 or x.shape[1] % groups:
         raise ValueError(f"{x.shape[1]} channels do not split into {groups} LRN groups")
 
 

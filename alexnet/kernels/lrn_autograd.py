@@ -9,12 +9,15 @@ where g = dL/db. The forward computes the window sum once and keeps ``d^-beta`` 
 for the backward, which needs one more window sum (over the transposed window) and no
 autograd graph of the dozen ops of :func:`alexnet.lrn.lrn_reference`. Arithmetic is in
 float32 for half-precision inputs, in the input's dtype otherwise (float64 for gradcheck).
+
+A second derivative (``create_graph=True``: gradient penalties, ``gradgradcheck``) takes
+:func:`differentiable_backward`, the same closed form in differentiable torch ops computed
+from ``x``; every backend's backward uses it then, so higher derivatives are exact too.
 """
 
 from __future__ import annotations
 
 import torch
-from torch.autograd.function import once_differentiable
 
 
 def window_sum(t: torch.Tensor, size: int, groups: int = 1, transpose: bool = False) -> torch.Tensor:
@@ -53,6 +56,18 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
     return x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
 
 
+def differentiable_backward(grad: torch.Tensor, x: torch.Tensor, size: int, alpha: float, beta: float, k: float,
+                            groups: int) -> torch.Tensor:
+    """dL/dx from the closed form above in differentiable torch ops of ``x`` and ``grad``, for
+    backward passes that build a graph of their own (second derivatives)."""
+    dtype = _compute_dtype(x)
+    xf, g = x.to(dtype), grad.to(dtype)
+    d = window_sum(xf * xf, size, groups) * alpha + k
+    p = d.pow(-beta)
+    q = window_sum(g * xf * p / d, size, groups, transpose=True)
+    return (g * p - (2.0 * alpha * beta) * xf * q).to(x.dtype)
+
+
 class LRNFunction(torch.autograd.Function):
     """``LRNFunction.apply(x, size, alpha, beta, k, groups)``; alpha multiplies the plain sum."""
 
@@ -63,14 +78,15 @@ class LRNFunction(torch.autograd.Function):
         p = neg_pow(d, beta)
         if ctx.needs_input_grad[0]:
             ctx.save_for_backward(x, p, d)
-        ctx.params = (size, alpha, beta, groups)
+        ctx.params = (size, alpha, beta, k, groups)
         return (xf * p).to(x.dtype)
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad):
         x, p, d = ctx.saved_tensors
-        size, alpha, beta, groups = ctx.params
+        size, alpha, beta, k, groups = ctx.params
+        if torch.is_grad_enabled():  # create_graph: a graph of the backward, for second derivatives
+            return differentiable_backward(grad, x, size, alpha, beta, k, groups), None, None, None, None, None
         g = grad.to(p.dtype)
         xf = x.to(p.dtype)
         q = window_sum(g * xf * p / d, size, groups, transpose=True)

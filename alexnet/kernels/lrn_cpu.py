@@ -236,6 +236,8 @@ def unavailable_reason() -> str | None:
 
 def _run(x: torch.Tensor, grad: torch.Tensor | None, size: int, alpha: float, beta: float, k: float, groups: int) -> torch.Tensor:
     """Forward (grad None) or backward of float32 x in one of the two layouts the C code reads."""
+    if x.dim() < 2 or groups < 1 or x.shape[1] % groups:  # the C code would read the blocks wrongly
+        raise ValueError(f"LRN needs an input of shape (N, C, ...) with C divisible by groups={groups}, got {tuple(x.shape)}")
     lib = library()
     if lib is None:
         raise RuntimeError(f"the LRN CPU kernels are unavailable: {LIBRARY.unavailable_reason()}")
@@ -290,6 +292,11 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad):
     (x,) = ctx.saved_tensors
+    if torch.is_grad_enabled():  # create_graph: the backward in differentiable ops (second derivatives)
+        from alexnet.kernels.lrn_autograd import differentiable_backward
+
+        size, alpha, beta, k, groups = ctx.params
+        return differentiable_backward(grad, x, size, alpha, beta, k, groups), None, None, None, None, None
     return lrn_cpu_backward(grad, x, *ctx.params), None, None, None, None, None
 
 

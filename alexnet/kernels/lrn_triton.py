@@ -20,7 +20,6 @@ on machines without a GPU.
 from __future__ import annotations
 
 import torch
-from torch.autograd.function import once_differentiable
 
 from alexnet.kernels.layout import is_channels_last, memory_format_of
 
@@ -220,13 +219,17 @@ class LRNTritonFunction(torch.autograd.Function):
         y, d = forward(x, size, alpha, beta, k, groups, ctx.needs_input_grad[0])
         ctx.save_for_backward(x, d)
         ctx.params = (size, alpha, beta, groups)
+        ctx.k = k
         return y
 
     @staticmethod
-    @once_differentiable  # the backward is a kernel, not torch ops: no double backward through it
     def backward(ctx, grad):
         x, d = ctx.saved_tensors
         size, alpha, beta, groups = ctx.params
+        if torch.is_grad_enabled():  # create_graph: the kernel has no graph, so differentiable ops of x
+            from alexnet.kernels.lrn_autograd import differentiable_backward
+
+            return differentiable_backward(grad, x, size, alpha, beta, ctx.k, groups), None, None, None, None, None
         backward = lrn_triton_backward if torch.compiler.is_compiling() else _backward
         return backward(grad, x, d, size, alpha, beta, groups), None, None, None, None, None
 
