@@ -19,11 +19,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import math
+import numbers
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+
+import numpy as np
 
 from alexnet.errors import UserError
 from alexnet.model import feature_map_size
@@ -139,6 +143,7 @@ class TrainConfig:
                                   "(needs the 'tensorboard' extra)")
 
     def __post_init__(self) -> None:
+        _check_types(self)
         for field_ in fields(self):
             choices = field_.metadata.get("choices")
             value = getattr(self, field_.name)
@@ -306,6 +311,49 @@ def upgrade_saved(values: dict) -> dict:
 RUNTIME_KEYS = ("device", "precision", "channels_last", "compile", "compile_mode", "step_kernels", "loader_workers",
                 "cpu_threads", "checkpoint_every_steps", "on_nonfinite", "nonfinite_check_every_steps", "deterministic",
                 "tower_parallel", "tensorboard")
+
+
+def _check_types(config: "TrainConfig") -> None:
+    """Each key of the type its field names, for configs built in code (``TrainConfig(epochs="2")``);
+    whole numbers in float keys become floats, lists in list keys tuples (files and flags go
+    through :func:`_coerce`, which reads strings)."""
+    hints = _hints()
+    for f in fields(config):
+        base, item = _base_type(hints[f.name])
+        value = getattr(config, f.name)
+        if base is tuple and isinstance(value, list):
+            value = tuple(value)
+        values = value if base is tuple and isinstance(value, tuple) else (value,)
+        want = item if base is tuple else base
+        ok = (base is not tuple or isinstance(value, tuple)) and all(_of_type(v, want) for v in values)
+        if not ok:
+            plural = {int: "integers", float: "numbers", str: "strings"}
+            wanted = f"a list of {plural.get(item, item)}" if base is tuple else _TYPE_NAMES.get(base, base)
+            raise UserError(f"config key {f.name!r} wants {wanted}, got {value!r}")
+        if want is float and base is not tuple:
+            value = float(value)
+        elif want is bool:
+            value = bool(value)
+        elif want is int:
+            value = tuple(int(v) for v in value) if base is tuple else int(value)
+        object.__setattr__(config, f.name, value)
+
+
+def _of_type(value, base) -> bool:
+    if base is bool:
+        return isinstance(value, (bool, np.bool_))
+    if isinstance(value, (bool, np.bool_)):
+        return False  # True is not the number 1
+    if base is int:
+        return isinstance(value, numbers.Integral)
+    if base is float:
+        return isinstance(value, numbers.Real)
+    return isinstance(value, base)
+
+
+@functools.cache
+def _hints() -> dict:
+    return typing.get_type_hints(TrainConfig)
 
 
 def _base_type(tp):

@@ -117,6 +117,8 @@ def check_store(member: Member, store, data_name: str) -> None:
 @torch.no_grad()
 def probabilities(members: Sequence[Member], images_u8: torch.Tensor, *, ten_crop: bool, precision: str = "fp32") -> torch.Tensor:
     """Mean softmax over the members (and over the ten crops when asked), float32 (N, classes)."""
+    if not members:
+        raise ValueError("probabilities needs at least one network (a list of Member)")
     total = None
     for m in members:
         device = next(m.model.parameters()).device
@@ -154,6 +156,8 @@ def evaluate(
     inf are counted as ``nonfinite_images`` (present only when there are any): their classes
     have no order, so callers must not report the error rates as a result then.
     """
+    if not members:
+        raise ValueError("evaluate needs at least one network (a list of Member)")
     for m in members:
         m.model.eval()
     counts = torch.zeros(4, dtype=torch.float64)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import io
+import re
 
 import numpy as np
 import pytest
@@ -382,3 +383,57 @@ def test_a_parameter_listed_twice_in_a_generator_group_is_refused():
         PaperSGD([dict(params=(q for q in [p, p]))])
     opt = PaperSGD([dict(params=(q for q in [p]))])  # a generator group is taken whole
     assert opt.param_groups[0]["params"] == [p]
+
+
+# --- the training entry point and its config, built in code ------------------------------------
+
+
+@pytest.mark.parametrize("changes, says", [
+    (dict(epochs="2"), "config key 'epochs' wants an integer, got '2'"),
+    (dict(lr="0.1"), "config key 'lr' wants a number"),
+    (dict(lrn="no"), "config key 'lrn' wants true or false"),
+    (dict(freeze="conv1"), "config key 'freeze' wants a list of strings"),
+    (dict(epochs=True), "config key 'epochs' wants an integer, got True"),
+    (dict(channels=(48.5, 128, 192, 192, 256)), "config key 'channels' wants a list of integers"),
+])
+def test_a_config_built_in_code_refuses_values_of_the_wrong_type(changes, says):
+    from alexnet.config import TrainConfig
+    from alexnet.errors import UserError
+
+    with pytest.raises(UserError, match=re.escape(says)):
+        TrainConfig(**changes)
+
+
+def test_a_config_built_in_code_takes_numpy_numbers_lists_and_whole_floats():
+    from alexnet.config import TrainConfig
+
+    config = TrainConfig(lr=1, epochs=np.int64(3), lrn=np.bool_(False), freeze=["conv1"])
+    assert (config.lr, config.epochs, config.lrn, config.freeze) == (1.0, 3, False, ("conv1",))
+    assert (type(config.lr), type(config.epochs), type(config.lrn)) == (float, int, bool)
+
+
+@pytest.mark.parametrize("call, says", [
+    (lambda train, c, d, r: train("epochs=2", d, r), "train takes a TrainConfig"),
+    (lambda train, c, d, r: train(dict(epochs=2), d, r), "train takes a TrainConfig"),
+    (lambda train, c, d, r: train(c, d, None), "train's run_dir is a folder path"),
+    (lambda train, c, d, r: train(c, 5, r), "train's data is a folder path"),
+    (lambda train, c, d, r: train(c, d, r, resume="no"), "train's resume is True or False"),
+    (lambda train, c, d, r: train(c, d, r, log=None), "train's log is a function"),
+    (lambda train, c, d, r: train(c, d, r, stop_requested=True), "train's stop_requested is a function"),
+])
+def test_train_refuses_arguments_of_the_wrong_type_before_touching_anything(call, says, tmp_path):
+    from alexnet.config import TrainConfig
+    from alexnet.training import train
+
+    with pytest.raises(TypeError, match=re.escape(says)):
+        call(train, TrainConfig(), str(tmp_path / "data"), str(tmp_path / "run"))
+    assert not list(tmp_path.iterdir())
+
+
+def test_evaluation_of_no_network_says_so():
+    from alexnet.evaluate import evaluate, probabilities
+
+    with pytest.raises(ValueError, match="needs at least one network"):
+        probabilities([], torch.zeros(1, 8, 8, 3, dtype=torch.uint8), ten_crop=False)
+    with pytest.raises(ValueError, match="needs at least one network"):
+        evaluate([], [])

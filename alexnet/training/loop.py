@@ -89,6 +89,7 @@ def train(config: TrainConfig, data: str | Path, run_dir: str | Path, *, resume:
     ``stop_requested`` is asked at every step that reads the device (each step on a CPU, every
     ``nonfinite_check_every_steps`` on a GPU) and after each epoch; when it says so on any rank,
     the run writes last.pt and raises :class:`Stopped` (the CLI asks it on SIGTERM)."""
+    _check_arguments(config, data, run_dir, resume, log, stop_requested)
     store = open_store(data)
     layout = join(config.device, config.tower_parallel)
     check_data(config, store, layout.groups.replicas)
@@ -131,6 +132,20 @@ def train(config: TrainConfig, data: str | Path, run_dir: str | Path, *, resume:
             if epoch + 1 < config.epochs and run.asked_to_stop():  # end_epoch has just written last.pt
                 raise Stopped(f"the end of epoch {epoch + 1}", files.last)
     return metrics
+
+
+def _check_arguments(config, data, run_dir, resume, log, stop_requested) -> None:
+    """train()'s arguments, of the types it takes (a script's mistake, in one line)."""
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"train takes a TrainConfig (alexnet.config.TrainConfig(...)), got {type(config).__name__}")
+    for name, path in (("data", data), ("run_dir", run_dir)):
+        if not isinstance(path, (str, os.PathLike)) or not str(path):
+            raise TypeError(f"train's {name} is a folder path (str or Path), got {path!r}")
+    if not isinstance(resume, bool):
+        raise TypeError(f"train's resume is True or False, got {resume!r}")
+    for name, fn in (("log", log), ("stop_requested", stop_requested)):
+        if fn is not None and not callable(fn) or (fn is None and name == "log"):
+            raise TypeError(f"train's {name} is a function, got {fn!r}")
 
 
 def start(config: TrainConfig, store: Store, layout: DataParallel, files: RunDir, saved: dict | None, log: Log,
