@@ -40,8 +40,10 @@ def test_rank_layout():
     assert rank_layout(2, 2) == ([[0, 1]], [[0], [1]])
     assert rank_layout(4, 1) == ([[0], [1], [2], [3]], [[0, 1, 2, 3]])
     assert rank_layout(6, 2)[1] == [[0, 2, 4], [1, 3, 5]]
-    with pytest.raises(UserError, match="multiple of 2"):
+    with pytest.raises(UserError, match=r"multiple of 2; this run has 3: launch 4 \(torchrun --nproc-per-node=4"):
         rank_layout(3, 2)
+    with pytest.raises(UserError, match=r"this run has 1: launch 2 .*or leave out --tower-parallel"):
+        rank_layout(1, 2)
 
 
 def test_devices():

@@ -11,6 +11,11 @@ Ranks form ``replicas x towers_per_replica`` (:mod:`alexnet.distributed`):
 A layout builds the model on its device, wraps it for the step, shards the data by replica,
 reduces metrics over replicas, seeds the random streams, and converts tensors to and from the
 single-device checkpoint layout, so the training loop has no branch on the layout.
+
+Processes started apart (by hand, on several machines) may disagree: :func:`join` refuses
+``--tower-parallel`` on some ranks only, and the first training loader refuses ranks that read
+different data sets or batch sizes (:meth:`DataParallel.check_same_run`). A collective that
+fails because another rank died or stopped on its own error ends in one line saying so.
 """
 
 from __future__ import annotations
@@ -23,7 +28,9 @@ from torch import nn
 
 from alexnet.data.loader import Loader
 from alexnet.data.store import Store
-from alexnet.distributed import Dist, ParallelGroups, all_reduce_sum, init_from_env, make_process_groups
+from alexnet.distributed import (Dist, ParallelGroups, all_reduce_sum, collective_errors_explained, init_from_env,
+                                 make_process_groups)
+from alexnet.errors import UserError
 
 RESEED_STRIDE = 7919  # a prime: reseeded streams of different steps never coincide
 
@@ -78,9 +85,10 @@ class DataParallel:
     def step_model(self, model: nn.Module, compile: bool, compile_mode: str = "default") -> nn.Module:
         """What the training step calls: DDP over the replicas, compiled (in ``compile_mode``) if asked."""
         if self.groups.replicas > 1:
-            model = nn.parallel.DistributedDataParallel(
-                model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                process_group=self.groups.data_parallel_group)
+            with collective_errors_explained():
+                model = nn.parallel.DistributedDataParallel(
+                    model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                    process_group=self.groups.data_parallel_group)
         return torch.compile(model, mode=compile_mode) if compile else model
 
     def to_single(self, model: nn.Module, tensors: dict) -> dict:
@@ -95,21 +103,63 @@ class DataParallel:
     def loader(self, store: Store, split: str, batch_size_per_device: int, *, train: bool, seed: int,
                workers: int, shuffle_window: int = 0) -> Loader:
         """This replica's shard of ``split``: for training, full batches in a new order every epoch;
-        for validation, every image once over the replicas."""
+        for validation, every image once over the replicas. Collective: the first call checks that
+        every rank reads the same data set."""
+        if split == "train":
+            self.check_same_run(store, dict(batch_size_per_device=batch_size_per_device, seed=seed,
+                                            shuffle_window_images=shuffle_window))
         return Loader(store.split(split), batch_size_per_device, shuffle=train, seed=seed, drop_last=train,
                       rank=self.groups.replica, world_size=self.groups.replicas, workers=workers,
                       pin_memory=self.device.type == "cuda", shuffle_window=shuffle_window if train else 0)
 
+    def check_same_run(self, store: Store | None, recipe: dict) -> None:
+        """Refuse a run whose ranks read different data sets or were given different settings
+        (processes started by hand with other DATA or flags, or another copy of the data on some
+        machine): they would mix images and labels of both into one network, or average
+        gradients of batches of other sizes. Collective.
+
+        ``recipe``: the settings every rank must share (e.g. ``TrainConfig.to_dict()``). A store
+        is compared by a digest of its manifest (the same for any copy of one store, wherever it
+        lies), its classes and its split sizes.
+        """
+        if self.proc.world_size == 1:
+            return
+        import hashlib
+
+        from alexnet.data.store import MANIFEST
+
+        data = None if store is None else dict(
+            digest=hashlib.sha256((store.path / MANIFEST).read_bytes()).hexdigest()[:16],
+            classes=len(store.classes), images={s: len(store.split(s)) for s in store.splits})
+        every = self.gather_objects((data, str(getattr(store, "path", "")), recipe))
+        for rank, (other_data, _, other_recipe) in enumerate(every):
+            if other_data != every[0][0]:
+                describe = ", ".join(f"rank {r}: {path} ({d['classes']} classes, "
+                                     f"{'/'.join(str(n) for n in d['images'].values())} images, digest {d['digest']})"
+                                     for r, (d, path, _) in ((0, every[0]), (rank, every[rank])))
+                raise UserError(f"the processes of this run read different data sets ({describe}): give every "
+                                "process the same prepared store (a copy of one store on each machine is fine)")
+            differ = [k for k in sorted(set(recipe) | set(other_recipe)) if other_recipe.get(k) != every[0][2].get(k)]
+            if differ:
+                shown = "; ".join(f"{k} {every[0][2].get(k)!r} on rank 0, {other_recipe.get(k)!r} on rank {rank}"
+                                  for k in differ[:4])
+                raise UserError(f"the processes of this run were given different settings ({shown}): start every "
+                                "process with the same command (torchrun does)")
+
     def reduce(self, t: torch.Tensor) -> torch.Tensor:
         """Sum over the replicas (the towers of a replica hold the same counts)."""
-        return all_reduce_sum(t, self.groups.data_parallel_group) if self.groups.replicas > 1 else t
+        if self.groups.replicas == 1:
+            return t
+        with collective_errors_explained():
+            return all_reduce_sum(t, self.groups.data_parallel_group)
 
     def any_rank(self, flag: torch.Tensor) -> torch.Tensor:
         """True on every rank when ``flag`` is true on any rank."""
         if self.proc.world_size == 1:
             return flag
         flag = flag.to(torch.int32)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        with collective_errors_explained():
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return flag.bool()
 
     def gather_objects(self, obj) -> list:
@@ -117,7 +167,8 @@ class DataParallel:
         if self.proc.world_size == 1:
             return [obj]
         out = [None] * self.proc.world_size
-        dist.all_gather_object(out, obj)
+        with collective_errors_explained():
+            dist.all_gather_object(out, obj)
         return out
 
     # --- randomness ---
@@ -140,7 +191,8 @@ class TowerParallel(DataParallel):
         return tower.to(self.device, memory_format=memory_format)
 
     def to_single(self, model: nn.Module, tensors: dict) -> dict:
-        return model.gather_grouped(tensors)
+        with collective_errors_explained():
+            return model.gather_grouped(tensors)
 
     def from_single(self, tensors: dict) -> dict:
         from alexnet.towers import tower_state_dict_from_grouped
@@ -152,5 +204,14 @@ def join(device: str, tower_parallel: bool) -> DataParallel:
     """This process's place in the run that torchrun describes (or a single process)."""
     proc = init_from_env(device=device)
     towers = 2 if tower_parallel else 1
+    if proc.world_size > 1:  # the groups below must be laid out alike on every rank
+        every = [None] * proc.world_size
+        with collective_errors_explained():
+            dist.all_gather_object(every, tower_parallel)
+        if len(set(every)) > 1:
+            given = [r for r, t in enumerate(every) if t]
+            others = [r for r, t in enumerate(every) if not t]
+            raise UserError(f"--tower-parallel was given to rank(s) {', '.join(map(str, given))} but not to rank(s) "
+                            f"{', '.join(map(str, others))}: start every process with the same command (torchrun does)")
     groups = make_process_groups(proc.world_size, towers)
     return (TowerParallel if tower_parallel else DataParallel)(proc, groups)
