@@ -183,7 +183,13 @@ def _interrupt_advice(name: str, args) -> str:
 
 def _say_error(command: str, message: str, hint: str) -> None:
     text = " ".join(printable(str(message)).split())  # one line, whatever the message held
-    print(f"{command}: error: {text} ({hint})", file=sys.stderr)
+    rank = ""
+    if "RANK" in os.environ:  # every process of a run prints its own errors: say whose line it is
+        from alexnet.distributed import rank_prefix
+
+        rank = rank_prefix()
+    sys.stderr.write(f"{rank}{command}: error: {text} ({hint})\n")  # one write: ranks' lines do not interleave
+    sys.stderr.flush()
 
 
 def main(argv: list[str] | None = None) -> int:

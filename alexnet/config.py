@@ -197,7 +197,7 @@ class TrainConfig:
                             + ("give --init-from" if not self.init_from else "drop --no-subtract-mean")
                             + ", or leave --mean-image store")
         if self.tower_parallel and self.towers != 2:
-            raise UserError(f"tower_parallel needs towers=2; got towers={self.towers}")
+            raise UserError(f"tower_parallel (--tower-parallel) needs towers=2 (--towers 2); got towers={self.towers}")
         if any(c % self.towers for c in self.channels):
             raise UserError(f"channels {','.join(map(str, self.channels))} must each divide into {self.towers} towers")
         layers = LAYERS + (("conv6",) if self.conv6_channels else ())

@@ -4,6 +4,7 @@ guard runs the GPU's policy on the CPU (alexnet.training.guards)."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -212,3 +213,28 @@ def test_a_run_asked_to_stop_checkpoints_and_resumes_to_the_uninterrupted_run(st
     assert all(torch.equal(whole["model"][k], resumed["model"][k]) for k in whole["model"])
     losses = [[m["train_loss"] for m in read_metrics(tmp_path / r)] for r in ("whole", "stopped")]
     assert losses[0] == losses[1] and len(losses[0]) == 2
+
+
+@pytest.mark.parametrize("replicas, per_device, advice", [
+    (2, 16, "keep 16 with --batch-size-per-device 8"),
+    (3, 5, "16 does not split over 3 replicas: resume on 1, 2, 4, 8, 16 replica(s)"),
+])
+def test_another_world_size_is_told_the_batch_that_keeps_the_run(finished, store, replicas, per_device, advice):
+    from alexnet.data import open_store
+    from alexnet.training.layout import LayoutInfo
+    from alexnet.training.recipe import store_identity
+    from alexnet.training.resume import check_resume
+
+    saved = checkpoint.load(finished / "last.pt")
+    with pytest.raises(UserError, match=re.escape(f"global batch 16 -> {replicas * per_device} ") + ".*" + re.escape(advice)):
+        check_resume(saved, TINY.replace(batch_size_per_device=per_device), LayoutInfo(replicas, replicas, 1, per_device),
+                     store_identity(open_store(store)), "last.pt")
+
+
+def test_an_error_line_of_a_process_of_a_run_says_which_rank_printed_it(monkeypatch, capsys):
+    from alexnet.cli import _say_error
+
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    _say_error("alexnet train", "something is wrong", "run with --debug")
+    assert capsys.readouterr().err == "rank 1 of 4: alexnet train: error: something is wrong (run with --debug)\n"

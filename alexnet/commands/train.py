@@ -47,7 +47,7 @@ def stop_on_sigterm():
 def run(args: argparse.Namespace) -> int:
     from alexnet.data import open_store
     from alexnet.devices import apply_process_settings, validate_device_name
-    from alexnet.distributed import cleanup
+    from alexnet.distributed import cleanup, collective_errors_explained
     from alexnet.evaluate import top5_is_informative
     from alexnet.training import Stopped, train
     from alexnet.training.run_dir import saved_recipe
@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     validate_device_name(config.device)  # before anything is opened or written
     apply_process_settings(config.cpu_threads, config.deterministic, log=print)
     try:
-        with stop_on_sigterm() as asked:
+        with stop_on_sigterm() as asked, collective_errors_explained():  # a lost peer, in one line
             metrics = train(config, args.data, args.out, resume=args.resume, show_progress=not args.quiet,
                             stop_requested=asked)
     except Stopped as stopped:

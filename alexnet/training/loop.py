@@ -92,6 +92,9 @@ def train(config: TrainConfig, data: str | Path, run_dir: str | Path, *, resume:
     _check_arguments(config, data, run_dir, resume, log, stop_requested)
     store = open_store(data)
     layout = join(config.device, config.tower_parallel)
+    # every rank the same data and settings before rank 0 makes the run folder; what may differ by
+    # machine: its paths, devices and threads, and TensorBoard (which rank 0 alone writes)
+    layout.check_same_run(store, {k: v for k, v in config.to_dict().items() if k not in PER_PROCESS_KEYS})
     check_data(config, store, layout.groups.replicas)
     check_step_kernels(config, model_args(config, store), layout.device)
     parent = read_parent(config.init_from, config) if config.init_from and not resume else None
@@ -132,6 +135,9 @@ def train(config: TrainConfig, data: str | Path, run_dir: str | Path, *, resume:
             if epoch + 1 < config.epochs and run.asked_to_stop():  # end_epoch has just written last.pt
                 raise Stopped(f"the end of epoch {epoch + 1}", files.last)
     return metrics
+
+
+PER_PROCESS_KEYS = ("init_from", "device", "cpu_threads", "loader_workers", "tensorboard")
 
 
 def _check_arguments(config, data, run_dir, resume, log, stop_requested) -> None:

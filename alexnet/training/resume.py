@@ -60,10 +60,15 @@ def check_resume(saved: dict, config: TrainConfig, layout: LayoutInfo, store_ide
                if f.name not in RUNTIME_KEYS + CONTINUING_KEYS and getattr(old, f.name) != getattr(config, f.name)]
     old_layout = LayoutInfo.from_checkpoint(saved)
     if old_layout.global_batch_size != layout.global_batch_size:
-        refused.append(f"global batch {old_layout.global_batch_size} -> {layout.global_batch_size} "
-                       f"({layout.replicas} replica(s) x {layout.batch_size_per_device}; keep "
-                       f"{old_layout.global_batch_size} with --batch-size-per-device "
-                       f"{max(1, old_layout.global_batch_size // layout.replicas)})")
+        old_global = old_layout.global_batch_size
+        if old_global % layout.replicas == 0:
+            keep = f"keep {old_global} with --batch-size-per-device {old_global // layout.replicas}"
+        else:
+            splits = [r for r in range(1, old_global + 1) if old_global % r == 0 and r <= 64]
+            keep = (f"{old_global} does not split over {layout.replicas} replicas: resume on "
+                    f"{', '.join(map(str, splits[-6:]))} replica(s)")
+        refused.append(f"global batch {old_global} -> {layout.global_batch_size} "
+                       f"({layout.replicas} replica(s) x {layout.batch_size_per_device}; {keep})")
     old_store = saved.get("data", {}).get("store_identity")
     if old_store is not None and old_store != store_identity:
         refused.append("data: another store than the run was trained on (its manifest differs)")
