@@ -330,3 +330,17 @@ def compile_for_sm90(body: str) -> None:
     script = SM90_PRELUDE + body + '\nprint("compiled")\n'
     result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0 and "compiled" in result.stdout, result.stderr[-3000:]
+
+
+def lrn_numpy(x, size: int, alpha: float, beta: float, k: float, groups: int = 1) -> np.ndarray:
+    """Section 3.3's formula in float64 NumPy, a reference written apart from the package: b_i = a_i /
+    (k + alpha sum_{j in window(i)} a_j^2)^beta, windows [i - size//2, i + (size-1)//2] within each group."""
+    x = np.asarray(x, np.float64)
+    out = np.empty_like(x)
+    per = x.shape[1] // groups
+    for g in range(groups):
+        for i in range(per):
+            lo, hi = max(0, i - size // 2), min(per - 1, i + (size - 1) // 2)
+            s = (x[:, g * per + lo : g * per + hi + 1] ** 2).sum(axis=1)
+            out[:, g * per + i] = x[:, g * per + i] / (k + alpha * s) ** beta
+    return out

@@ -22,6 +22,7 @@ from alexnet.errors import UserError
 from alexnet.evaluate import load_member, probabilities
 from alexnet.lrn import LocalResponseNorm
 from alexnet.model import AlexNet, build_model, init_weights_
+from helpers import lrn_numpy
 
 ASSETS = Path(__file__).resolve().parents[1] / "alexnet" / "assets" / "fashion_mnist"
 TOLERANCE = 1e-5  # max abs difference of probabilities, fp32
@@ -171,19 +172,6 @@ def test_damaged_exports_are_one_clear_error(tmp_path):
 # The ONNX tests need the 'onnx' extra (make test installs it); without it they are skipped, the rest run.
 HAS_ONNX = all(importlib.util.find_spec(m) is not None for m in ("onnx", "onnxruntime", "onnxscript"))
 needs_onnx = pytest.mark.skipif(not HAS_ONNX, reason="needs the 'onnx' extra: pip install 'alexnet[onnx]'")
-
-
-def lrn_numpy(x: np.ndarray, size: int, alpha: float, beta: float, k: float, groups: int) -> np.ndarray:
-    """The paper's formula, alpha multiplying the plain sum, windows [i - size//2, i + (size-1)//2] per group."""
-    x = x.astype(np.float64)
-    out = np.empty_like(x)
-    per = x.shape[1] // groups
-    for g in range(groups):
-        for i in range(per):
-            lo, hi = max(0, i - size // 2), min(per - 1, i + (size - 1) // 2)
-            s = (x[:, g * per + lo : g * per + hi + 1] ** 2).sum(axis=1)
-            out[:, g * per + i] = x[:, g * per + i] / (k + alpha * s) ** beta
-    return out
 
 
 def run_onnx(proto, x: np.ndarray) -> np.ndarray:

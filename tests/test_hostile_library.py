@@ -20,6 +20,7 @@ from alexnet.errors import UserError
 from alexnet.inference import expand_image_paths, predict_files
 from alexnet.kernels import lrn_cpu
 from alexnet.lrn import SpatialResponseNorm
+from helpers import lrn_numpy
 
 SMALL = dict(in_channels=1, input_size=28, stem="small", width=0.125)
 
@@ -27,19 +28,6 @@ SMALL = dict(in_channels=1, input_size=28, stem="small", width=0.125)
 def small_net(**kw) -> AlexNet:
     torch.manual_seed(0)
     return AlexNet(10, **{**SMALL, **kw}).eval()
-
-
-def lrn_numpy(x, n, alpha, beta, k, groups=1):
-    """b_i = a_i / (k + alpha sum_{j in window(i)} a_j^2)^beta, window [i - n//2, i + (n-1)//2] within each group."""
-    x = np.asarray(x, np.float64)
-    cg = x.shape[1] // groups
-    y = np.empty_like(x)
-    for g in range(groups):
-        for i in range(cg):
-            lo, hi = max(0, i - n // 2), min(cg - 1, i + (n - 1) // 2)
-            s = (x[:, g * cg + lo : g * cg + hi + 1] ** 2).sum(axis=1)
-            y[:, g * cg + i] = x[:, g * cg + i] / (k + alpha * s) ** beta
-    return y
 
 
 # --- AlexNet's arguments -------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from alexnet.config import TrainConfig
 from alexnet.data import Store
 from alexnet.errors import UserError
 from alexnet.experiments.runs import (Log, count, experiment_folder, experiment_inputs, finite, mean_std, pct,
-                                     train_or_resume)
+                                     read_json_table, train_or_resume)
 from alexnet.figures.paper import spread_indices, split_batches
 
 # name: (changes to the base recipe, what the paper reports for the feature)
@@ -111,7 +111,7 @@ def _ablations(data, out, *, base, seeds, variants, show_progress, log) -> dict:
         config = variant_config(base, variant, seed)
         result_file = run_dir / "result.json"
         if result_file.is_file():
-            saved = _read_result(result_file)
+            saved = read_json_table(result_file)
             # a result counts only for the same recipe on the same data (a digest of the store's manifest)
             if saved.get("config") == json.loads(json.dumps(config.to_dict())) and saved.get("store") == identity:
                 log(f"[{i}/{len(plan)}] {variant}, seed {seed}: finished before, skipped ({run_dir})")
@@ -130,15 +130,6 @@ def _ablations(data, out, *, base, seeds, variants, show_progress, log) -> dict:
     atomic_write_bytes(out / "ablations.md", ablations_markdown(summary).encode())
     log(f"ablations: wrote {out / 'ablations.md'} and {out / 'ablations.json'}")
     return summary
-
-
-def _read_result(path: Path) -> dict:
-    """A run's saved result, or {} when the file is not one (it is then computed again)."""
-    try:
-        saved = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return saved if isinstance(saved, dict) else {}
 
 
 def summarize(results: dict[str, list[dict]], *, base: TrainConfig, data: str, seeds: list[int]) -> dict:

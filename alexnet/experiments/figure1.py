@@ -18,7 +18,6 @@ on the same batches, for several seeds, records the training error as measured d
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Sequence
@@ -31,7 +30,7 @@ from alexnet.config import TrainConfig
 from alexnet.errors import UserError
 from alexnet.experiments.four_layer import POINTS_PER_EPOCH, train_four_layer
 from alexnet.experiments.runs import (Log, count, experiment_folder, experiment_inputs, finite, mean_std, pct,
-                                     train_or_resume)
+                                     read_json_table, train_or_resume)
 from alexnet.training.inputs import loader_threads
 
 FOUR_LAYER_LRS = (0.003, 0.01, 0.03, 0.1)
@@ -123,7 +122,7 @@ def _relu_vs_tanh(data, out, *, seeds, epochs, level, net, lrs, base, batch_size
             return dict(activation=activation, lr=lr, seed=seed, points=points, diverged=diverged)
         cached = runs_dir / f"{name}.json"
         if cached.is_file():
-            saved = _read_json(cached)
+            saved = read_json_table(cached)
             if saved.get("settings") == settings and saved.get("lr") == lr:
                 log(f"figure 1: {name} done before, kept ({cached})")
                 return saved
@@ -192,15 +191,6 @@ def _relu_vs_tanh(data, out, *, seeds, epochs, level, net, lrs, base, batch_size
     log(f"figure 1: {speedup_sentence(summary)}")
     log(f"figure 1: wrote {out / 'relu_vs_tanh.md'}, {out / 'relu_vs_tanh.json'}, {out / 'relu_vs_tanh.png'}")
     return summary
-
-
-def _read_json(path: Path) -> dict:
-    """A cached run, or {} when the file is not one (the run is then trained again)."""
-    try:
-        saved = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return saved if isinstance(saved, dict) else {}
 
 
 def _run(runs: list[dict], activation: str, seed: int) -> dict:

@@ -119,6 +119,15 @@ def check_same_recipe(config: TrainConfig, run_dir: str | Path) -> None:
                         "the settings it was started with, or choose another --out for the new recipe")
 
 
+def read_json_table(path: Path) -> dict:
+    """A saved result or cached run (a JSON table), or {} when the file is not one (it is then made again)."""
+    try:
+        saved = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+    return saved if isinstance(saved, dict) else {}
+
+
 def _plain(value):
     return json.loads(json.dumps(value))
 
