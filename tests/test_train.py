@@ -140,7 +140,7 @@ def test_ensemble_is_mean_of_members_softmax(store_dir, tmp_path):
     for seed in (1, 2):
         train(TrainConfig(**{**SMALL, "epochs": 1, "seed": seed}), store_dir, tmp_path / f"r{seed}", **quiet)
     members = [load_member(str(tmp_path / f"r{s}" / "last.pt"), torch.device("cpu")) for s in (1, 2)]
-    images = torch.from_numpy(np.asarray(open_store(store_dir).split("val").images[:6]))
+    images = torch.from_numpy(np.array(open_store(store_dir).split("val").images[:6]))  # a copy: the store is read-only
     each = [probabilities([m], images, ten_crop=False) for m in members]
     both = probabilities(members, images, ten_crop=False)
     torch.testing.assert_close(both, (each[0] + each[1]) / 2)
