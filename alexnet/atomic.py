@@ -32,6 +32,15 @@ def stale_temporaries(path: Path) -> list[Path]:
     return sorted(path.parent.glob(f".{path.name}.*.tmp"))
 
 
+def file_in_the_way(path: str | os.PathLike) -> Path | None:
+    """The nearest existing parent of ``path`` when it is a file, not a folder (nothing can be
+    written below it), else None."""
+    for parent in Path(path).parents:
+        if parent.exists():
+            return None if parent.is_dir() else parent
+    return None
+
+
 def sweep_dead_temporaries(folder: Path) -> list[str]:
     """Delete the temporary files in ``folder`` of atomic writes whose process has died (a crash,
     SIGKILL); those of live processes are left alone. Returns the names deleted."""

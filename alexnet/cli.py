@@ -174,11 +174,10 @@ def _interrupt_advice(name: str, args) -> str:
         if getattr(args, "out", None) and (Path(args.out) / "last.pt").is_file():
             return "; add --resume to the same command to go on from the last checkpoint"
         return "; no checkpoint was written yet: run the same command again to start over"
+    if name.startswith("alexnet experiment"):
+        return "; run the same command again: finished runs are kept and the unfinished one resumes"
     return {"alexnet prepare": "; run the same command again to resume where it stopped",
-            "alexnet demo": "; run it again to go on where it stopped",
-            "alexnet experiment": "; run the same command again: finished runs are kept and the unfinished one "
-                                  "resumes"}.get(name.rsplit(" ", 1)[0] if name.startswith("alexnet experiment ")
-                                             else name, "")
+            "alexnet demo": "; run it again to go on where it stopped"}.get(name, "")
 
 
 def _say_error(command: str, message: str, hint: str) -> None:

@@ -327,9 +327,7 @@ def _check_types(config: "TrainConfig") -> None:
         want = item if base is tuple else base
         ok = (base is not tuple or isinstance(value, tuple)) and all(_of_type(v, want) for v in values)
         if not ok:
-            plural = {int: "integers", float: "numbers", str: "strings"}
-            wanted = f"a list of {plural.get(item, item)}" if base is tuple else _TYPE_NAMES.get(base, base)
-            raise UserError(f"config key {f.name!r} wants {wanted}, got {value!r}")
+            raise UserError(f"config key {f.name!r} wants {_wanted(base, item)}, got {value!r}")
         if want is float and base is not tuple:
             value = float(value)
         elif want is bool:
@@ -392,10 +390,15 @@ def _scalar(base, value):
     return result
 
 
+def _wanted(base, item) -> str:
+    """What a key of type ``base`` (of ``item`` for lists) takes, in words."""
+    plural = {int: "integers", float: "numbers", str: "strings"}
+    return f"a list of {plural.get(item, item)}" if base is tuple else _TYPE_NAMES.get(base, base)
+
+
 def _coerce(name: str, tp, value):
     base, item = _base_type(tp)
-    plural = {int: "integers", float: "numbers", str: "strings"}
-    want = f"a list of {plural.get(item, item)}" if base is tuple else _TYPE_NAMES.get(base, base)
+    want = _wanted(base, item)
     try:
         if base is tuple:
             if isinstance(value, str):
@@ -421,7 +424,7 @@ def from_dict(values: dict, base: TrainConfig | None = None) -> TrainConfig:
     unknown = sorted(set(values) - set(known))
     if unknown:
         raise UserError(f"unknown config key(s): {', '.join(unknown)}; see 'alexnet train --help' for the keys")
-    hints = typing.get_type_hints(TrainConfig)
+    hints = _hints()
     coerced = {k: _coerce(k, hints[k], v) for k, v in upgrade_saved(values).items()}
     if coerced.get("recipe") == "original":
         coerced = {**ORIGINAL_RECIPE, **coerced}  # the keys given win over the recipe's
@@ -460,7 +463,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """One flag per field; the defaults stay None so that only given flags override."""
     from alexnet.commands import CommaList
 
-    hints = typing.get_type_hints(TrainConfig)
+    hints = _hints()
     group = parser.add_argument_group("recipe (defaults: the paper's)")
     for f in fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")

@@ -98,6 +98,7 @@ def run_import(args: argparse.Namespace) -> int:
     import torch
 
     from alexnet import checkpoint
+    from alexnet.atomic import file_in_the_way
     from alexnet.errors import UserError
     from alexnet.torchvision_alexnet import import_checkpoint_payload
 
@@ -111,11 +112,8 @@ def run_import(args: argparse.Namespace) -> int:
         raise UserError(f"{src} does not exist or is not a file")
     if out.is_dir() or args.out.endswith("/"):
         raise UserError(f"--out {args.out} is a folder; name the checkpoint file to write, e.g. {out / 'torchvision.pt'}")
-    for parent in out.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise UserError(f"--out {out}: {parent} is a file, not a folder")
-            break
+    if (blocker := file_in_the_way(out)) is not None:
+        raise UserError(f"--out {out}: {blocker} is a file, not a folder")
     if out.exists() and not args.overwrite:
         raise UserError(f"{out} exists; choose another --out or add --overwrite")
     if out.resolve() == src.resolve():

@@ -8,7 +8,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from alexnet.atomic import atomic_write
+from alexnet.atomic import atomic_write, file_in_the_way
 from alexnet.errors import UserError
 
 # What the first bytes of each figure format are: an existing file is replaced only if it is one.
@@ -43,11 +43,8 @@ def output_file(out: str | Path | None, default: str | Path, *, suffixes: tuple[
                         f"{' or '.join(s for s in suffixes)} (e.g. {path.with_suffix(suffixes[0]).name})")
     if path.is_dir():
         raise UserError(f"{flag} {path} is a folder; name a file inside it")
-    for parent in path.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise UserError(f"{flag} {path}: {parent} is a file, not a folder")
-            break
+    if (blocker := file_in_the_way(path)) is not None:
+        raise UserError(f"{flag} {path}: {blocker} is a file, not a folder")
     export = next((p for p in path.absolute().parents if is_export_dir(p)), None)
     if export is not None:
         raise UserError(f"{flag} {path} is inside the export folder {export}, which must hold only the export; "

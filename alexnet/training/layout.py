@@ -124,12 +124,10 @@ class DataParallel:
         """
         if self.proc.world_size == 1:
             return
-        import hashlib
-
-        from alexnet.data.store import MANIFEST
+        from alexnet.training.recipe import store_identity
 
         data = None if store is None else dict(
-            digest=hashlib.sha256((store.path / MANIFEST).read_bytes()).hexdigest()[:16],
+            digest=store_identity(store),
             classes=len(store.classes), images={s: len(store.split(s)) for s in store.splits})
         every = self.gather_objects((data, str(getattr(store, "path", "")), recipe))
         for rank, (other_data, _, other_recipe) in enumerate(every):

@@ -149,9 +149,10 @@ def _check_arguments(config, data, run_dir, resume, log, stop_requested) -> None
             raise TypeError(f"train's {name} is a folder path (str or Path), got {path!r}")
     if not isinstance(resume, bool):
         raise TypeError(f"train's resume is True or False, got {resume!r}")
-    for name, fn in (("log", log), ("stop_requested", stop_requested)):
-        if fn is not None and not callable(fn) or (fn is None and name == "log"):
-            raise TypeError(f"train's {name} is a function, got {fn!r}")
+    if not callable(log):
+        raise TypeError(f"train's log is a function, got {log!r}")
+    if stop_requested is not None and not callable(stop_requested):
+        raise TypeError(f"train's stop_requested is a function, got {stop_requested!r}")
 
 
 def start(config: TrainConfig, store: Store, layout: DataParallel, files: RunDir, saved: dict | None, log: Log,
@@ -239,17 +240,14 @@ def train_one_epoch(run: Run, step_model: nn.Module, batches, epoch: int, steps:
             if synced:
                 rate = images / max(time.perf_counter() - started, 1e-9)
                 bar.set_postfix(loss=f"{float(loss.detach()):.3f}", img_s=f"{rate:.0f}", refresh=False)
-        if save_now:
+        stop = synced and pos.step_in_epoch < steps and run.asked_to_stop()  # the epoch's end asks it itself
+        if save_now or stop:
             sums.fold_into(pos)
             run.save_last()
-        if synced and pos.step_in_epoch < steps and run.asked_to_stop():  # the epoch's end checks it itself
-            if not save_now:
-                sums.fold_into(pos)
-                run.save_last()
+        if stop:
             if bar is not None:
                 bar.close()
-            raise Stopped(f"epoch {epoch + 1}, step {pos.step_in_epoch} (global step {pos.global_step})",
-                          run.files.last)
+            raise Stopped(where, run.files.last)
     if bar is not None:
         bar.close()
     sums.fold_into(pos)
@@ -274,7 +272,8 @@ def end_epoch(run: Run, epoch: int, seconds: float, images: int, val: dict, metr
                 images_per_s=images / max(seconds, 1e-9), epoch_seconds=seconds,
                 global_step=pos.global_step, skipped_steps=pos.skipped_steps)
     run.files.append_metrics(line)
-    top5 = f", top-5 {val['top5_error']:.2%}" if top5_is_informative(len(run.header["data"]["classes"])) else ""
+    top5_says = top5_is_informative(len(run.header["data"]["classes"]))
+    top5 = f", top-5 {val['top5_error']:.2%}" if top5_says else ""
     run.log(f"epoch {epoch + 1}: train loss {train_loss:.4f}, train error {train_err:.2%}, "
             f"val top-1 error {val['top1_error']:.2%}{top5}, lr {lr:g}, "
             f"{line['images_per_s']:.0f} images/s" + (f"; lr divided by {1 / config.lr_factor:g}" if reduced else ""))
@@ -286,7 +285,7 @@ def end_epoch(run: Run, epoch: int, seconds: float, images: int, val: dict, metr
     if improved:
         run.files.save(run.files.best, dict(**run.header, model=weights, epoch=epoch + 1, val=val))
     run.files.plot([*metrics, line], weights.get("features.conv1.weight"),
-                   towers=run.header["model_args"].get("towers", 1), top5=bool(top5))
+                   towers=run.header["model_args"].get("towers", 1), top5=top5_says)
     return line
 
 

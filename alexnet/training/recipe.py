@@ -100,8 +100,9 @@ def run_inputs(config: TrainConfig, store: Store, parent: dict | None = None, sa
     return RunInputs(mean.contiguous(), folded_std(parent))
 
 
-def data_info(store: Store, inputs: RunInputs | None = None) -> dict:
-    inputs = inputs or RunInputs(torch.from_numpy(store.mean_image.copy()))
+def data_info(store: Store, inputs: RunInputs) -> dict:
+    """What a checkpoint records about the data: the classes, the image format and what the run
+    subtracts from its inputs (:func:`run_inputs`)."""
     info = dict(classes=list(store.classes), image_size=store.image_size, channels=store.channels,
                 mean_image=inputs.mean_image, store_identity=store_identity(store))
     if inputs.folded_std:
