@@ -137,6 +137,10 @@ class TrainConfig:
     on_nonfinite: str = _f("stop", "on a NaN/inf loss or gradient: 'stop' (keep the last good checkpoint) or 'skip' the step", ("stop", "skip"))
     nonfinite_check_every_steps: int = _f(0, "read the non-finite flag and the loss on the host every N steps "
                                              "(0: 1 on the CPU or with skip, 20 on a GPU, where each read waits for it)")
+    collective_timeout_minutes: float = _f(0.0, "with several processes: how long one waits for the others at a "
+                                                "reduction before it stops with a line (0: torch's default, 30 "
+                                                "minutes on CPUs, 10 on GPUs); keep it above the slowest "
+                                                "checkpoint write and validation")
     deterministic: bool = _f(False, "deterministic kernels (bitwise-repeatable runs, slower)")
     tower_parallel: bool = _f(False, "put the two towers on two ranks (section 3.2) instead of grouped convolutions")
     tensorboard: bool = _f(False, "also write the metrics and conv1's kernels for TensorBoard into RUN/tensorboard "
@@ -176,10 +180,15 @@ class TrainConfig:
             ("checkpoint_every_steps", self.checkpoint_every_steps >= 0, ">= 0 (0: only at epoch ends)"),
             ("max_steps_per_epoch", self.max_steps_per_epoch >= 0, ">= 0 (0: the whole training set)"),
             ("nonfinite_check_every_steps", self.nonfinite_check_every_steps >= 0, ">= 0 (0: the device's default)"),
+            ("collective_timeout_minutes", 0 <= self.collective_timeout_minutes < 1e6, ">= 0 (0: torch's default)"),
         ]
         for name, ok, rule in ranges:
             if not ok:
                 raise UserError(f"{name} must be {rule}; got {getattr(self, name)!r}")
+        twice = sorted({m for m in self.milestones_epochs if self.milestones_epochs.count(m) > 1})
+        if twice:  # torch's MultiStepLR would divide twice there; a schedule that reads so is a typo more often
+            raise UserError(f"milestones_epochs lists epoch {', '.join(map(str, twice))} more than once; list each "
+                            "epoch once (lr_factor sets how much one milestone divides the lr)")
         if self.on_nonfinite == "skip" and self.nonfinite_check_every_steps > 1:
             raise UserError("on_nonfinite 'skip' must check every step (the verdict comes before the update); "
                             "set nonfinite_check_every_steps to 1 or 0")
@@ -309,7 +318,8 @@ def upgrade_saved(values: dict) -> dict:
 # Keys of how a run executes rather than what it learns: a resume may change them, and a report
 # shows them without highlighting them as departures from the paper.
 RUNTIME_KEYS = ("device", "precision", "channels_last", "compile", "compile_mode", "step_kernels", "loader_workers",
-                "cpu_threads", "checkpoint_every_steps", "on_nonfinite", "nonfinite_check_every_steps", "deterministic",
+                "cpu_threads", "checkpoint_every_steps", "on_nonfinite", "nonfinite_check_every_steps", "collective_timeout_minutes",
+                "deterministic",
                 "tower_parallel", "tensorboard")
 
 

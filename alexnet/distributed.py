@@ -294,7 +294,8 @@ def explain_collective_error(e: BaseException) -> BaseException:
     if not dist.is_initialized() and not rank_prefix():  # one process: there is no other
         return e
     waited = "timed out" in text or "timeout" in text
-    what = ("another process of the run did not answer in time (it hangs, or was stopped)" if waited
+    what = ("another process of the run did not answer in time (it hangs, was stopped, or took longer than "
+            "--collective-timeout-minutes)" if waited
             else "another process of the run stopped (it failed: its error, printed above, says why; or it was killed)")
     seen = re.sub(r"^\[[^\]]*\]\s*", "", _first_line(e)).split(". ")[0][:120]  # without gloo's source path
     return UserError(f"{what}, so this one stops too (it saw: {seen}); fix that and run the same "
@@ -381,8 +382,9 @@ class ParallelGroups:
     data_parallel_group: dist.ProcessGroup | None
 
 
-def make_process_groups(world_size: int, towers: int) -> ParallelGroups:
-    """Create the tower groups and the data-parallel groups of ``world_size`` ranks.
+def make_process_groups(world_size: int, towers: int, timeout: timedelta | None = None) -> ParallelGroups:
+    """Create the tower groups and the data-parallel groups of ``world_size`` ranks (their
+    collectives wait ``timeout`` for each other: None, the backend's default).
 
     Collective: every rank must call it, with the same arguments, at the same point, since
     ``dist.new_group`` has to be called by all ranks for every group in the same order.
@@ -399,7 +401,7 @@ def make_process_groups(world_size: int, towers: int) -> ParallelGroups:
     def mine(rank_lists: list[list[int]]) -> tuple[tuple[int, ...], dist.ProcessGroup]:
         found = None
         for ranks in rank_lists:  # every rank creates every group, in one order
-            group = dist.group.WORLD if len(ranks) == world_size else dist.new_group(ranks)
+            group = dist.group.WORLD if len(ranks) == world_size else dist.new_group(ranks, timeout=timeout)
             if rank in ranks:
                 found = (tuple(ranks), group)
         assert found is not None

@@ -328,6 +328,13 @@ class AlexNet(nn.Module):
         if x.dim() != 4:
             raise ValueError(f"AlexNet takes a batch of shape (N, C, H, W), got shape {tuple(x.shape)}"
                              + ("; for one image pass x[None]" if x.dim() == 3 else ""))
+        weight = next(self.parameters())
+        if x.device != weight.device:
+            raise ValueError(f"this AlexNet's weights are on {weight.device} and the images on {x.device}: move the "
+                             f"images (x.to('{weight.device}')) or the network (model.to('{x.device}'))")
+        if x.dtype != weight.dtype and not torch.is_autocast_enabled(x.device.type):
+            raise TypeError(f"this AlexNet's weights are {weight.dtype} and the images {x.dtype}: convert the "
+                            f"images (x.to({weight.dtype})) or run the network under torch.autocast")
         n, c, h, w = x.shape
         if c != self.in_channels:
             raise ValueError(f"this AlexNet takes {self.in_channels}-channel images, got {c} channels "

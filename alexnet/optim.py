@@ -255,6 +255,9 @@ class MilestoneSchedule:
         milestones = tuple(milestones)
         if not all(_whole(m) and m >= 1 for m in milestones):  # "30" would be the epochs 3 and 0
             raise ValueError(f"milestones must be whole numbers of epochs >= 1, got {milestones!r}")
+        if len(set(milestones)) != len(milestones):
+            raise ValueError(f"milestones must list each epoch once, got {milestones!r} (factor sets how much "
+                             "one milestone divides the lr)")
         self.optimizer = optimizer
         self.milestones = tuple(sorted(int(m) for m in milestones))
         self.factor = factor

@@ -140,6 +140,7 @@ def test_integral_floats_are_accepted_for_ints():
         (dict(plateau_threshold=-1e-3), "plateau_threshold"),
         (dict(max_lr_reductions=-1), "max_lr_reductions"),
         (dict(milestones_epochs=(0, 30)), "milestones_epochs"),
+        (dict(milestones_epochs=(30, 60, 30)), "milestones_epochs lists epoch 30 more than once"),
         (dict(loader_workers=-2), "loader_workers"),
         (dict(cpu_threads=-1), "cpu_threads"),
         (dict(input_scale=0.0), "input_scale"),

@@ -257,6 +257,45 @@ def test_a_rank_that_dies_leaves_the_others_one_clear_line():
     run_ranks(_peer_dies, 2)
 
 
+def _peer_hangs(rank: int, world_size: int, port: int, woke: str) -> None:
+    from helpers import set_rank_env
+
+    from alexnet.distributed import cleanup
+    from alexnet.training.layout import join
+
+    set_rank_env(rank, world_size, port)
+    layout = join("cpu", tower_parallel=False, timeout_minutes=0.05)  # 3 s
+    try:
+        layout.reduce(torch.ones(1))  # both ranks are there
+        if rank == 1:  # hangs until rank 0 has given up (or, if it never does, answers after 120 s)
+            hang = time.monotonic() + 120
+            while not os.path.exists(woke) and time.monotonic() < hang:
+                time.sleep(0.1)
+            if os.path.exists(woke):
+                os._exit(0)
+            layout.reduce(torch.ones(1))
+            return
+        try:
+            layout.reduce(torch.ones(1))
+        except UserError as e:
+            Path(woke).touch()
+            assert str(e).startswith("another process of the run did not answer in time"), e
+            assert "--collective-timeout-minutes" in str(e), e
+            return
+        raise AssertionError("rank 0 waited for the hung rank beyond --collective-timeout-minutes")
+    finally:
+        cleanup()
+
+
+@pytest.mark.slow
+def test_a_hung_rank_is_given_up_after_the_collective_timeout(tmp_path):
+    """Before, a rank that hung (a stopped process, a stuck file system) held the others for
+    torch's default 30 minutes, with no flag to shorten it."""
+    from helpers import start
+
+    start(_peer_hangs, 2, str(tmp_path / "rank0-gave-up"))
+
+
 def _mixed_tower_parallel(rank: int, world_size: int, port: int) -> None:
     from helpers import set_rank_env
 

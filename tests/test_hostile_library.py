@@ -65,7 +65,17 @@ BAD_INPUTS = [
     ("three channels for a grayscale net", lambda x: x.expand(-1, 3, -1, -1), ValueError, "1-channel"),
     ("larger crops than built for", lambda x: torch.nn.functional.pad(x, (2, 2, 2, 2)), ValueError, "input_size=28"),
     ("a crop too small for the pools", lambda x: x[..., :4, :4], ValueError, "input_size=28"),
+    ("float64 images for float32 weights", lambda x: x.double(), TypeError, r"weights are torch.float32 and the "
+     r"images torch.float64: convert the images \(x.to\(torch.float32\)\)"),
+    ("images on another device", lambda x: x.to("meta"), ValueError, "weights are on cpu and the images on meta"),
 ]
+
+
+def test_images_of_another_float_type_run_under_autocast():
+    """autocast casts the float32 weights to the images' bfloat16 itself: no refusal there."""
+    net = small_net().eval()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert net(torch.randn(2, 1, 28, 28).bfloat16()).shape == (2, 10)
 
 
 @pytest.mark.parametrize("method", ["forward", "fc7_features"])
@@ -341,6 +351,7 @@ BAD_SCHEDULES = [
     ("milestones a str", lambda: MilestoneSchedule(_opt(), "30"), ValueError, "milestones"),
     ("milestones 30.5", lambda: MilestoneSchedule(_opt(), [30.5]), ValueError, "milestones"),
     ("milestones 0", lambda: MilestoneSchedule(_opt(), [0, 5]), ValueError, "milestones"),
+    ("milestones twice", lambda: MilestoneSchedule(_opt(), [30, 30]), ValueError, "each epoch once"),
     ("milestones empty state", lambda: MilestoneSchedule(_opt()).load_state_dict({}), ValueError, "epochs_done"),
     ("init_weights_ on a Linear", lambda: init_weights_(torch.nn.Linear(2, 2)), TypeError, "AlexNet"),
 ]

@@ -283,7 +283,8 @@ def _listing(path: Path, class_ids: list[str], base: int | None) -> ValLabels:
             raise UserError(f"{shown} line {line}: {printable(name)} is labelled twice, differently")
     if all(VAL_IMAGE.match(n) for n in by_name) and len(by_name) != ILSVRC2012_VAL_IMAGES:
         raise UserError(f"{shown} labels {len(by_name)} ILSVRC2012_val images; the ILSVRC-2012 validation set has "
-                        f"{ILSVRC2012_VAL_IMAGES:,}: give the complete file")
+                        f"{ILSVRC2012_VAL_IMAGES:,}: give the complete file (for a subset of the classes too: "
+                        "validation images of classes that train/ lacks are skipped)")
     record = {"file": str(path), "sha256": _sha256(path), "kind": "filename-label list", "entries": len(by_name),
               "first_class_number": base if numbers else None, "mapped_by": None}
     return ValLabels(by_name=by_name, record=record, file=path)

@@ -21,6 +21,7 @@ fails because another rank died or stopped on its own error ends in one line say
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -198,9 +199,11 @@ class TowerParallel(DataParallel):
         return tower_state_dict_from_grouped(tensors, self.groups.tower)
 
 
-def join(device: str, tower_parallel: bool) -> DataParallel:
-    """This process's place in the run that torchrun describes (or a single process)."""
-    proc = init_from_env(device=device)
+def join(device: str, tower_parallel: bool, timeout_minutes: float = 0.0) -> DataParallel:
+    """This process's place in the run that torchrun describes (or a single process); with
+    ``timeout_minutes``, a collective waits that long for the other ranks (0: torch's default)."""
+    timeout = timedelta(minutes=timeout_minutes) if timeout_minutes else None
+    proc = init_from_env(device=device, timeout=timeout)
     towers = 2 if tower_parallel else 1
     if proc.world_size > 1:  # the groups below must be laid out alike on every rank
         every = [None] * proc.world_size
@@ -211,5 +214,5 @@ def join(device: str, tower_parallel: bool) -> DataParallel:
             others = [r for r, t in enumerate(every) if not t]
             raise UserError(f"--tower-parallel was given to rank(s) {', '.join(map(str, given))} but not to rank(s) "
                             f"{', '.join(map(str, others))}: start every process with the same command (torchrun does)")
-    groups = make_process_groups(proc.world_size, towers)
+    groups = make_process_groups(proc.world_size, towers, timeout)
     return (TowerParallel if tower_parallel else DataParallel)(proc, groups)

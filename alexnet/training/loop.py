@@ -91,7 +91,7 @@ def train(config: TrainConfig, data: str | Path, run_dir: str | Path, *, resume:
     the run writes last.pt and raises :class:`Stopped` (the CLI asks it on SIGTERM)."""
     _check_arguments(config, data, run_dir, resume, log, stop_requested)
     store = open_store(data)
-    layout = join(config.device, config.tower_parallel)
+    layout = join(config.device, config.tower_parallel, config.collective_timeout_minutes)
     # every rank the same data and settings before rank 0 makes the run folder; what may differ by
     # machine: its paths, devices and threads, and TensorBoard (which rank 0 alone writes)
     layout.check_same_run(store, {k: v for k, v in config.to_dict().items() if k not in PER_PROCESS_KEYS})
@@ -167,7 +167,9 @@ def start(config: TrainConfig, store: Store, layout: DataParallel, files: RunDir
         for note in schedule_notes(config):
             log(note)
     torch.manual_seed(config.seed)  # the same initial weights on every rank
-    model = layout.place(build_model(config, store, new_run=saved is None, log=log, parent=parent), rt.memory_format)
+    single = build_model(config, store, new_run=saved is None, log=log, parent=parent)
+    log(_network_line(single, config, store, rt, layout))
+    model = layout.place(single, rt.memory_format)
     use_step_kernels(model, config, log)
     optimizer, schedule = build_optimizer(config, model)
     generator = torch.Generator(rt.device)
@@ -187,6 +189,19 @@ def start(config: TrainConfig, store: Store, layout: DataParallel, files: RunDir
     inputs = run_inputs(config, store, saved=saved) if saved is not None else inputs or run_inputs(config, store)
     header = dict(model_args=model_args(config, store), data=data_info(store, inputs), config=config.to_dict())
     return Run(config, layout, rt, files, state, header, log, show_progress)
+
+
+def _network_line(model: nn.Module, config: TrainConfig, store: Store, rt: Runtime, layout: DataParallel) -> str:
+    """What is trained where: the network's size, its inputs and classes, the device and precision."""
+    millions = sum(p.numel() for p in model.parameters()) / 1e6
+    size = f"{millions:.1f}M" if millions >= 0.1 else f"{millions * 1e3:.1f}k"
+    crops = f"{config.crop_size}x{config.crop_size}x{store.channels}"
+    where = f"{rt.precision} on {rt.device.type}"
+    procs = layout.proc.world_size
+    if procs > 1:
+        where += (f", {procs} processes ({layout.groups.replicas} replicas of {layout.towers_per_replica} "
+                  f"tower{'s' * (layout.towers_per_replica > 1)})")
+    return f"network: {size} parameters, {crops} crops, {store.num_classes} classes; {where}"
 
 
 def train_one_epoch(run: Run, step_model: nn.Module, batches, epoch: int, steps: int) -> tuple[float, int]:
