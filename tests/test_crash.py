@@ -105,3 +105,7 @@ def test_sigterm_checkpoints_where_it_arrives_and_the_resume_ends_bit_identical(
     assert done.returncode == 0, done.stderr
     a, b = (checkpoint.load(Path(r) / "last.pt")["model"] for r in (tmp_path / "ref", run))
     assert all(torch.equal(a[name], b[name]) for name in a)
+    log = [line[20:] for line in (Path(run) / "log.txt").read_text().splitlines()]  # without the times
+    ends = [line for line in log if line.startswith(("stopped", "finished", "failed"))]
+    assert ends == [f"stopped at epoch 2, step 2 (global step 5); {run}/last.pt holds it: add --resume to go on",
+                    "finished: 3 epochs"], log

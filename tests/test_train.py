@@ -111,6 +111,48 @@ def test_lr_given_on_resume_replaces_the_checkpoints_rate(store_dir, tmp_path):
     assert not any("replaces" in line for line in said)
 
 
+def _log_lines(run: Path) -> list[str]:
+    """log.txt's lines without their times (each starts 'YYYY-MM-DD HH:MM:SS ')."""
+    lines = (run / "log.txt").read_text().splitlines()
+    assert all(len(line) > 20 and line[4] == line[7] == "-" and line[13] == line[16] == ":" for line in lines), lines
+    return [line[20:] for line in lines]
+
+
+def test_log_txt_keeps_what_each_start_printed_and_how_it_ended(store_dir, tmp_path):
+    """log.txt holds every line a run printed, with the time, over its starts and resumes, and how
+    each ended; a start refused before the run writes anything (a resume that changes the recipe)
+    adds nothing."""
+    run, said = tmp_path / "run", []
+    config = TrainConfig(**{**SMALL, "epochs": 1})
+    train(config, store_dir, run, show_progress=False, log=said.append)
+    first = _log_lines(run)
+    assert first[0].startswith("alexnet ") and first[0].endswith(f": new run on {store_dir}")
+    assert first[1:] == said + ["finished: 1 epoch"]
+    assert first[1].startswith("network: ") and first[2].startswith("epoch 1: train loss")
+    with pytest.raises(Exception, match="towers"):
+        train(config.replace(epochs=2, towers=1), store_dir, run, resume=True, show_progress=False, log=said.append)
+    assert _log_lines(run) == first
+    with pytest.raises(ValueError, match="broken loader"):
+        with pytest.MonkeyPatch.context() as m:
+            m.setattr("alexnet.training.loop.device_batches", _broken_batches)
+            train(config.replace(epochs=2), store_dir, run, resume=True, show_progress=False, log=said.append)
+    lines = _log_lines(run)
+    assert lines[:len(first)] == first
+    assert lines[len(first)].endswith(": resume on " + str(store_dir))
+    assert lines[-1] == "failed: ValueError: broken loader"
+    assert any(line.startswith("resuming ") for line in lines[len(first):])
+
+
+def _broken_batches(*args, **kwargs):
+    raise ValueError("broken loader\nsecond line")
+
+
+def test_warnings_above_the_progress_bar_are_kept_in_log_txt(store_dir, tmp_path, capsys):
+    config = TrainConfig(**{**SMALL, "epochs": 3, "lr": 1e-7, "dropout": 0.0, "flip": False, "pca_lighting_std": 0.0})
+    train(config, store_dir, tmp_path / "run", show_progress=True, log=lambda s: None)
+    assert any("ln(classes)" in line for line in _log_lines(tmp_path / "run"))
+
+
 def _views_by_hand(image: np.ndarray, mean: np.ndarray, crop: int, scale: float) -> list[np.ndarray]:
     """The ten crops of section 4.1 cut with plain slicing: corners, centre, then reflections."""
     s = image.shape[0]

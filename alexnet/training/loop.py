@@ -27,9 +27,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from alexnet import __version__
 from alexnet.config import TrainConfig
 from alexnet.data import Store, open_store
 from alexnet.data.loader import Loader
+from alexnet.errors import UserError
 from alexnet.evaluate import Member, evaluate, top5_is_informative
 from alexnet.faults import kill_point
 from alexnet.runtime import Runtime, resolve_runtime
@@ -105,35 +107,60 @@ def train(config: TrainConfig, data: str | Path, run_dir: str | Path, *, resume:
         summary_writer_class()  # the extra is there, or one line now, before the run directory is touched
     log = log if layout.is_main else _silent  # rank 0 speaks for the run; what it logs is reduced over ranks
     with RunDir(run_dir, owner=layout.is_main, log=log) as files:
-        run = start(config, store, layout, files, files.checkpoint_to_resume(resume), log, show_progress, parent, inputs)
-        run.stop_requested = stop_requested
-        done = run.state.pos.epoch
-        if done >= config.epochs:  # nothing to train: the run directory is left as it is
-            log(f"{run_dir} has finished {done} epoch{'s' * (done != 1)}; pass --epochs N with N > {done} to go on")
-            return files.kept_metrics(done)
-        metrics = files.start(config, run.state.pos.epoch)
-        threads = loader_threads(config.loader_workers, store.encoding, layout.device,
-                                 int(os.environ.get("LOCAL_WORLD_SIZE", layout.proc.world_size)))
-        train_loader = layout.loader(store, "train", config.batch_size_per_device, train=True, seed=config.seed,
-                                     workers=threads, shuffle_window=config.shuffle_window_images)
-        val_loader = layout.loader(store, "val", config.batch_size_per_device, train=False, seed=config.seed,
-                                   workers=threads)
-        if config.loader_workers < 0 and threads != AUTO_LOADER_THREADS:
-            log(f"{threads} loader threads decode this JPEG store (--loader-workers N to choose)")
-        augment, centre = build_augment(config, store, run.rt.device, run.header["data"]["mean_image"])
-        val_member = Member(run.state.model, centre, list(store.classes))
-        step_model = layout.step_model(run.state.model, config.compile, config.compile_mode)
-        steps = min(len(train_loader), config.max_steps_per_epoch or len(train_loader))
-        run.stall = StallWatch(store.num_classes, patience_steps=min(2 * steps, 2000))
-        for epoch in range(run.state.pos.epoch, config.epochs):
-            apply_epoch_settings(epoch_settings(config, epoch), run.state.optimizer, augment)  # colour noise, frozen layers
-            train_loader.set_epoch(epoch, start_step=run.state.pos.step_in_epoch)
-            batches = device_batches(train_loader, augment, run.state.generator, run.rt)
-            seconds, images = train_one_epoch(run, step_model, batches, epoch, steps)
-            val = validate(val_member, val_loader, run)
-            metrics.append(end_epoch(run, epoch, seconds, images, val, metrics))
-            if epoch + 1 < config.epochs and run.asked_to_stop():  # end_epoch has just written last.pt
-                raise Stopped(f"the end of epoch {epoch + 1}", files.last)
+        saved = files.checkpoint_to_resume(resume)
+        files.record(f"alexnet {__version__}: {'resume' if resume else 'new run'} on {store.path}")
+        try:
+            return _train(config, store, layout, files, saved, files.tee(log), show_progress, parent, inputs,
+                          stop_requested)
+        except BaseException as e:
+            files.record(_ending(e))
+            raise
+
+
+def _ending(e: BaseException) -> str:
+    """How a run that raised ``e`` ended, for log.txt."""
+    if isinstance(e, Stopped):
+        return str(e)
+    if isinstance(e, KeyboardInterrupt):
+        return "interrupted (Ctrl-C)"
+    first = (str(e).strip().splitlines() or [""])[0]
+    return f"failed: {first}" if isinstance(e, UserError) else f"failed: {type(e).__name__}: {first}"
+
+
+def _train(config: TrainConfig, store: Store, layout: DataParallel, files: RunDir, saved: dict | None, log: Log,
+           show_progress: bool, parent: dict | None, inputs: RunInputs | None,
+           stop_requested: Callable[[], bool] | None) -> list[dict]:
+    """train() once the run directory is held: start or resume, then the epochs."""
+    run = start(config, store, layout, files, saved, log, show_progress, parent, inputs)
+    run.stop_requested = stop_requested
+    done = run.state.pos.epoch
+    if done >= config.epochs:  # nothing to train: the run directory is left as it is
+        log(f"{files.dir} has finished {done} epoch{'s' * (done != 1)}; pass --epochs N with N > {done} to go on")
+        return files.kept_metrics(done)
+    metrics = files.start(config, run.state.pos.epoch)
+    threads = loader_threads(config.loader_workers, store.encoding, layout.device,
+                             int(os.environ.get("LOCAL_WORLD_SIZE", layout.proc.world_size)))
+    train_loader = layout.loader(store, "train", config.batch_size_per_device, train=True, seed=config.seed,
+                                 workers=threads, shuffle_window=config.shuffle_window_images)
+    val_loader = layout.loader(store, "val", config.batch_size_per_device, train=False, seed=config.seed,
+                               workers=threads)
+    if config.loader_workers < 0 and threads != AUTO_LOADER_THREADS:
+        log(f"{threads} loader threads decode this JPEG store (--loader-workers N to choose)")
+    augment, centre = build_augment(config, store, run.rt.device, run.header["data"]["mean_image"])
+    val_member = Member(run.state.model, centre, list(store.classes))
+    step_model = layout.step_model(run.state.model, config.compile, config.compile_mode)
+    steps = min(len(train_loader), config.max_steps_per_epoch or len(train_loader))
+    run.stall = StallWatch(store.num_classes, patience_steps=min(2 * steps, 2000))
+    for epoch in range(run.state.pos.epoch, config.epochs):
+        apply_epoch_settings(epoch_settings(config, epoch), run.state.optimizer, augment)  # colour noise, frozen layers
+        train_loader.set_epoch(epoch, start_step=run.state.pos.step_in_epoch)
+        batches = device_batches(train_loader, augment, run.state.generator, run.rt)
+        seconds, images = train_one_epoch(run, step_model, batches, epoch, steps)
+        val = validate(val_member, val_loader, run)
+        metrics.append(end_epoch(run, epoch, seconds, images, val, metrics))
+        if epoch + 1 < config.epochs and run.asked_to_stop():  # end_epoch has just written last.pt
+            raise Stopped(f"the end of epoch {epoch + 1}", files.last)
+    files.record(f"finished: {config.epochs} epoch{'s' * (config.epochs != 1)}")
     return metrics
 
 
@@ -242,7 +269,7 @@ def train_one_epoch(run: Run, step_model: nn.Module, batches, epoch: int, steps:
             sums.add(loss, logits, labels)
         else:
             pos.skipped_steps += 1
-            _write(bar, run.log, f"warning: non-finite loss or gradient at epoch {epoch + 1} "
+            _write(bar, run, f"warning: non-finite loss or gradient at epoch {epoch + 1} "
                                  f"step {pos.step_in_epoch}; step skipped")
         images += len(labels) * run.layout.groups.replicas
         if synced:
@@ -309,7 +336,7 @@ def _watch_stall(run: Run, mean_loss: float, bar) -> None:
     pos = run.state.pos
     if not pos.stall_warned and run.stall.observe(pos.global_step, mean_loss):
         pos.stall_warned = True
-        _write(bar, run.log, run.stall.message(pos.global_step))
+        _write(bar, run, run.stall.message(pos.global_step))
 
 
 def _what_is_kept(run: Run) -> str:
@@ -330,8 +357,10 @@ def _progress(run: Run, total: int, initial: int, desc: str):
     return tqdm(total=total, initial=initial, desc=desc, unit="step", leave=False, dynamic_ncols=True)
 
 
-def _write(bar, log: Log, message: str) -> None:
+def _write(bar, run: Run, message: str) -> None:
+    """A line printed above the progress bar (when there is one) and kept in log.txt."""
     if bar is not None:
         bar.write(message)
+        run.files.record(message)
     else:
-        log(message)
+        run.log(message)

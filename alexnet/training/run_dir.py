@@ -2,6 +2,8 @@
 
     config.json     the resolved recipe, rewritten when a resume changes a runtime key
     metrics.jsonl   one line per finished epoch
+    log.txt         every line the run printed, with the time: starts, resumes, notes, warnings,
+                    epochs, and how each process of the run ended (appended, never cut)
     last.pt         everything needed to resume (:mod:`alexnet.training.state`)
     best.pt         the weights of the epoch with the lowest validation error
     curves.png      the training and validation curves
@@ -17,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -60,7 +63,8 @@ def saved_recipe(run_dir: str | Path) -> dict | None:
 
 # What a run directory may hold besides temporary files of atomic writes: the run's own files,
 # and what the other commands write beside them (demo, show, report, experiment ablations).
-RUN_ENTRIES = frozenset({"config.json", "metrics.jsonl", "last.pt", "best.pt", "curves.png", "tensorboard", LOCK_FILE,
+RUN_ENTRIES = frozenset({"config.json", "metrics.jsonl", "log.txt", "last.pt", "best.pt", "curves.png", "tensorboard",
+                         LOCK_FILE,
                          "filters.png", "neighbours.png", "report.html", "result.json"})
 
 
@@ -77,8 +81,11 @@ class RunDir:
         self.dir, self.owner, self.log = Path(path), owner, log
         self.config, self.metrics = self.dir / "config.json", self.dir / "metrics.jsonl"
         self.last, self.best, self.curves = self.dir / "last.pt", self.dir / "best.pt", self.dir / "curves.png"
-        self._lock = contextlib.ExitStack()  # the lock and, when on, the TensorBoard writer
+        self.log_file = self.dir / "log.txt"
+        self._lock = contextlib.ExitStack()  # the lock, log.txt and, when on, the TensorBoard writer
         self.tensorboard = None
+        self._log_lines: list[str] = []  # recorded before start(): a run refused before it writes keeps none
+        self._log = None
 
     def __enter__(self) -> "RunDir":
         if self.owner:
@@ -133,7 +140,31 @@ class RunDir:
                                fault_point="checkpoint-write")
             atomic_write_bytes(self.metrics, "".join(json.dumps(m) + "\n" for m in kept).encode(),
                                fault_point="checkpoint-write")
+            self._log = self._lock.enter_context(open(self.log_file, "a", encoding="utf-8", errors="replace"))
+            self._log.writelines(self._log_lines)
+            self._log.flush()
         return kept
+
+    def record(self, message: str) -> None:
+        """Append ``message`` to log.txt with the time (lines recorded before :meth:`start` are
+        written by it; other ranks record nothing)."""
+        if not self.owner:
+            return
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        lines = [f"{stamp} {line}\n" for line in str(message).splitlines() or [""]]
+        if self._log is None:
+            self._log_lines.extend(lines)
+            return
+        self._log.writelines(lines)
+        self._log.flush()
+
+    def tee(self, log: Callable[[str], None]) -> Callable[[str], None]:
+        """``log`` that also records each line in log.txt."""
+        def both(message: str) -> None:
+            log(message)
+            self.record(message)
+
+        return both
 
     def append_metrics(self, line: dict) -> None:
         if self.owner:
