@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -141,6 +142,23 @@ def test_log_txt_keeps_what_each_start_printed_and_how_it_ended(store_dir, tmp_p
     assert lines[len(first)].endswith(": resume on " + str(store_dir))
     assert lines[-1] == "failed: ValueError: broken loader"
     assert any(line.startswith("resuming ") for line in lines[len(first):])
+
+
+@pytest.mark.parametrize("log_txt", ["a folder", "a full disk"])
+def test_a_log_txt_that_cannot_be_written_is_said_once_and_the_run_goes_on(store_dir, tmp_path, log_txt):
+    run, said = tmp_path / "run", []
+    run.mkdir()
+    if log_txt == "a folder":
+        (run / "log.txt").mkdir()
+    else:
+        if not os.path.exists("/dev/full"):
+            pytest.skip("no /dev/full here")
+        (run / "log.txt").symlink_to("/dev/full")  # every write fails with ENOSPC
+    metrics = train(TrainConfig(**{**SMALL, "epochs": 2}), store_dir, run, show_progress=False, log=said.append)
+    assert [m["epoch"] for m in metrics] == [1, 2]
+    warnings = [line for line in said if "log.txt" in line]
+    assert len(warnings) == 1 and warnings[0].startswith("warning: ") and "the run goes on without it" in warnings[0]
+    assert ("Is a directory" if log_txt == "a folder" else "No space left") in warnings[0], warnings
 
 
 def _broken_batches(*args, **kwargs):

@@ -84,8 +84,9 @@ class RunDir:
         self.log_file = self.dir / "log.txt"
         self._lock = contextlib.ExitStack()  # the lock, log.txt and, when on, the TensorBoard writer
         self.tensorboard = None
-        self._log_lines: list[str] = []  # recorded before start(): a run refused before it writes keeps none
+        self._log_lines: list[str] | None = []  # recorded before start(): a run refused before it writes keeps none
         self._log = None
+        self._log_broken = False
 
     def __enter__(self) -> "RunDir":
         if self.owner:
@@ -140,23 +141,40 @@ class RunDir:
                                fault_point="checkpoint-write")
             atomic_write_bytes(self.metrics, "".join(json.dumps(m) + "\n" for m in kept).encode(),
                                fault_point="checkpoint-write")
-            self._log = self._lock.enter_context(open(self.log_file, "a", encoding="utf-8", errors="replace"))
-            self._log.writelines(self._log_lines)
-            self._log.flush()
+            try:
+                self._log = self._lock.enter_context(open(self.log_file, "a", encoding="utf-8", errors="replace"))
+            except OSError as e:
+                self._log_broken = True
+                self.log(f"warning: {self.log_file} cannot be opened ({e.strerror or e}); the run goes on without it")
+            lines, self._log_lines = self._log_lines, None
+            self._append(lines)
         return kept
 
     def record(self, message: str) -> None:
         """Append ``message`` to log.txt with the time (lines recorded before :meth:`start` are
-        written by it; other ranks record nothing)."""
+        written by it; other ranks record nothing). A write that fails (a full disk) is said once
+        and the run goes on without log.txt."""
         if not self.owner:
             return
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
         lines = [f"{stamp} {line}\n" for line in str(message).splitlines() or [""]]
-        if self._log is None:
+        if self._log_lines is not None:  # before start()
             self._log_lines.extend(lines)
+        else:
+            self._append(lines)
+
+    def _append(self, lines: list[str]) -> None:
+        if self._log_broken:
             return
-        self._log.writelines(lines)
-        self._log.flush()
+        try:
+            self._log.writelines(lines)
+            self._log.flush()
+        except OSError as e:  # a full disk: the run goes on (its next checkpoint says what to do)
+            self._log_broken = True
+            with contextlib.suppress(OSError):
+                self._log.close()  # what it still buffers is dropped, not written again at the end
+            self.log(f"warning: {self.log_file} could not be written ({e.strerror or e}); "
+                     "the run goes on without it")
 
     def tee(self, log: Callable[[str], None]) -> Callable[[str], None]:
         """``log`` that also records each line in log.txt."""
