@@ -125,7 +125,7 @@ class TrainConfig:
                                       "kernels as CUDA graphs, 'max-autotune' also searches kernel configurations",
                            ("default", "reduce-overhead", "max-autotune"))
     step_kernels: tuple[str, ...] = _f((), "faster kernels for the training step, the same sums in another order: "
-                                           "conv1-s2d, fused-blocks, fused-sgd, grouped-halves, "
+                                           "conv1-s2d, fused-blocks, fused-sgd, bf16-weights, grouped-halves, "
                                            "grouped-block-diagonal, all, or none (see the README)")
     loader_workers: int = _f(-1, "threads that read (and, for a JPEG store, decode) batches from the prepared store; "
                                  "0: in the training thread; -1: 4, or for a JPEG store on a GPU every core of this "
@@ -255,8 +255,8 @@ def _refuse_paper_network_keys(config: TrainConfig) -> None:
 
 
 # The training step's faster kernels (alexnet/training/step_kernels.py); "all" names the first three.
-STEP_KERNELS = ("conv1-s2d", "fused-blocks", "fused-sgd", "grouped-halves", "grouped-block-diagonal")
-ALL_STEP_KERNELS = STEP_KERNELS[:3]
+STEP_KERNELS = ("conv1-s2d", "fused-blocks", "fused-sgd", "bf16-weights", "grouped-halves", "grouped-block-diagonal")
+ALL_STEP_KERNELS = STEP_KERNELS[:3]  # bf16-weights (bf16 runs only) is asked for by name
 
 
 def _expand_step_kernels(names: tuple[str, ...]) -> tuple[str, ...]:

@@ -26,6 +26,7 @@ Runs on the CPU too (tiny sizes) to check the script.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import tempfile
@@ -46,7 +47,7 @@ class Step:
     def __init__(self, config, store, device: torch.device) -> None:
         from alexnet.runtime import resolve_runtime
         from alexnet.training.recipe import build_model, build_optimizer, model_args
-        from alexnet.training.step_kernels import check_step_kernels, use_step_kernels
+        from alexnet.training.step_kernels import check_step_kernels, use_bf16_weights, use_step_kernels
 
         self.rt = resolve_runtime(config, device)
         check_step_kernels(config, model_args(config, store), device)
@@ -54,6 +55,7 @@ class Step:
         self.model = build_model(config, store).to(device, memory_format=self.rt.memory_format).train()
         use_step_kernels(self.model, config)
         self.optimizer, _ = build_optimizer(config, self.model)
+        self.bf16_weights = use_bf16_weights(self.model, self.optimizer, config)
         self.step_model = torch.compile(self.model, mode=config.compile_mode) if config.compile else self.model
         self.finite = torch.ones((), dtype=torch.bool, device=device)
 
@@ -61,7 +63,8 @@ class Step:
         from alexnet.runtime import autocast_for
         from alexnet.training.guards import grads_finite
 
-        with autocast_for(self.rt.device, self.rt.precision):
+        copies = self.bf16_weights.active() if self.bf16_weights is not None else contextlib.nullcontext()
+        with autocast_for(self.rt.device, self.rt.precision), copies:
             logits = self.step_model(x)
         loss = F.cross_entropy(logits.float(), labels)
         self.optimizer.zero_grad(set_to_none=True)

@@ -5,10 +5,12 @@ Levers (alexnet/kernels/):
     s2d     conv1 by space-to-depth, a 3x3 stride-1 conv over 48 channels (conv1_s2d.py)
     fused   bias + ReLU + LRN + max-pool 3/2 of conv1 and conv2 as one kernel each way (block_triton.py)
     sgd     PaperSGD in one pass over flat buffers, non-finite flag on the device (sgd_triton.py)
+    bf16w   with sgd: the same pass also writes bfloat16 weights, which the forward pass reads instead
+            of autocast's casts (bf16_weights.py; bf16 steps only, and measured as sgd+bf16w)
     grouped the towers' grouped convolutions conv2, conv4, conv5 computed the way ``--grouped-impl`` says
             (grouped_conv.py; by default the fastest per layer in part 7)
     graph   the whole step (forward, backward, update) captured once as a CUDA graph and replayed (CUDA only)
-    all     the five together
+    all     the six together
 
 Printed, each figure a median over ``--runs`` runs [min-max]:
 
@@ -43,6 +45,7 @@ Printed, each figure a median over ``--runs`` runs [min-max]:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import statistics
@@ -57,6 +60,7 @@ import torch.nn.functional as F
 
 from alexnet.data.augment import TrainAugment
 from alexnet.kernels import block_triton
+from alexnet.kernels.bf16_weights import Bf16Weights
 from alexnet.kernels.block_triton import fuse_blocks, fused_block
 from alexnet.kernels.conv1_s2d import space_to_depth_conv2d, use_space_to_depth_conv1
 from alexnet.kernels.grouped_conv import GROUPED_CONV_IMPLS, GROUPED_LAYERS, grouped_conv2d, use_grouped_conv
@@ -67,7 +71,7 @@ from bench_step import forward_flops
 from measure import check_runs, ratios, runs_argument, spread, sync, timed
 from peaks import device_name, matmul_flops, mfu, peak_lines, step_precision
 
-LEVERS = ("s2d", "fused", "sgd", "grouped", "graph")
+LEVERS = ("s2d", "fused", "sgd", "bf16w", "grouped", "graph")
 # spec memory bandwidth, TB/s (NVIDIA datasheets); the first match on the device name wins
 SPEC_BANDWIDTH_TBPS = [(r"H200 NVL", 4.8), (r"\bH200\b", 4.8), (r"H100 NVL", 3.9), (r"H100.*PCIe", 2.0),
                        (r"\bH100\b", 3.35), (r"A100.*80GB", 2.039), (r"\bA100\b", 1.555)]
@@ -97,10 +101,12 @@ class Setup:
         if "grouped" in levers:  # after fuse_blocks, which rebuilds conv2
             use_grouped_conv(model, args.grouped_impl)
         self.model = model.to(device, memory_format=args.fmt).train()
-        if "sgd" in levers:
-            self.opt = FusedPaperSGD(self.model.parameters(), lr=0.01, check_finite=True, flat_grads=True)
+        if "sgd" in levers or "bf16w" in levers:
+            self.opt = FusedPaperSGD(self.model.parameters(), lr=0.01, check_finite=True, flat_grads=True,
+                                     bf16_copy="bf16w" in levers)
         else:
             self.opt = PaperSGD(self.model.parameters(), lr=0.01)
+        self.copies = Bf16Weights(self.model, self.opt) if "bf16w" in levers else None
         g = torch.Generator().manual_seed(1)
         side = args.image_size
         self.images = torch.randn(batch, 3, side, side, generator=g).mul_(50).to(device).contiguous(memory_format=args.fmt)
@@ -111,8 +117,11 @@ class Setup:
         if "graph" in levers:
             self._capture()
 
+    def _forward_weights(self):
+        return self.copies.active() if self.copies is not None else contextlib.nullcontext()
+
     def _eager_step(self) -> torch.Tensor:
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp), self._forward_weights():
             logits = self.model(self.images)
         loss = F.cross_entropy(logits.float(), self.labels)
         self.opt.zero_grad(set_to_none=True)
@@ -131,7 +140,7 @@ class Setup:
         self.graph = torch.cuda.CUDAGraph()
         self.opt.zero_grad(set_to_none=not isinstance(self.opt, FusedPaperSGD))
         with torch.cuda.graph(self.graph):
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp), self._forward_weights():
                 logits = self.model(self.images)
             self.loss = F.cross_entropy(logits.float(), self.labels)
             if isinstance(self.opt, FusedPaperSGD):
@@ -146,16 +155,18 @@ class Setup:
         return self._eager_step()
 
 
-def lever_sets(device: torch.device, levers: tuple[str, ...] = LEVERS) -> list[tuple[str, set[str]]]:
-    """Today's step, each of ``levers`` alone, and all of them together (no CUDA graph off CUDA)."""
-    levers = tuple(lever for lever in levers if device.type == "cuda" or lever != "graph")
-    sets = [("today", set())] + [(lever, {lever}) for lever in levers]
+def lever_sets(device: torch.device, levers: tuple[str, ...] = LEVERS, amp: bool = True) -> list[tuple[str, set[str]]]:
+    """Today's step, each of ``levers`` alone (bf16w with sgd), and all of them together (no CUDA
+    graph off CUDA, no bf16w without bf16 autocast)."""
+    levers = tuple(lever for lever in levers if (device.type == "cuda" or lever != "graph") and (amp or lever != "bf16w"))
+    sets = [("today", set())] + [("sgd+bf16w", {"sgd", "bf16w"}) if lever == "bf16w" else (lever, {lever})
+                                 for lever in levers]
     return sets + [("all", set(levers))] if len(levers) > 1 else sets
 
 
 def bench_steps(args, device: torch.device, batch: int, flops_per_image: float, spec, measured) -> None:
     setups = []
-    for name, levers in lever_sets(device, args.levers):
+    for name, levers in lever_sets(device, args.levers, args.amp):
         try:
             setups.append(Setup(name, levers, args, batch, device))
         except Exception as error:  # a lever that cannot run here is reported, the others still measured
@@ -178,10 +189,12 @@ def bench_steps(args, device: torch.device, batch: int, flops_per_image: float, 
     print(f"\n[1] training step, batch {batch}: images/s and MFU ({args.runs} runs of {args.steps} steps, median step each)")
     for s in setups:
         achieved = [r * flops_per_image for r in rates[s.name]]
-        print(f"  {s.name:7s} {spread(rates[s.name], ',.0f', 'images/s')}   {mfu(achieved, spec, measured)}")
+        print(f"  {s.name:9s} {spread(rates[s.name], ',.0f', 'images/s')}   {mfu(achieved, spec, measured)}")
     if "today" in rates:
         for s in setups[1:]:
-            print(f"  {s.name:7s} / today = {spread(ratios(rates[s.name], rates['today']), '.3f')}")
+            print(f"  {s.name:9s} / today = {spread(ratios(rates[s.name], rates['today']), '.3f')}")
+    if "sgd" in rates and "sgd+bf16w" in rates:  # what the bf16 weights add to the one-pass update
+        print(f"  sgd+bf16w / sgd = {spread(ratios(rates['sgd+bf16w'], rates['sgd']), '.3f')}")
     del setups
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -388,7 +401,7 @@ def describe_grouped_impl(impl: str | dict[str, str]) -> str:
 def check_all_levers(args, device: torch.device, batch: int, steps: int = 20) -> None:
     """Today's step and the all-levers step from the same weights on the same batches: loss differences."""
     today, fast = Setup("today", set(), args, batch, device), None
-    levers = set(args.levers) - {"graph"}  # the graph replays a fixed batch: compare the eager levers
+    levers = set(args.levers) - {"graph"} - (set() if args.amp else {"bf16w"})  # the graph replays a fixed batch
     fast = Setup("all", levers, args, batch, device)
     init_weights_(today.model, "he")  # gradients reach every layer (the paper's init first stalls at ln(classes))
     fast.model.load_state_dict(today.model.state_dict())
@@ -463,7 +476,8 @@ def main(argv: list[str] | None = None) -> None:
                              "conv2=halves,conv4=block_diagonal,conv5=grouped")
     parser.add_argument("--levers", default=",".join(LEVERS), type=parse_levers,
                         help=f"the levers of parts 1 and 5 (default all: {','.join(LEVERS)}); on a CPU the Triton "
-                             "ones (fused, sgd) run in Triton's interpreter, far too slow at full size")
+                             "ones (fused, sgd, bf16w) run in Triton's interpreter, far too slow at full size")
+    parser.add_argument("--amp", action="store_true", help="bf16 autocast on a CPU too (always on CUDA)")
     parser.add_argument("--profile-steps", type=int, default=3)
     parser.add_argument("--profile-rows", type=int, default=25)
     args = parser.parse_args(argv)
@@ -473,7 +487,7 @@ def main(argv: list[str] | None = None) -> None:
         if not torch.cuda.is_available():
             raise SystemExit("--device cuda: CUDA is not available here; use --device cpu --quick for a dry run")
         torch.backends.cudnn.benchmark = True
-    args.amp = device.type == "cuda"
+    args.amp = device.type == "cuda" or args.amp
     args.channels_last = True
     args.fmt = torch.channels_last
     args.classes, args.width, args.image_size = (1000, 1.0, 224) if not args.quick else (10, 1 / 16, 67)

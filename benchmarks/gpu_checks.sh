@@ -41,7 +41,7 @@ SUMMARY="$OUT/summary.txt"
 : >"$SUMMARY"
 FAILED=0
 START=$(date +%s)
-KERNELS="all"  # the step kernels of step 14; on the CPU the Triton ones run in the interpreter: too slow
+KERNELS="all,bf16-weights"  # the step kernels of step 14; on the CPU the Triton ones run in the interpreter: too slow
 [ "$DEVICE" = cpu ] && KERNELS="conv1-s2d,grouped-halves" && export TRITON_INTERPRET=1
 if [ -n "${QUICK:-}" ]; then  # toy sizes, still 3 runs each
     LRN="--batch 2 --repeats 1 --warmup 1"; STEP="--batch 2 --steps 1 --warmup 1"
@@ -134,13 +134,13 @@ if [ -f benchmarks/bench_jpeg_gpu.py ]; then
     step 10-bench-jpeg-gpu 240 "$PYTHON" benchmarks/bench_jpeg_gpu.py --device "$DEVICE" --json "$OUT/bench-jpeg-gpu.json" $JPEG
 fi
 
-# 10. The step's speed levers (space-to-depth conv1, fused block tails, one-pass SGD, grouped
-# convolutions three ways, CUDA graph): their tests with the Triton kernels compiled (and train()
+# 10. The step's speed levers (space-to-depth conv1, fused block tails, one-pass SGD, its bf16
+# weights read by the forward pass, grouped convolutions three ways, CUDA graph): their tests with the Triton kernels compiled (and train()
 # with --step-kernels against the standard step), then each lever alone and all together at batch
 # 128 and 256, conv1, the block tails and the grouped convolutions on their own, and a per-kernel
 # profile of today's step.
 step 11-tests-levers 150 "$PYTHON" -m pytest -q -p no:cacheprovider -x -rs tests/test_kernels_step.py \
-    tests/test_kernels_grouped.py tests/test_train_step_kernels.py
+    tests/test_kernels_grouped.py tests/test_kernels_bf16_weights.py tests/test_train_step_kernels.py
 step 12-bench-levers 360 "$PYTHON" benchmarks/bench_levers.py --device "$DEVICE" ${QUICK:+--quick}
 
 # 11. Does the full-size network learn with the paper's recipe? (issue of the paper's init: the loss

@@ -406,9 +406,11 @@ build(bt._block_forward, {"z_ptr": "*bf16", "b_ptr": "*fp32", "y_ptr": "*bf16", 
 build(bt._block_backward_terms, {**tensors, **ints(["H", "W", "HO", "WO", "C", "PER_GROUP"]), **strides, **scalars}, tile)
 build(bt._block_backward_input, {**tensors, "dz_ptr": "*bf16", "db_ptr": "*fp32",
                                  **ints(["H", "W", "HO", "WO", "C", "PER_GROUP", "TILES"]), **strides, **scalars}, tile)
-build(st._paper_sgd, {"w_ptr": "*fp32", "g_ptr": "*fp32", "v_ptr": "*fp32", "w16_ptr": "*bf16", "flag_ptr": "*i32",
-                      "numel": "i64", "momentum": "fp32", "decay_step": "fp32", "lr_step": "fp32"},
-      {"WRITE_BF16": False, "CHECK": False, "BLOCK": st.BLOCK})
+# the update as training runs it: the gradients' check under --on-nonfinite stop, the copies with bf16-weights
+for write_bf16, check in ((False, False), (False, True), (True, True)):
+    build(st._paper_sgd, {"w_ptr": "*fp32", "g_ptr": "*fp32", "v_ptr": "*fp32", "w16_ptr": "*bf16",
+                          "flag_ptr": "*i32", "numel": "i64", "momentum": "fp32", "decay_step": "fp32",
+                          "lr_step": "fp32"}, {"WRITE_BF16": write_bf16, "CHECK": check, "BLOCK": st.BLOCK})
 """
 
 

@@ -118,7 +118,31 @@ def test_a_run_with_the_kernels_resumes_without_them_and_its_checkpoints_are_pla
     assert len(metrics) == 2 and all(torch.isfinite(torch.tensor(m["train_loss"])) for m in metrics)
 
 
+@needs_triton
+def test_the_forward_pass_on_the_updates_bf16_weights_trains_as_autocast_bit_for_bit(store, tmp_path, monkeypatch):
+    """bf16-weights against the same run whose forward pass lets autocast cast the weights: the
+    same losses and the same weights, bit for bit, also over a resume."""
+    from alexnet.kernels.bf16_weights import UseCopy
+
+    bf16 = PAPER_STEM.replace(precision="bf16", step_kernels=("fused-sgd",))
+    theirs = train(bf16, store, tmp_path / "theirs", **QUIET)
+    read, apply = [], UseCopy.apply
+    monkeypatch.setattr(UseCopy, "apply", lambda weight, copy: read.append(copy.shape) or apply(weight, copy))
+    lines = []
+    ours_config = bf16.replace(step_kernels=("fused-sgd", "bf16-weights"))
+    train(ours_config.replace(epochs=1), store, tmp_path / "ours", show_progress=False, log=lines.append)
+    ours = train(ours_config, store, tmp_path / "ours", resume=True, **QUIET)
+    assert "step kernels: fused-sgd, bf16-weights" in lines
+    assert len(read) == 8 * 2  # 8 layers, at the second step of each start (the first has no copies yet)
+    assert [m["train_loss"] for m in ours] == [m["train_loss"] for m in theirs]
+    a, b = _final(tmp_path / "ours"), _final(tmp_path / "theirs")
+    assert all(torch.equal(a["model"][name], b["model"][name]) for name in b["model"])
+
+
 @pytest.mark.parametrize("changes, message", [
+    (dict(step_kernels=("bf16-weights",), precision="bf16"), "reads the bfloat16 weights that fused-sgd writes: add "
+                                                             "fused-sgd"),
+    (dict(step_kernels=("fused-sgd", "bf16-weights")), "this run computes in float32: give --precision bf16"),
     (dict(step_kernels=("conv1-s2d",), stem="small", crop_size=28), "conv1 has stride 1"),
     (dict(step_kernels=("fused-blocks",), lrn=False), "has none"),
     (dict(step_kernels=("fused-blocks",), activation="tanh"), "has none"),

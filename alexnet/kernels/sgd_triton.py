@@ -132,6 +132,14 @@ class _Flat:
                 p.data = wv
             if bf16:
                 self.w16.copy_(self.w)
+        # the float32 weights' versions the bf16 copy was cast at: torch's in-place writes (a restore,
+        # the reference update) move them on; the update kernel, which writes both, does not
+        self.w16_of_version = self.w_version()
+
+    def w_version(self) -> tuple[int, ...]:
+        """The version counters of the float32 weights: of the buffer, and of each parameter (setting
+        ``p.data`` gave each its own counter)."""
+        return (self.w._version, *(p._version for p in self.params))
 
     def still_holds(self, params: list[torch.Tensor]) -> bool:
         """Whether ``params`` are still the views of this buffer (not replaced, moved or re-assigned)."""
@@ -252,6 +260,23 @@ class FusedPaperSGD(PaperSGD):
         if not self.bf16_copy:
             raise ValueError("construct FusedPaperSGD with bf16_copy=True to keep bfloat16 weights")
         return [t for index in sorted(self._flat) for t in self._flat[index].w16_views]
+
+    def bf16_weights_now(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(parameter, its bfloat16 copy) for every parameter of a group the update has flattened,
+        each copy current: a group whose float32 weights something else wrote since is cast again
+        first. Empty before the first step."""
+        if not self.bf16_copy:
+            raise ValueError("construct FusedPaperSGD with bf16_copy=True to keep bfloat16 weights")
+        pairs = []
+        for index, flat in self._flat.items():
+            if index >= len(self.param_groups) or not flat.still_holds(self.param_groups[index]["params"]):
+                continue
+            if flat.w_version() != flat.w16_of_version:
+                with torch.no_grad():
+                    flat.w16.copy_(flat.w)
+                flat.w16_of_version = flat.w_version()
+            pairs.extend(zip(flat.params, flat.w16_views))
+        return pairs
 
     def state_dict(self):
         state = super().state_dict()

@@ -17,6 +17,7 @@ line of metrics and the checkpoints (:func:`end_epoch`). What each part owns:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ from alexnet.data.loader import Loader
 from alexnet.errors import UserError
 from alexnet.evaluate import Member, evaluate, top5_is_informative
 from alexnet.faults import kill_point
+from alexnet.kernels.bf16_weights import Bf16Weights
 from alexnet.runtime import Runtime, resolve_runtime
 from alexnet.training.guards import NonFiniteGuard, StallWatch, sync_interval
 from alexnet.training.inputs import AUTO_LOADER_THREADS, device_batches, loader_threads
@@ -44,7 +46,7 @@ from alexnet.training.recipe import (RunInputs, apply_epoch_settings, build_augm
 from alexnet.training.resume import check_resume
 from alexnet.training.run_dir import RunDir
 from alexnet.training.state import EpochSums, Position, RunState
-from alexnet.training.step_kernels import check_step_kernels, use_step_kernels
+from alexnet.training.step_kernels import check_step_kernels, use_bf16_weights, use_step_kernels
 
 Log = Callable[[str], None]
 
@@ -63,6 +65,11 @@ class Run:
     show_progress: bool
     stall: StallWatch | None = None  # set when the epoch length is known
     stop_requested: Callable[[], bool] | None = None  # asked at each synced step (e.g. SIGTERM arrived)
+    bf16_weights: Bf16Weights | None = None  # step kernel bf16-weights: the forward reads the update's copies
+
+    def forward_weights(self) -> contextlib.AbstractContextManager:
+        """Where the training step's forward pass runs: on the update's bfloat16 weights, or as it is."""
+        return self.bf16_weights.active() if self.bf16_weights is not None else contextlib.nullcontext()
 
     def save_last(self) -> None:
         """Checkpoint the run state into last.pt (collective)."""
@@ -199,6 +206,7 @@ def start(config: TrainConfig, store: Store, layout: DataParallel, files: RunDir
     model = layout.place(single, rt.memory_format)
     use_step_kernels(model, config, log)
     optimizer, schedule = build_optimizer(config, model)
+    bf16_weights = use_bf16_weights(model, optimizer, config)
     generator = torch.Generator(rt.device)
     layout.seed(config.seed, generator)
     state = RunState(model, optimizer, schedule, generator, Position())
@@ -215,7 +223,7 @@ def start(config: TrainConfig, store: Store, layout: DataParallel, files: RunDir
             log(f"learning rate {config.lr:g} from --lr replaces the checkpoint's {saved['lrs'][0]:g} from here on")
     inputs = run_inputs(config, store, saved=saved) if saved is not None else inputs or run_inputs(config, store)
     header = dict(model_args=model_args(config, store), data=data_info(store, inputs), config=config.to_dict())
-    return Run(config, layout, rt, files, state, header, log, show_progress)
+    return Run(config, layout, rt, files, state, header, log, show_progress, bf16_weights=bf16_weights)
 
 
 def _network_line(model: nn.Module, config: TrainConfig, store: Store, rt: Runtime, layout: DataParallel) -> str:
@@ -242,7 +250,7 @@ def train_one_epoch(run: Run, step_model: nn.Module, batches, epoch: int, steps:
     for x, labels in batches:
         if pos.step_in_epoch >= steps:
             break
-        with run.rt.autocast():
+        with run.rt.autocast(), run.forward_weights():
             logits = step_model(x)
         loss = F.cross_entropy(logits.float(), labels)
         state.optimizer.zero_grad(set_to_none=True)

@@ -207,7 +207,8 @@ def build_optimizer(config: TrainConfig, model: nn.Module) -> tuple[PaperSGD, Pl
         from alexnet.kernels.sgd_triton import FusedPaperSGD
 
         # under 'stop' the gradients' check rides in the update (the verdict may come after it)
-        kind = partial(FusedPaperSGD, flat_grads=True, check_finite=config.on_nonfinite == "stop")
+        kind = partial(FusedPaperSGD, flat_grads=True, check_finite=config.on_nonfinite == "stop",
+                       bf16_copy="bf16-weights" in config.step_kernels)
     optimizer = kind(parameter_groups(model, config.lr, config.weight_decay, config.param_groups, own_layers),
                      lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     if config.schedule == "plateau":

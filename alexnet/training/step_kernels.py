@@ -6,11 +6,13 @@
                             forward and two backward (alexnet/kernels/block_triton.py)
     fused-sgd               PaperSGD in one pass over flat buffers, one Triton kernel per parameter
                             group (alexnet/kernels/sgd_triton.py)
+    bf16-weights            the same pass also writes the weights in bfloat16, and the forward pass
+                            reads them instead of casting (alexnet/kernels/bf16_weights.py)
     grouped-halves          conv2, conv4 and conv5 as one dense convolution per tower
     grouped-block-diagonal  the same as one dense convolution with a block-diagonal weight
                             (alexnet/kernels/grouped_conv.py)
 
-``all`` names the first three. Each is a swap of modules whose parameters stay the same objects
+``all`` names the first three (bf16-weights, for bf16 runs only, goes by its name). Each is a swap of modules whose parameters stay the same objects
 under the same names, or of the optimizer's class (same parameter groups, same state dict), so
 checkpoints, resumes, evaluation and exports never see them, and a resumed run may turn them on or
 off. None is on by default: ``benchmarks/bench_levers.py`` measures what each one pays on a GPU.
@@ -30,7 +32,7 @@ from torch import nn
 from alexnet.config import TrainConfig
 from alexnet.errors import UserError
 
-TRITON_KERNELS = ("fused-blocks", "fused-sgd")
+TRITON_KERNELS = ("fused-blocks", "fused-sgd", "bf16-weights")
 GROUPED = {"grouped-halves": "halves", "grouped-block-diagonal": "block_diagonal"}
 
 
@@ -61,6 +63,15 @@ def check_step_kernels(config: TrainConfig, model_args: dict, device: torch.devi
                else f"they run on CUDA GPUs, and this run is on {device.type}")
         raise UserError(f"--step-kernels {','.join(triton_names)}: these are Triton kernels and {why}; "
                         "leave them out (--step-kernels none turns every one off on a resume)")
+    if "bf16-weights" in names:
+        if "fused-sgd" not in names:
+            raise UserError("--step-kernels bf16-weights reads the bfloat16 weights that fused-sgd writes: "
+                            "add fused-sgd (--step-kernels fused-sgd,bf16-weights), or leave bf16-weights out")
+        from alexnet.runtime import resolve_runtime
+
+        if resolve_runtime(config, device).precision != "bf16":
+            raise UserError("--step-kernels bf16-weights replaces bf16 autocast's weight casts, and this run "
+                            "computes in float32: give --precision bf16, or leave bf16-weights out")
     from alexnet.model import AlexNet
 
     with torch.device("meta"):
@@ -129,3 +140,13 @@ def use_step_kernels(model: nn.Module, config: TrainConfig, log: Callable[[str],
 
         use_grouped_conv(model, impl)
     return model
+
+
+def use_bf16_weights(model: nn.Module, optimizer, config: TrainConfig):
+    """With ``bf16-weights`` in ``config.step_kernels``: the :class:`Bf16Weights` whose ``active()``
+    has ``model``'s forward pass read the bfloat16 weights ``optimizer`` writes; else None."""
+    if "bf16-weights" not in config.step_kernels:
+        return None
+    from alexnet.kernels.bf16_weights import Bf16Weights
+
+    return Bf16Weights(model, optimizer)
