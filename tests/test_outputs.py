@@ -64,6 +64,21 @@ def test_failed_writes_keep_the_previous_figure_and_report(tmp_path, monkeypatch
     assert sorted(p.name for p in run.iterdir()) == ["config.json", "curves.png", "filters.png", "report.html"]
 
 
+def test_the_report_shows_the_run_log_without_its_epoch_lines(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"epochs": 2}))
+    (run / "log.txt").write_bytes(
+        b"2026-12-02 10:00:00 alexnet 0.1.0: new run on /data\n"
+        b"2026-12-02 10:00:01 epoch 1: train loss 2.0000, train error 50.00%\n"
+        b"2026-12-02 10:00:02 warning: the loss <sits> at ln(classes) \xff\n"
+        b"2026-12-02 10:00:03 stopped at epoch 2, step 3 (global step 9)\n")
+    page = build_report(run).read_text(encoding="utf-8")
+    log = page.split("<h2>Run log</h2>")[1].split("</pre>")[0]
+    assert "new run on /data" in log and "warning: the loss &lt;sits&gt; at ln(classes) \ufffd" in log
+    assert "stopped at epoch 2" in log and "train loss" not in log
+
+
 def test_names_that_are_not_utf8_are_shown_with_replacement_characters(tmp_path):
     assert printable(BAD_UTF8) == "caf\ufffd" and printable("café") == "café"
     run = tmp_path / "run"

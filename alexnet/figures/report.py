@@ -10,6 +10,7 @@ What it gathers from a run directory (``alexnet train --out RUN``):
 * ``metrics.jsonl``: one table row per epoch; ``curves.png`` (drawn again if missing).
 * ``best.pt`` (else ``last.pt``): the data set (classes, image size), the parameter count and
   conv1's kernels (figure 3, one block per tower).
+* ``log.txt``: what the run printed besides its epochs (starts, notes, warnings, how each start ended).
 * Evaluation results, when present: any ``*.json`` file in the run directory holding
   ``top1_error`` and ``top5_error`` (e.g. ``alexnet evaluate RUN DATA --json > RUN/eval.json``, or
   the ``result.json`` that ``alexnet experiment ablations`` writes), and any other PNG in it
@@ -157,6 +158,19 @@ def _checkpoint(run: Path) -> tuple[Path | None, dict | None, str]:
     return None, None, ""
 
 
+def _run_log(run: Path, keep_lines: int = 300) -> list[str]:
+    """log.txt's lines (the last ``keep_lines``) without the epochs' lines: none when there is no log."""
+    path = run / "log.txt"
+    if not path.is_file():
+        return []
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return []
+    events = [line for line in lines if not line[20:].startswith("epoch ")]
+    return events[-keep_lines:] if len(events) <= keep_lines else ["...", *events[-keep_lines:]]
+
+
 def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     """Write the report of ``run_dir`` to ``out`` (default ``run_dir/report.html``); returns its path."""
     from alexnet.figures.plots import filter_image, output_file, plot_curves
@@ -259,6 +273,12 @@ def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
         sections += ["<h2>conv1 kernels (figure 3)</h2>",
                      f"<p>{weight.shape[0]} kernels of {weight.shape[2]}x{weight.shape[3]}x{weight.shape[1]}, "
                      f"one block per tower ({towers}).</p>", _png(buffer.getvalue(), "conv1 kernels")]
+
+    # what the run printed besides its epochs (starts, notes, warnings, how each start ended)
+    events = _run_log(run)
+    if events:
+        sections += ["<h2>Run log</h2>", "<p class='muted'>log.txt without its epoch lines (the metrics table "
+                     "holds those)</p>", "<pre>" + html.escape("\n".join(events)) + "</pre>"]
 
     # evaluation results and other figures
     evaluations = _evaluations(run)
