@@ -42,6 +42,8 @@ def test_cli_end_to_end(store_dir, tmp_path, capsys):
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(1)  # as conftest.py set it
+    printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch ")]
+    assert len(printed) == 2 and "; 1 epoch left, about " in printed[0] and "left" not in printed[1]
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in lines] == [1, 2]
     for key in ("train_loss", "train_top1_error", "val_top1_error", "val_top5_error", "lr", "images_per_s"):
@@ -154,11 +156,20 @@ def test_a_log_txt_that_cannot_be_written_is_said_once_and_the_run_goes_on(store
         if not os.path.exists("/dev/full"):
             pytest.skip("no /dev/full here")
         (run / "log.txt").symlink_to("/dev/full")  # every write fails with ENOSPC
-    metrics = train(TrainConfig(**{**SMALL, "epochs": 2}), store_dir, run, show_progress=False, log=said.append)
-    assert [m["epoch"] for m in metrics] == [1, 2]
+    metrics = train(TrainConfig(**{**SMALL, "epochs": 1}), store_dir, run, show_progress=False, log=said.append)
+    assert [m["epoch"] for m in metrics] == [1]
     warnings = [line for line in said if "log.txt" in line]
     assert len(warnings) == 1 and warnings[0].startswith("warning: ") and "the run goes on without it" in warnings[0]
     assert ("Is a directory" if log_txt == "a folder" else "No space left") in warnings[0], warnings
+
+
+@pytest.mark.parametrize("epochs, seconds_each, said", [
+    (0, 5.0, ""), (2, 30.0, "; 2 epochs left, about 60 s"), (1, 600.0, "; 1 epoch left, about 10 min"),
+    (87, 210.0, "; 87 epochs left, about 5.1 h")])
+def test_time_left_at_the_pace_of_the_epochs_so_far(epochs, seconds_each, said):
+    from alexnet.training.loop import _time_left
+
+    assert _time_left(epochs, seconds_each) == said
 
 
 def _broken_batches(*args, **kwargs):

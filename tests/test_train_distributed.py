@@ -174,7 +174,8 @@ def assert_only_rank0_writes(reports: list[dict], run: Path) -> None:
     for r, report in enumerate(reports[1:], 1):
         assert report["writes"] == [], f"rank {r} wrote into the run directory: {report['writes'][:3]}"
         assert report["log"] == [], f"rank {r} logged: {report['log'][:2]}"
-    assert sorted(p.name for p in run.iterdir()) == ["best.pt", "config.json", "curves.png", "last.pt", "metrics.jsonl"]
+    assert sorted(p.name for p in run.iterdir()) == ["best.pt", "config.json", "curves.png", "last.pt", "log.txt",
+                                                     "metrics.jsonl"]
 
 
 def val_image_count(store: Path) -> int:

@@ -158,13 +158,15 @@ def _train(config: TrainConfig, store: Store, layout: DataParallel, files: RunDi
     step_model = layout.step_model(run.state.model, config.compile, config.compile_mode)
     steps = min(len(train_loader), config.max_steps_per_epoch or len(train_loader))
     run.stall = StallWatch(store.num_classes, patience_steps=min(2 * steps, 2000))
+    first, started = run.state.pos.epoch, time.perf_counter()
     for epoch in range(run.state.pos.epoch, config.epochs):
         apply_epoch_settings(epoch_settings(config, epoch), run.state.optimizer, augment)  # colour noise, frozen layers
         train_loader.set_epoch(epoch, start_step=run.state.pos.step_in_epoch)
         batches = device_batches(train_loader, augment, run.state.generator, run.rt)
         seconds, images = train_one_epoch(run, step_model, batches, epoch, steps)
         val = validate(val_member, val_loader, run)
-        metrics.append(end_epoch(run, epoch, seconds, images, val, metrics))
+        left = _time_left(config.epochs - epoch - 1, (time.perf_counter() - started) / (epoch + 1 - first))
+        metrics.append(end_epoch(run, epoch, seconds, images, val, metrics, left))
         if epoch + 1 < config.epochs and run.asked_to_stop():  # end_epoch has just written last.pt
             raise Stopped(f"the end of epoch {epoch + 1}", files.last)
     files.record(f"finished: {config.epochs} epoch{'s' * (config.epochs != 1)}")
@@ -306,12 +308,28 @@ def train_one_epoch(run: Run, step_model: nn.Module, batches, epoch: int, steps:
 
 def validate(member: Member, loader: Loader, run: Run) -> dict:
     """Top-1 and top-5 error on the validation split's centre crops, over every replica's shard."""
+    from alexnet.inference import progress_bar
+
     loader.set_epoch(0)
-    return evaluate([member], loader, precision=run.rt.precision, reduce=run.layout.reduce)
+    shown = run.show_progress and run.layout.is_main
+    return evaluate([member], loader, precision=run.rt.precision, reduce=run.layout.reduce,
+                    progress=lambda batches: progress_bar(batches, len(loader), "validation", shown))
 
 
-def end_epoch(run: Run, epoch: int, seconds: float, images: int, val: dict, metrics: list[dict]) -> dict:
-    """Schedule, metrics line, checkpoints and curves at the end of an epoch; returns the line."""
+def _time_left(epochs: int, seconds_per_epoch: float) -> str:
+    """"; N epochs left, about T" at the pace of this start's epochs (training and validation)."""
+    if epochs <= 0:
+        return ""
+    seconds = epochs * seconds_per_epoch
+    about = (f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min" if seconds < 90 * 60
+             else f"{seconds / 3600:.1f} h")
+    return f"; {epochs} epoch{'s' * (epochs != 1)} left, about {about}"
+
+
+def end_epoch(run: Run, epoch: int, seconds: float, images: int, val: dict, metrics: list[dict],
+              left: str = "") -> dict:
+    """Schedule, metrics line, checkpoints and curves at the end of an epoch (``left``: what the
+    line says of the time still to go); returns the metrics line."""
     config, state, pos = run.config, run.state, run.state.pos
     totals = run.layout.reduce(torch.tensor([pos.loss_sum, pos.correct, pos.seen], dtype=torch.float64)).tolist()
     train_loss, train_err = totals[0] / max(totals[2], 1), 1 - totals[1] / max(totals[2], 1)
@@ -326,7 +344,8 @@ def end_epoch(run: Run, epoch: int, seconds: float, images: int, val: dict, metr
     top5 = f", top-5 {val['top5_error']:.2%}" if top5_says else ""
     run.log(f"epoch {epoch + 1}: train loss {train_loss:.4f}, train error {train_err:.2%}, "
             f"val top-1 error {val['top1_error']:.2%}{top5}, lr {lr:g}, "
-            f"{line['images_per_s']:.0f} images/s" + (f"; lr divided by {1 / config.lr_factor:g}" if reduced else ""))
+            f"{line['images_per_s']:.0f} images/s" + (f"; lr divided by {1 / config.lr_factor:g}" if reduced else "")
+            + left)
     _watch_stall(run, train_loss, None)
     improved = val["top1_error"] < pos.best_val_top1_error
     state.pos = pos.next_epoch(val["top1_error"])
