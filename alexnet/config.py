@@ -127,6 +127,8 @@ class TrainConfig:
     step_kernels: tuple[str, ...] = _f((), "faster kernels for the training step, the same sums in another order: "
                                            "conv1-s2d, fused-blocks, fused-sgd, bf16-weights, grouped-halves, "
                                            "grouped-block-diagonal, all, or none (see the README)")
+    cuda_graph: bool = _f(False, "replay the whole training step (forward, backward, update) as one CUDA graph, "
+                                 "captured afresh each epoch after 3 eager steps: one process on a CUDA GPU")
     loader_workers: int = _f(-1, "threads that read (and, for a JPEG store, decode) batches from the prepared store; "
                                  "0: in the training thread; -1: 4, or for a JPEG store on a GPU every core of this "
                                  "process's share but one")
@@ -317,7 +319,8 @@ def upgrade_saved(values: dict) -> dict:
 
 # Keys of how a run executes rather than what it learns: a resume may change them, and a report
 # shows them without highlighting them as departures from the paper.
-RUNTIME_KEYS = ("device", "precision", "channels_last", "compile", "compile_mode", "step_kernels", "loader_workers",
+RUNTIME_KEYS = ("device", "precision", "channels_last", "compile", "compile_mode", "step_kernels", "cuda_graph",
+                "loader_workers",
                 "cpu_threads", "checkpoint_every_steps", "on_nonfinite", "nonfinite_check_every_steps", "collective_timeout_minutes",
                 "deterministic",
                 "tower_parallel", "tensorboard")

@@ -31,8 +31,8 @@ class Runtime:
     def memory_format(self) -> torch.memory_format:
         return torch.channels_last if self.channels_last else torch.contiguous_format
 
-    def autocast(self) -> contextlib.AbstractContextManager:
-        return autocast_for(self.device, self.precision)
+    def autocast(self, cache: bool = True) -> contextlib.AbstractContextManager:
+        return autocast_for(self.device, self.precision, cache)
 
 
 def resolve_device(device: str | torch.device, local_rank: int = 0, world_size: int = 1) -> torch.device:
@@ -72,8 +72,9 @@ def resolve_runtime(config, device: torch.device) -> Runtime:
     return Runtime(device, precision, channels_last)
 
 
-def autocast_for(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """bf16 autocast for ``precision == "bf16"``, nothing otherwise."""
+def autocast_for(device: torch.device, precision: str, cache: bool = True) -> contextlib.AbstractContextManager:
+    """bf16 autocast for ``precision == "bf16"``, nothing otherwise. ``cache=False``: autocast
+    keeps no casts of the weights between its operations (as a CUDA graph's capture needs)."""
     if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
+        return torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=cache)
     return contextlib.nullcontext()

@@ -58,13 +58,25 @@ class Step:
         self.bf16_weights = use_bf16_weights(self.model, self.optimizer, config)
         self.step_model = torch.compile(self.model, mode=config.compile_mode) if config.compile else self.model
         self.finite = torch.ones((), dtype=torch.bool, device=device)
+        self.graphed = None
+        if config.cuda_graph:
+            from alexnet.training.graph_step import CudaGraphs, GraphedStep, check_cuda_graph, whole_step
+
+            check_cuda_graph(config, device, 1)
+            self.graphed = GraphedStep(lambda x, labels: whole_step(self.step_model, self.optimizer, self.rt,
+                                                                    self.forward_weights, x, labels), CudaGraphs(device))
+
+    def forward_weights(self):
+        return self.bf16_weights.active() if self.bf16_weights is not None else contextlib.nullcontext()
 
     def __call__(self, x: torch.Tensor, labels: torch.Tensor) -> None:
-        from alexnet.runtime import autocast_for
         from alexnet.training.guards import grads_finite
 
-        copies = self.bf16_weights.active() if self.bf16_weights is not None else contextlib.nullcontext()
-        with autocast_for(self.rt.device, self.rt.precision), copies:
+        if self.graphed is not None:  # forward to update in one replay
+            loss, _ = self.graphed(x, labels)
+            self.finite &= torch.isfinite(loss) & grads_finite(self.model)
+            return
+        with self.rt.autocast(), self.forward_weights():
             logits = self.step_model(x)
         loss = F.cross_entropy(logits.float(), labels)
         self.optimizer.zero_grad(set_to_none=True)
@@ -131,6 +143,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--crop", type=int, default=224)
     p.add_argument("--compile", action="store_true", help="torch.compile the step")
     p.add_argument("--compile-mode", default="default", choices=("default", "reduce-overhead", "max-autotune"))
+    p.add_argument("--cuda-graph", action="store_true", help="the whole step as one CUDA graph, as 'alexnet train "
+                                                              "--cuda-graph' (CUDA only)")
     p.add_argument("--step-kernels", default="", metavar="LIST",
                    help="the step's faster kernels, as 'alexnet train --step-kernels' (e.g. all)")
     p.add_argument("--skip-train", action="store_true", help="leave out the train() reference runs")
@@ -157,7 +171,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"data: {a.images} JPEGs and their store in {time.perf_counter() - t:.0f} s ({work})", flush=True)
     store = open_store(store_dir)
     config = TrainConfig(epochs=2, batch_size_per_device=a.batch, crop_size=a.crop, loader_workers=a.workers,
-                         compile=a.compile, compile_mode=a.compile_mode, device=str(device),
+                         compile=a.compile, compile_mode=a.compile_mode, device=str(device), cuda_graph=a.cuda_graph,
                          step_kernels=tuple(filter(None, a.step_kernels.split(","))))  # the paper's recipe otherwise
     step = Step(config, store, device)
     rt = step.rt
@@ -169,7 +183,7 @@ def main(argv: list[str] | None = None) -> dict:
         feeds["ours, one stream"] = our_feed(store, augment, rt, a.batch, a.workers, copy_stream=False)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"device {name}, batch {a.batch}, precision {rt.precision}, channels_last {rt.channels_last}, "
-          f"compile {a.compile} ({a.compile_mode}), step kernels {','.join(config.step_kernels) or 'none'}, workers {a.workers}, runs {a.runs} x {a.steps} steps", flush=True)
+          f"compile {a.compile} ({a.compile_mode}), step kernels {','.join(config.step_kernels) or 'none'}, cuda graph {a.cuda_graph}, workers {a.workers}, runs {a.runs} x {a.steps} steps", flush=True)
     for feed in feeds.values():
         for _ in range(a.warmup):
             step(*next(feed))
@@ -200,7 +214,7 @@ def main(argv: list[str] | None = None) -> dict:
     if rates["train()"]:
         print(f"train() / synthetic: {spread(ratios(rates['train()'], rates['synthetic']), '.2f')}")
     results = {"device": name, "batch": a.batch, "compile": a.compile, "compile_mode": a.compile_mode,
-               "step_kernels": list(config.step_kernels), "precision": rt.precision,
+               "step_kernels": list(config.step_kernels), "cuda_graph": a.cuda_graph, "precision": rt.precision,
                "images_per_s": rates, "data_path_efficiency": efficiency}
     if a.json:
         Path(a.json).write_text(json.dumps(results, indent=2))

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Every GPU check and benchmark, in one run. Each benchmark repeats its measurement 3 times and
-# prints medians with their ranges. The step limits add up to 2,830 s; on 2026-11-28, with the
+# prints medians with their ranges. The step limits add up to 3,070 s; on 2026-11-28, with the
 # benchmarks of that day (one measurement each), an H200 ran steps 01-08 in 270 s.
 #
 #   OUT=./gpu-results benchmarks/gpu_checks.sh
 #
 # Where one command may run 10 minutes, run it in two: the speed levers first
-# (STEPS="01 11 12 14 04"), then the rest (STEPS="02 03 05 06 07 08 09 10 13 15").
+# (STEPS="01 11 12 14 04"), then the rest (STEPS="02 03 05 06 07 08 09 10 13 15 16").
 #
 # Each step has its own time limit; a failing or timed-out step is recorded and the next one
 # runs. Everything goes to three files under $OUT (default ./gpu-results): log.txt (every
@@ -140,7 +140,8 @@ fi
 # 128 and 256, conv1, the block tails and the grouped convolutions on their own, and a per-kernel
 # profile of today's step.
 step 11-tests-levers 150 "$PYTHON" -m pytest -q -p no:cacheprovider -x -rs tests/test_kernels_step.py \
-    tests/test_kernels_grouped.py tests/test_kernels_bf16_weights.py tests/test_train_step_kernels.py
+    tests/test_kernels_grouped.py tests/test_kernels_bf16_weights.py tests/test_train_step_kernels.py \
+    tests/test_graph_step.py
 step 12-bench-levers 360 "$PYTHON" benchmarks/bench_levers.py --device "$DEVICE" ${QUICK:+--quick}
 
 # 11. Does the full-size network learn with the paper's recipe? (issue of the paper's init: the loss
@@ -156,6 +157,14 @@ step 14-bench-gpu-train-kernels 240 "$PYTHON" benchmarks/bench_gpu_train.py --de
 # shellcheck disable=SC2086
 step 15-bench-gpu-train-graphs 300 "$PYTHON" benchmarks/bench_gpu_train.py --device "$DEVICE" --skip-train \
     --compile --compile-mode reduce-overhead --json "$OUT/bench-gpu-train-graphs.json" $TRAIN
+
+# 13. End to end as 'alexnet train --step-kernels all,bf16-weights --cuda-graph' runs it: the kernels
+# and the whole step replayed as one CUDA graph (captured after 3 eager steps).
+if [ "$DEVICE" = cuda ]; then
+    # shellcheck disable=SC2086
+    step 16-bench-gpu-train-cuda-graph 240 "$PYTHON" benchmarks/bench_gpu_train.py --device "$DEVICE" --skip-train \
+        --step-kernels "$KERNELS" --cuda-graph --json "$OUT/bench-gpu-train-cuda-graph.json" $TRAIN
+fi
 
 echo
 echo "=== summary ($(($(date +%s) - START)) s in all; results in $OUT)" | tee -a "$LOG"

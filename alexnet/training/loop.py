@@ -7,6 +7,7 @@ line of metrics and the checkpoints (:func:`end_epoch`). What each part owns:
 
     recipe.py        the network, PaperSGD, the schedule and the augmentation from the config
     step_kernels.py  the step's faster kernels, swapped in when the config asks
+    graph_step.py    the whole step replayed as one CUDA graph (--cuda-graph)
     layout.py        how the ranks hold the network: placement, DDP, shards, reductions, seeds
     state.py         the run state a checkpoint holds, and its restoration
     resume.py        whether a resume continues the same run
@@ -37,6 +38,7 @@ from alexnet.evaluate import Member, evaluate, top5_is_informative
 from alexnet.faults import kill_point
 from alexnet.kernels.bf16_weights import Bf16Weights
 from alexnet.runtime import Runtime, resolve_runtime
+from alexnet.training.graph_step import CudaGraphs, GraphedStep, check_cuda_graph, whole_step
 from alexnet.training.guards import NonFiniteGuard, StallWatch, sync_interval
 from alexnet.training.inputs import AUTO_LOADER_THREADS, device_batches, loader_threads
 from alexnet.training.layout import DataParallel, join
@@ -106,6 +108,7 @@ def train(config: TrainConfig, data: str | Path, run_dir: str | Path, *, resume:
     layout.check_same_run(store, {k: v for k, v in config.to_dict().items() if k not in PER_PROCESS_KEYS})
     check_data(config, store, layout.groups.replicas)
     check_step_kernels(config, model_args(config, store), layout.device)
+    check_cuda_graph(config, layout.device, layout.proc.world_size)
     parent = read_parent(config.init_from, config) if config.init_from and not resume else None
     inputs = run_inputs(config, store, parent) if parent is not None else None  # refused here, before the folder
     if config.tensorboard and layout.is_main:
@@ -158,12 +161,17 @@ def _train(config: TrainConfig, store: Store, layout: DataParallel, files: RunDi
     step_model = layout.step_model(run.state.model, config.compile, config.compile_mode)
     steps = min(len(train_loader), config.max_steps_per_epoch or len(train_loader))
     run.stall = StallWatch(store.num_classes, patience_steps=min(2 * steps, 2000))
+    graphed = (GraphedStep(lambda x, labels: whole_step(step_model, run.state.optimizer, run.rt, run.forward_weights,
+                                                        x, labels), CudaGraphs(layout.device))
+               if config.cuda_graph else None)
     first, started = run.state.pos.epoch, time.perf_counter()
     for epoch in range(run.state.pos.epoch, config.epochs):
         apply_epoch_settings(epoch_settings(config, epoch), run.state.optimizer, augment)  # colour noise, frozen layers
         train_loader.set_epoch(epoch, start_step=run.state.pos.step_in_epoch)
         batches = device_batches(train_loader, augment, run.state.generator, run.rt)
-        seconds, images = train_one_epoch(run, step_model, batches, epoch, steps)
+        if graphed is not None:
+            graphed.recapture()  # the epoch's learning rate and frozen layers
+        seconds, images = train_one_epoch(run, step_model, batches, epoch, steps, graphed)
         val = validate(val_member, val_loader, run)
         left = _time_left(config.epochs - epoch - 1, (time.perf_counter() - started) / (epoch + 1 - first))
         metrics.append(end_epoch(run, epoch, seconds, images, val, metrics, left))
@@ -241,8 +249,10 @@ def _network_line(model: nn.Module, config: TrainConfig, store: Store, rt: Runti
     return f"network: {size} parameters, {crops} crops, {store.num_classes} classes; {where}"
 
 
-def train_one_epoch(run: Run, step_model: nn.Module, batches, epoch: int, steps: int) -> tuple[float, int]:
-    """Section 5's update over one epoch (from where the run stands in it); returns its seconds and images."""
+def train_one_epoch(run: Run, step_model: nn.Module, batches, epoch: int, steps: int,
+                    graphed: GraphedStep | None = None) -> tuple[float, int]:
+    """Section 5's update over one epoch (from where the run stands in it); returns its seconds and
+    images. ``graphed``: the whole step as a CUDA graph (forward to update in one call)."""
     config, state, pos = run.config, run.state, run.state.pos
     state.model.train()
     guard = NonFiniteGuard(config.on_nonfinite, run.layout.any_rank, run.rt.device)
@@ -252,11 +262,14 @@ def train_one_epoch(run: Run, step_model: nn.Module, batches, epoch: int, steps:
     for x, labels in batches:
         if pos.step_in_epoch >= steps:
             break
-        with run.rt.autocast(), run.forward_weights():
-            logits = step_model(x)
-        loss = F.cross_entropy(logits.float(), labels)
-        state.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        if graphed is not None:  # the update is in the graph ('skip' is refused with it)
+            loss, logits = graphed(x, labels)
+        else:
+            with run.rt.autocast(), run.forward_weights():
+                logits = step_model(x)
+            loss = F.cross_entropy(logits.float(), labels)
+            state.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
         kill_point("step")
         pos.step_in_epoch, pos.global_step = pos.step_in_epoch + 1, pos.global_step + 1
         every = config.checkpoint_every_steps
@@ -269,7 +282,8 @@ def train_one_epoch(run: Run, step_model: nn.Module, batches, epoch: int, steps:
             if stepped:
                 state.optimizer.step()
         else:  # 'stop': after it, so that the one-pass update checks the gradients as it reads them
-            state.optimizer.step()
+            if graphed is None:
+                state.optimizer.step()
             checked = getattr(state.optimizer, "checked_nonfinite", None)
             guard.observe(loss, state.model, checked() if checked is not None else None)
             if synced:
