@@ -90,6 +90,8 @@ def test_the_forward_pass_reads_the_copies_inside_the_step_only():
         assert conv1.weight.dtype == torch.bfloat16 and conv1.weight.grad_fn is not None
     with copies.active():  # no autocast (validation in float32, say): the float32 weight
         assert conv1.weight is conv1._parameters["weight"]
+    with torch.autocast(DEVICE, dtype=torch.float16), copies.active():  # not bf16: autocast casts as it would
+        assert conv1.weight is conv1._parameters["weight"]
     assert conv1.weight is conv1._parameters["weight"] and isinstance(conv1.weight, nn.Parameter)
     assert type(conv1).__name__ == "Conv2d" and isinstance(conv1, nn.Conv2d)
     assert list(net.state_dict()) == list(AlexNet(num_classes=4, width=1 / 24, input_size=67).state_dict())

@@ -47,8 +47,9 @@ class _CopyWeight:
     def weight(self) -> torch.Tensor:
         weight = self._parameters["weight"]
         copy = self._bf16_weight
-        if copy is None or not torch.is_autocast_enabled(weight.device.type):
-            return weight
+        kind = weight.device.type
+        if copy is None or not torch.is_autocast_enabled(kind) or torch.get_autocast_dtype(kind) != torch.bfloat16:
+            return weight  # no copy yet, or no bf16 autocast (float32 validation, float16 autocast)
         return UseCopy.apply(weight, copy)
 
 
