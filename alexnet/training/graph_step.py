@@ -93,7 +93,9 @@ class CudaGraphs:
 
     def capture(self, step: Callable[[], tuple]) -> "Captured":
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        # thread_local: the loader's threads go on pinning batches while this thread captures; in
+        # the default mode ('global') CUDA refuses their calls and the capture fails
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
             out = step()
         return Captured(graph.replay, out)
 
