@@ -225,6 +225,21 @@ def test_data_parallel_with_the_one_pass_update_matches_one_process(store_dir, r
     assert_same_metrics(run, reference)
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(not triton_runs_on(torch.device("cpu")), reason="needs triton's interpreter (TRITON_INTERPRET=1)")
+def test_data_parallel_forward_on_the_updates_bf16_weights_is_autocasts(store_dir, tmp_path):
+    """--step-kernels bf16-weights under DDP: the layers read the copies, DDP still averages the
+    float32 gradients they hand back, and the run is the same, bit for bit, as with autocast's casts."""
+    config = TrainConfig(**{**EXACT, "epochs": 1}, batch_size_per_device=GLOBAL_BATCH // 2, precision="bf16",
+                         step_kernels=("fused-sgd",))
+    run_ranks(2, config, store_dir, tmp_path / "autocast")
+    run_ranks(2, config.replace(step_kernels=("fused-sgd", "bf16-weights")), store_dir, tmp_path / "copies")
+    assert_same_weights(tmp_path / "copies", tmp_path / "autocast", atol=0)
+    assert read_metrics(tmp_path / "copies") == [
+        {**m, "images_per_s": c["images_per_s"], "epoch_seconds": c["epoch_seconds"]}
+        for m, c in zip(read_metrics(tmp_path / "autocast"), read_metrics(tmp_path / "copies"), strict=True)]
+
+
 def test_tower_parallel_matches_the_grouped_model(store_dir, reference, tmp_path):
     """Two ranks, one tower each (section 3.2), one replica with the whole batch."""
     run = tmp_path / "run"
