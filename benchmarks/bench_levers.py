@@ -45,7 +45,6 @@ Printed, each figure a median over ``--runs`` runs [min-max]:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import re
 import statistics
@@ -60,7 +59,7 @@ import torch.nn.functional as F
 
 from alexnet.data.augment import TrainAugment
 from alexnet.kernels import block_triton
-from alexnet.kernels.bf16_weights import Bf16Weights
+from alexnet.kernels.bf16_weights import Bf16Weights, reading_copies
 from alexnet.kernels.block_triton import fuse_blocks, fused_block
 from alexnet.kernels.conv1_s2d import space_to_depth_conv2d, use_space_to_depth_conv1
 from alexnet.kernels.grouped_conv import GROUPED_CONV_IMPLS, GROUPED_LAYERS, grouped_conv2d, use_grouped_conv
@@ -118,7 +117,7 @@ class Setup:
             self._capture()
 
     def _forward_weights(self):
-        return self.copies.active() if self.copies is not None else contextlib.nullcontext()
+        return reading_copies(self.copies)
 
     def _eager_step(self) -> torch.Tensor:
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp), self._forward_weights():

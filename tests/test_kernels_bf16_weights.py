@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from alexnet.kernels import sgd_triton
-from alexnet.kernels.bf16_weights import Bf16Weights
+from alexnet.kernels.bf16_weights import Bf16Weights, reading_copies
 from alexnet.kernels.block_triton import fuse_blocks
 from alexnet.kernels.conv1_s2d import use_space_to_depth_conv1
 from alexnet.kernels.grouped_conv import use_grouped_conv
@@ -39,7 +39,7 @@ def _pair(**kw) -> tuple[nn.Module, nn.Module]:
 
 def _step(model, opt, x, y, copies: Bf16Weights | None) -> tuple[torch.Tensor, list[torch.Tensor]]:
     opt.zero_grad(set_to_none=True)
-    with torch.autocast(DEVICE, dtype=torch.bfloat16), (copies.active() if copies else torch.enable_grad()):
+    with torch.autocast(DEVICE, dtype=torch.bfloat16), reading_copies(copies):
         logits = model(x)
     loss = F.cross_entropy(logits.float(), y)
     loss.backward()
@@ -114,7 +114,7 @@ def test_weights_written_by_anything_but_the_update_are_cast_again(writer):
     else:  # a group with a parameter without gradient is stepped by PaperSGD's own in-place arithmetic
         for net, o, c in ((ours, opt, copies), (theirs, ref, None)):
             o.zero_grad(set_to_none=True)
-            with torch.autocast(DEVICE, dtype=torch.bfloat16), (c.active() if c else torch.enable_grad()):
+            with torch.autocast(DEVICE, dtype=torch.bfloat16), reading_copies(c):
                 F.cross_entropy(net(batches[1][0]).float(), batches[1][1]).backward()
             net.classifier.fc8.bias.grad = None
             o.step()

@@ -92,3 +92,8 @@ class Bf16Weights:
         finally:
             for layer in self.layers:
                 layer._bf16_weight = None
+
+
+def reading_copies(copies: Bf16Weights | None) -> contextlib.AbstractContextManager:
+    """``copies.active()``, or nothing when the run keeps no copies."""
+    return copies.active() if copies is not None else contextlib.nullcontext()

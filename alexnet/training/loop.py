@@ -36,7 +36,7 @@ from alexnet.data.loader import Loader
 from alexnet.errors import UserError
 from alexnet.evaluate import Member, evaluate, top5_is_informative
 from alexnet.faults import kill_point
-from alexnet.kernels.bf16_weights import Bf16Weights
+from alexnet.kernels.bf16_weights import Bf16Weights, reading_copies
 from alexnet.runtime import Runtime, resolve_runtime
 from alexnet.training.graph_step import CudaGraphs, GraphedStep, check_cuda_graph, whole_step
 from alexnet.training.guards import NonFiniteGuard, StallWatch, sync_interval
@@ -71,7 +71,7 @@ class Run:
 
     def forward_weights(self) -> contextlib.AbstractContextManager:
         """Where the training step's forward pass runs: on the update's bfloat16 weights, or as it is."""
-        return self.bf16_weights.active() if self.bf16_weights is not None else contextlib.nullcontext()
+        return reading_copies(self.bf16_weights)
 
     def save_last(self) -> None:
         """Checkpoint the run state into last.pt (collective)."""
