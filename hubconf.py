@@ -96,11 +96,6 @@ def trained(path: str):
     """A network trained with this package, in eval mode on the CPU, from a checkpoint file, a run
     folder or a safetensors export folder. Its preprocessing (mean image, crop, input scale) is in
     the checkpoint or the export's alexnet.json; ``alexnet predict`` applies it."""
-    from alexnet import checkpoint
-    from alexnet.export import load_payload
-    from alexnet.model import build_model
+    from alexnet.trained import build_trained, load
 
-    payload = load_payload(path)
-    model = build_model(payload["model_args"])
-    checkpoint.load_model_state(model, payload["model"], str(path))
-    return model.eval()
+    return build_trained(load(path))

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from alexnet.errors import UserError
-from alexnet.model import feature_map_size
+from alexnet.model import check_towers, feature_map_size
 
 try:
     import tomllib
@@ -38,115 +38,96 @@ except ModuleNotFoundError:  # Python 3.10: JSON config files only
     tomllib = None
 
 
-def _f(default, help: str, choices: tuple | None = None):
-    return field(default=default, metadata=dict(help=help, choices=choices))
+# The groups of ``alexnet train --help``, in the order a person decides them; each field names its
+# group. The first two hold what a first run needs; the README explains every key.
+HELP_GROUPS = {
+    "run": "the run",
+    "network": "the network (section 3)",
+    "details": "the network's details (the released code, other sizes)",
+    "data": "data, augmentation and dropout (sections 2 and 4)",
+    "learning": "optimisation and schedule (section 5)",
+    "finetune": "fine-tuning",
+    "speed": "speed and runtime",
+    "checks": "seed, checkpoints, checks and output",
+}
+
+
+def _f(group: str, default, help: str, choices: tuple | None = None, metavar: str | None = None):
+    return field(default=default, metadata=dict(group=group, help=help, choices=choices, metavar=metavar))
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     # --- the network (section 3) ---
-    arch: str = _f("alexnet", "the network: the paper's ('alexnet'), or torchvision's single-tower layout "
-                              "('torchvision', for fine-tuning its imported weights; its dropout is its own inverted "
-                              "dropout on the inputs of fc6 and fc7, so dropout_style does not apply)",
-                   ("alexnet", "torchvision"))
-    towers: int = _f(2, "columns of the network: 2 (the paper's two GPUs, grouped convolutions) or 1", (1, 2))
-    lrn: bool = _f(True, "local response normalisation after conv1 and conv2 (section 3.3)")
-    recipe: str = _f("paper", "'original': the authors' released recipe, every element of which is also its own "
-                              "key (flags given win); see the README", ("paper", "original"))
-    lrn_convention: str = _f("paper", "LRN: alpha as written, k=2 ('paper'); alpha/n, k=2 (the released code, "
-                                      "'cuda-convnet'); alpha/n, k=1 (Caffe's bvlc_alexnet, 'caffe')",
-                             ("paper", "cuda-convnet", "caffe"))
-    lrn_before_relu: bool = _f(False, "conv1's LRN before its ReLU, as the original code")
-    cnorm2: bool = _f(False, "the released code's within-map 5x5 normalisation after conv2's LRN "
-                             "(scale 0.001/25, power 0.75, k=1; not in the paper)")
-    overlapping_pool: bool = _f(True, "max-pool 3/2 (section 3.4) instead of 2/2")
-    activation: str = _f("relu", "nonlinearity after every learnable layer but fc8", ("relu", "tanh"))
-    dropout: float = _f(0.5, "dropout probability on fc6 and fc7 outputs (section 4.2); 0 turns it off")
-    dropout_style: str = _f("paper", "'paper': unscaled while training, outputs x (1-p) at test time (section 4.2); "
-                                     "'inverted': kept outputs x 1/(1-p) while training", ("paper", "inverted"))
-    width: float = _f(1.0, "multiplier on every layer's kernels and units (1 = the paper)")
-    channels: tuple[int, ...] = _f((), "kernels of conv1..conv5, e.g. 48,128,192,192,256 with --towers 1 (the one-GPU "
-                                       "baseline of section 3.2); replaces --width for them; empty: the paper's x width")
-    fc_units: int = _f(0, "units of fc6 and fc7; replaces --width for them (0: 4096 x width)")
-    conv6_channels: int = _f(0, "kernels of a sixth convolutional layer over the last pooling layer "
-                                "(section 6; 256 in the released config); 0: none")
-    stem: str = _f("paper", "conv1: 'paper' (11x11 stride 4) or 'small' (3x3 stride 1, for 28-64 px images)", ("paper", "small"))
-    init: str = _f("paper", "weights N(0,0.01) and biases 1/0 ('paper'), std 0.03 in conv3-5 ('original'), or fan-in scaled ('he')", ("paper", "original", "he"))
-    fc8_bias_zero: bool = _f(False, "fc8's bias starts at 0 (the released configs) instead of the init's value")
-    init_from: str = _f("", "fine-tune: load every layer that fits from this checkpoint (fc8 is drawn afresh), "
-                            "with a new optimizer and schedule; not a resume")
-    freeze: tuple[str, ...] = _f((), "layers never updated, e.g. conv1,conv2 (with --init-from)")
+    arch: str = _f("network", "alexnet", "torchvision: fine-tune its weights", ("alexnet", "torchvision"))
+    towers: int = _f("network", 2, "columns: 2 (the paper's two GPUs) or 1", (1, 2))
+    lrn: bool = _f("network", True, "LRN after conv1, conv2 (section 3.3)")
+    recipe: str = _f("run", "paper", "original: the released code's recipe", ("paper", "original"))
+    lrn_convention: str = _f("details", "paper", "alpha/n: cuda-convnet k=2, caffe k=1", ("paper", "cuda-convnet", "caffe"))
+    lrn_before_relu: bool = _f("details", False, "conv1's LRN before its ReLU")
+    cnorm2: bool = _f("details", False, "released code's 5x5 norm after conv2")
+    overlapping_pool: bool = _f("network", True, "max-pool 3/2 (section 3.4); off: 2/2")
+    activation: str = _f("network", "relu", "after every learnable layer but fc8", ("relu", "tanh"))
+    dropout: float = _f("data", 0.5, "probability on fc6, fc7 outputs; 0: off")
+    dropout_style: str = _f("data", "paper", "paper: x (1-p) at test; or inverted", ("paper", "inverted"))
+    width: float = _f("network", 1.0, "multiplier on all kernels and units")
+    channels: tuple[int, ...] = _f("details", (), "kernels of conv1..conv5 (empty: the paper's x width)")
+    fc_units: int = _f("details", 0, "units of fc6 and fc7 (0: 4096 x width)")
+    conv6_channels: int = _f("details", 0, "kernels of a sixth conv layer (0: none)")
+    stem: str = _f("network", "paper", "small: conv1 3x3 stride 1 (28-64 px)", ("paper", "small"))
+    init: str = _f("details", "paper", "std 0.01; original: 0.03 in conv3-5", ("paper", "original", "he"))
+    fc8_bias_zero: bool = _f("details", False, "fc8's bias starts at 0 (released)")
+    init_from: str = _f("finetune", "", "checkpoint whose layers start this run (not a resume)", metavar="PATH")
+    freeze: tuple[str, ...] = _f("finetune", (), "layers never updated, e.g. conv1,conv2")
 
     # --- data and augmentation (sections 2 and 4.1) ---
-    crop_size: int = _f(224, "side of the square crops fed to the network, in pixels (paper: 224 of 256)")
-    random_crop: bool = _f(True, "random crops at training time (otherwise the centre crop)")
-    flip: bool = _f(True, "horizontal reflections with probability 0.5 at training time")
-    pca_lighting_std: float = _f(0.1, "std of the PCA colour noise alphas (section 4.1); 0 turns it off")
-    pca_scale: str = _f("sqrt", "colour shift P(alpha*sqrt(lambda)) in 0-255 units (the authors' code, 'sqrt') or "
-                                "P(alpha*lambda/255) (fb.resnet.torch, 'fb')", ("sqrt", "fb"))
-    lighting_shrink: bool = _f(False, "divide the centred training input by 1 + pca_lighting_std (1.1) while colour "
-                                      "noise is on, as the released code")
-    lighting_off_last_epochs: int = _f(0, "no colour noise in the last N epochs (released recipe: 24)")
-    subtract_mean: bool = _f(True, "subtract the per-pixel mean image of the training set (section 2)")
-    mean_image: str = _f("store", "the mean image subtracted: the prepared data set's ('store', section 2), or the "
-                         "--init-from parent's ('parent': a fine-tuned network keeps its parent's preprocessing, e.g. "
-                         "torchvision's channel means, so that export --format torchvision is a drop-in)",
-                         choices=("store", "parent"))
-    input_scale: float = _f(1.0, "multiply centred pixels by this (paper: 1, raw 0-255 values)")
-    shuffle_window_images: int = _f(0, "0: a full shuffle of the training set every epoch (the paper's SGD); N: "
-                                       "blocks of 64 consecutive images shuffled, then images within windows of N, so "
-                                       "a store larger than memory is read in long runs")
+    crop_size: int = _f("data", 224, "side of the network's input, in pixels")
+    random_crop: bool = _f("data", True, "random crops (off: the centre crop)")
+    flip: bool = _f("data", True, "random horizontal reflections")
+    pca_lighting_std: float = _f("data", 0.1, "std of the PCA colour noise; 0: off")
+    pca_scale: str = _f("data", "sqrt", "PCA noise P(a sqrt(l)) or P(a l/255)", ("sqrt", "fb"))
+    lighting_shrink: bool = _f("data", False, "input / (1 + std) while noise is on")
+    lighting_off_last_epochs: int = _f("data", 0, "no colour noise in the last N epochs")
+    subtract_mean: bool = _f("data", True, "subtract the training set's mean image")
+    mean_image: str = _f("finetune", "store", "mean image of the store or the parent", ("store", "parent"))
+    input_scale: float = _f("data", 1.0, "multiply the centred pixels by this")
+    shuffle_window_images: int = _f("data", 0, "0: full shuffle; N: in windows of N")
 
     # --- learning (section 5) ---
-    epochs: int = _f(90, "passes over the training set")
-    batch_size_per_device: int = _f(128, "images per process per step; global batch = replicas x this (replicas = processes, or processes / 2 with --tower-parallel)")
-    lr: float = _f(0.01, "initial learning rate eps of the update rule (paper: 0.01 at global batch 128)")
-    momentum: float = _f(0.9, "momentum of the update rule")
-    weight_decay: float = _f(5e-4, "weight decay of the update rule")
-    param_groups: str = _f("paper", "'paper': one lr for all; 'cuda-convnet': biases at 2x the initial lr held fixed "
-                                    "while the weights' falls, no decay (the released configs); 'caffe': biases at 2x "
-                                    "the lr through every reduction, no decay ('original' is its old name)",
+    epochs: int = _f("run", 90, "passes over the training set")
+    batch_size_per_device: int = _f("run", 128, "images per process; global = x replicas")
+    lr: float = _f("run", 0.01, "initial learning rate eps (section 5)")
+    momentum: float = _f("learning", 0.9, "momentum of the update rule")
+    weight_decay: float = _f("learning", 5e-4, "weight decay of the update rule")
+    param_groups: str = _f("learning", "paper", "paper: one lr; others: biases at 2x",
                            ("paper", "cuda-convnet", "caffe", "original"))
-    freeze_conv1_last_epochs: int = _f(0, "conv1 not updated in the last N epochs (released recipe: 19)")
-    schedule: str = _f("plateau", "divide lr by 10 on a validation plateau, or at fixed epochs", ("plateau", "milestones"))
-    plateau_patience_epochs: int = _f(5, "epochs without improvement before the lr is divided")
-    plateau_threshold: float = _f(1e-3, "improvement in validation error (absolute) that counts")
-    max_lr_reductions: int = _f(3, "the plateau schedule divides the lr at most this many times")
-    milestones_epochs: tuple[int, ...] = _f((30, 60, 80), "epochs after which the milestone schedule divides the lr")
-    lr_factor: float = _f(0.1, "multiply the lr by this at each reduction")
+    freeze_conv1_last_epochs: int = _f("learning", 0, "conv1 not updated in the last N epochs")
+    schedule: str = _f("learning", "plateau", "when to divide the lr", ("plateau", "milestones"))
+    plateau_patience_epochs: int = _f("learning", 5, "epochs without progress before a division")
+    plateau_threshold: float = _f("learning", 1e-3, "drop in validation error that counts")
+    max_lr_reductions: int = _f("learning", 3, "most divisions by the plateau schedule")
+    milestones_epochs: tuple[int, ...] = _f("learning", (30, 60, 80), "divide the lr after these epochs")
+    lr_factor: float = _f("learning", 0.1, "multiply the lr by this at a division")
 
     # --- the run ---
-    seed: int = _f(0, "seed for init, data order, dropout and augmentation")
-    device: str = _f("auto", "'auto' (cuda if available), 'cpu', 'cuda', or 'cuda:N'")
-    precision: str = _f("auto", "'auto' (bf16 autocast on CUDA, fp32 on CPU), 'fp32' or 'bf16'", ("auto", "fp32", "bf16"))
-    channels_last: str = _f("auto", "channels_last memory format: 'auto' (on CUDA), 'on' or 'off'", ("auto", "on", "off"))
-    compile: bool = _f(False, "torch.compile the training step")
-    compile_mode: str = _f("default", "torch.compile's mode with --compile: 'reduce-overhead' replays the step's "
-                                      "kernels as CUDA graphs, 'max-autotune' also searches kernel configurations",
-                           ("default", "reduce-overhead", "max-autotune"))
-    step_kernels: tuple[str, ...] = _f((), "faster kernels for the training step, the same sums in another order: "
-                                           "conv1-s2d, fused-blocks, fused-sgd, bf16-weights, grouped-halves, "
-                                           "grouped-block-diagonal, all, or none (see the README)")
-    cuda_graph: bool = _f(False, "replay the whole training step (forward, backward, update) as one CUDA graph, "
-                                 "captured afresh each epoch after 3 eager steps: one process on a CUDA GPU")
-    loader_workers: int = _f(-1, "threads that read (and, for a JPEG store, decode) batches from the prepared store; "
-                                 "0: in the training thread; -1: 4, or for a JPEG store on a GPU every core of this "
-                                 "process's share but one")
-    cpu_threads: int = _f(0, "CPU threads for torch and the C kernels (0: torch's default, one per core); "
-                             "on a machine where other work holds cores, fewer threads run faster")
-    checkpoint_every_steps: int = _f(0, "also checkpoint every N steps inside an epoch (0: only at epoch ends)")
-    max_steps_per_epoch: int = _f(0, "stop each epoch after N steps (0: the whole training set)")
-    on_nonfinite: str = _f("stop", "on a NaN/inf loss or gradient: 'stop' (keep the last good checkpoint) or 'skip' the step", ("stop", "skip"))
-    nonfinite_check_every_steps: int = _f(0, "read the non-finite flag and the loss on the host every N steps "
-                                             "(0: 1 on the CPU or with skip, 20 on a GPU, where each read waits for it)")
-    collective_timeout_minutes: float = _f(0.0, "with several processes: how long one waits for the others at a "
-                                                "reduction before it stops with a line (0: torch's default, 30 "
-                                                "minutes on CPUs, 10 on GPUs); keep it above the slowest "
-                                                "checkpoint write and validation")
-    deterministic: bool = _f(False, "deterministic kernels (bitwise-repeatable runs, slower)")
-    tower_parallel: bool = _f(False, "put the two towers on two ranks (section 3.2) instead of grouped convolutions")
-    tensorboard: bool = _f(False, "also write the metrics and conv1's kernels for TensorBoard into RUN/tensorboard "
-                                  "(needs the 'tensorboard' extra)")
+    seed: int = _f("checks", 0, "seed of every random draw")
+    device: str = _f("run", "auto", "cpu, cuda or cuda:N; auto: cuda if any")
+    precision: str = _f("speed", "auto", "auto: bf16 autocast on CUDA, else fp32", ("auto", "fp32", "bf16"))
+    channels_last: str = _f("speed", "auto", "channels_last layout (auto: on CUDA)", ("auto", "on", "off"))
+    compile: bool = _f("speed", False, "torch.compile the training step")
+    compile_mode: str = _f("speed", "default", "the mode of --compile", ("default", "reduce-overhead", "max-autotune"))
+    step_kernels: tuple[str, ...] = _f("speed", (), "faster kernels, the same sums: names, all or none")
+    cuda_graph: bool = _f("speed", False, "replay each step as one CUDA graph")
+    loader_workers: int = _f("speed", -1, "reader threads (0: none; -1: auto)")
+    cpu_threads: int = _f("speed", 0, "CPU threads (0: one per core)")
+    checkpoint_every_steps: int = _f("checks", 0, "also checkpoint every N steps (0: off)")
+    max_steps_per_epoch: int = _f("checks", 0, "end each epoch after N steps (0: all)")
+    on_nonfinite: str = _f("checks", "stop", "on NaN/inf: stop, or skip the step", ("stop", "skip"))
+    nonfinite_check_every_steps: int = _f("checks", 0, "check for NaN/inf every N steps (0: auto)")
+    collective_timeout_minutes: float = _f("speed", 0.0, "max wait for other ranks (0: torch's)")
+    deterministic: bool = _f("speed", False, "bitwise-repeatable kernels (slower)")
+    tower_parallel: bool = _f("speed", False, "two towers on two ranks (section 3.2)")
+    tensorboard: bool = _f("checks", False, "TensorBoard events in RUN/tensorboard")
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -155,38 +136,7 @@ class TrainConfig:
             value = getattr(self, field_.name)
             if choices is not None and value not in choices:
                 raise UserError(f"{field_.name} must be one of {', '.join(map(str, choices))}; got {value!r}")
-        ranges = [
-            ("epochs", self.epochs >= 1, "at least 1"),
-            ("batch_size_per_device", self.batch_size_per_device >= 1, "at least 1"),
-            ("lr", self.lr > 0, "positive"),
-            ("momentum", 0 <= self.momentum < 1, "in [0, 1)"),
-            ("weight_decay", self.weight_decay >= 0, ">= 0"),
-            ("dropout", 0 <= self.dropout < 1, "in [0, 1)"),
-            ("width", self.width > 0, "positive"),
-            ("pca_lighting_std", self.pca_lighting_std >= 0, ">= 0"),
-            ("lighting_off_last_epochs", self.lighting_off_last_epochs >= 0, ">= 0"),
-            ("freeze_conv1_last_epochs", self.freeze_conv1_last_epochs >= 0, ">= 0"),
-            ("fc_units", self.fc_units >= 0, ">= 0 (0: 4096 x width)"),
-            ("conv6_channels", self.conv6_channels >= 0, ">= 0 (0: no sixth layer)"),
-            ("channels", len(self.channels) in (0, 5) and all(c >= 1 for c in self.channels),
-             "five positive kernel counts, conv1..conv5 (or none)"),
-            ("input_scale", self.input_scale > 0, "positive"),
-            ("shuffle_window_images", self.shuffle_window_images >= 0, ">= 0 (0: a full shuffle)"),
-            ("plateau_patience_epochs", self.plateau_patience_epochs >= 1, "at least 1"),
-            ("plateau_threshold", self.plateau_threshold >= 0, ">= 0"),
-            ("max_lr_reductions", self.max_lr_reductions >= 0, ">= 0"),
-            ("milestones_epochs", all(m >= 1 for m in self.milestones_epochs), "epochs >= 1"),
-            ("lr_factor", 0 < self.lr_factor < 1, "in (0, 1)"),
-            ("loader_workers", self.loader_workers >= -1, ">= 0, or -1 (auto)"),
-            ("cpu_threads", self.cpu_threads >= 0, ">= 0 (0: torch's default)"),
-            ("checkpoint_every_steps", self.checkpoint_every_steps >= 0, ">= 0 (0: only at epoch ends)"),
-            ("max_steps_per_epoch", self.max_steps_per_epoch >= 0, ">= 0 (0: the whole training set)"),
-            ("nonfinite_check_every_steps", self.nonfinite_check_every_steps >= 0, ">= 0 (0: the device's default)"),
-            ("collective_timeout_minutes", 0 <= self.collective_timeout_minutes < 1e6, ">= 0 (0: torch's default)"),
-        ]
-        for name, ok, rule in ranges:
-            if not ok:
-                raise UserError(f"{name} must be {rule}; got {getattr(self, name)!r}")
+        _check_ranges(self)
         twice = sorted({m for m in self.milestones_epochs if self.milestones_epochs.count(m) > 1})
         if twice:  # torch's MultiStepLR would divide twice there; a schedule that reads so is a typo more often
             raise UserError(f"milestones_epochs lists epoch {', '.join(map(str, twice))} more than once; list each "
@@ -209,8 +159,10 @@ class TrainConfig:
                             + ", or leave --mean-image store")
         if self.tower_parallel and self.towers != 2:
             raise UserError(f"tower_parallel (--tower-parallel) needs towers=2 (--towers 2); got towers={self.towers}")
-        if any(c % self.towers for c in self.channels):
-            raise UserError(f"channels {','.join(map(str, self.channels))} must each divide into {self.towers} towers")
+        try:
+            check_towers(self.channels, self.towers, "channels")
+        except ValueError as e:
+            raise UserError(str(e)) from None
         layers = LAYERS + (("conv6",) if self.conv6_channels else ())
         unknown = [name for name in self.freeze if name not in layers]
         if unknown:
@@ -232,6 +184,42 @@ class TrainConfig:
 
     def replace(self, **changes) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
+
+
+def _check_ranges(config: "TrainConfig") -> None:
+    """Each number of ``config`` in its range, or a UserError naming the key and the range."""
+    ranges = [
+        ("epochs", config.epochs >= 1, "at least 1"),
+        ("batch_size_per_device", config.batch_size_per_device >= 1, "at least 1"),
+        ("lr", config.lr > 0, "positive"),
+        ("momentum", 0 <= config.momentum < 1, "in [0, 1)"),
+        ("weight_decay", config.weight_decay >= 0, ">= 0"),
+        ("dropout", 0 <= config.dropout < 1, "in [0, 1)"),
+        ("width", config.width > 0, "positive"),
+        ("pca_lighting_std", config.pca_lighting_std >= 0, ">= 0"),
+        ("lighting_off_last_epochs", config.lighting_off_last_epochs >= 0, ">= 0"),
+        ("freeze_conv1_last_epochs", config.freeze_conv1_last_epochs >= 0, ">= 0"),
+        ("fc_units", config.fc_units >= 0, ">= 0 (0: 4096 x width)"),
+        ("conv6_channels", config.conv6_channels >= 0, ">= 0 (0: no sixth layer)"),
+        ("channels", len(config.channels) in (0, 5) and all(c >= 1 for c in config.channels),
+         "five positive kernel counts, conv1..conv5 (or none)"),
+        ("input_scale", config.input_scale > 0, "positive"),
+        ("shuffle_window_images", config.shuffle_window_images >= 0, ">= 0 (0: a full shuffle)"),
+        ("plateau_patience_epochs", config.plateau_patience_epochs >= 1, "at least 1"),
+        ("plateau_threshold", config.plateau_threshold >= 0, ">= 0"),
+        ("max_lr_reductions", config.max_lr_reductions >= 0, ">= 0"),
+        ("milestones_epochs", all(m >= 1 for m in config.milestones_epochs), "epochs >= 1"),
+        ("lr_factor", 0 < config.lr_factor < 1, "in (0, 1)"),
+        ("loader_workers", config.loader_workers >= -1, ">= 0, or -1 (auto)"),
+        ("cpu_threads", config.cpu_threads >= 0, ">= 0 (0: torch's default)"),
+        ("checkpoint_every_steps", config.checkpoint_every_steps >= 0, ">= 0 (0: only at epoch ends)"),
+        ("max_steps_per_epoch", config.max_steps_per_epoch >= 0, ">= 0 (0: the whole training set)"),
+        ("nonfinite_check_every_steps", config.nonfinite_check_every_steps >= 0, ">= 0 (0: the device's default)"),
+        ("collective_timeout_minutes", 0 <= config.collective_timeout_minutes < 1e6, ">= 0 (0: torch's default)"),
+    ]
+    for name, ok, rule in ranges:
+        if not ok:
+            raise UserError(f"{name} must be {rule}; got {getattr(config, name)!r}")
 
 
 LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")
@@ -256,7 +244,7 @@ def _refuse_paper_network_keys(config: TrainConfig) -> None:
                         f"paper's network{hint}; leave them at their defaults, or drop --arch torchvision")
 
 
-# The training step's faster kernels (alexnet/training/step_kernels.py); "all" names the first three.
+# The training step's faster kernels (alexnet/speed/levers.py); "all" names the first three.
 STEP_KERNELS = ("conv1-s2d", "fused-blocks", "fused-sgd", "bf16-weights", "grouped-halves", "grouped-block-diagonal")
 ALL_STEP_KERNELS = STEP_KERNELS[:3]  # bf16-weights (bf16 runs only) is asked for by name
 
@@ -311,7 +299,17 @@ def upgrade_saved(values: dict) -> dict:
     as ``"cuda-convnet"``. Any other dict is returned as it is."""
     if "dropout_style" in values or not _SAVED_V1_KEYS <= set(values):
         return values
-    values = dict(values, dropout_style="inverted", pca_scale="fb")
+    return dict(upgrade_network(values), pca_scale="fb")
+
+
+def upgrade_network(values: dict) -> dict:
+    """Network arguments saved before ``dropout_style`` existed (a recipe's, or a checkpoint's
+    ``model_args``), with the keys that keep their meaning: inverted dropout, and ``"caffe"`` LRN
+    (then alpha / n with k = 2) as ``"cuda-convnet"``. Those that name ``dropout_style`` are
+    returned as they are."""
+    if "dropout_style" in values:
+        return values
+    values = dict(values, dropout_style="inverted")
     if values.get("lrn_convention") == "caffe":
         values["lrn_convention"] = "cuda-convnet"
     return values
@@ -472,24 +470,10 @@ def load_file(path: str | Path) -> dict:
     return values
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """One flag per field; the defaults stay None so that only given flags override."""
-    from alexnet.commands import CommaList
-
-    hints = _hints()
-    group = parser.add_argument_group("recipe (defaults: the paper's)")
-    for f in fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
-        base, _ = _base_type(hints[f.name])
-        help_ = f"{f.metadata['help']} (default: {f.default})"
-        if base is bool:
-            group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_)
-        elif base is tuple:  # one word, items joined by commas; the config checks the items
-            group.add_argument(flag, dest=f.name, action=CommaList, default=None, metavar="A,B,...", help=help_)
-        else:
-            group.add_argument(
-                flag, dest=f.name, type=str, default=None, choices=f.metadata.get("choices") and [str(c) for c in f.metadata["choices"]], help=help_
-            )
+def key_type(name: str) -> type:
+    """How key ``name`` is written on a command line: bool (a switch), tuple (a list), or the
+    scalar's type (int, float, str); the words are converted and checked by :func:`from_args`."""
+    return _base_type(_hints()[name])[0]
 
 
 def from_args(args: argparse.Namespace, base: TrainConfig | None = None) -> TrainConfig:

@@ -22,10 +22,11 @@ def run_demo(out: str | Path = "runs/demo", *, log: Callable[[str], None] = prin
              config: TrainConfig = BUILTIN_RECIPE) -> dict:
     """Prepare the built-in data, train, evaluate (centre crop and ten crops), draw the figures."""
     from alexnet.data.loader import Loader
-    from alexnet.evaluate import evaluate, load_member
+    from alexnet.evaluate import evaluate
     from alexnet.experiments.runs import refuse_foreign_out
     from alexnet.figures.plots import save_filters
     from alexnet.runtime import pick_device
+    from alexnet.trained import load_member
     from alexnet.training import train
 
     out = Path(out)

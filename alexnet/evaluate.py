@@ -9,24 +9,22 @@ Ensembles (section 6: "averaging the predictions of five similar CNNs") average 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from alexnet import checkpoint
 from alexnet.data.augment import EvalPreprocess, ten_crop_probabilities
 from alexnet.errors import UserError
 from alexnet.faults import kill_point
-from alexnet.model import build_model
 from alexnet.runtime import autocast_for
 
 
 @dataclass
 class Member:
-    """One network of an ensemble with the preprocessing it was trained for."""
+    """One network of an ensemble with the preprocessing it was trained for
+    (:func:`alexnet.trained.load_member` reads one)."""
 
     model: nn.Module
     preprocess: EvalPreprocess
@@ -34,54 +32,6 @@ class Member:
     source: str = ""
     image_size: int = 0  # side of the stored images the network was trained from
     channels: int = 3
-
-
-def preprocess_for(payload: dict, device: torch.device) -> EvalPreprocess:
-    data, config = payload["data"], payload["config"]
-    mean = data["mean_image"].cpu().numpy()
-    return EvalPreprocess(
-        mean,
-        crop_size=int(config["crop_size"]),
-        subtract_mean=bool(config["subtract_mean"]),
-        input_scale=float(config["input_scale"]),
-    ).to(device)
-
-
-def load_member(path: str, device: torch.device) -> Member:
-    """A trained network from a checkpoint, run folder or safetensors export, in eval mode on ``device``."""
-    from alexnet.export import load_payload
-
-    payload = load_payload(path)
-    checkpoint.validate(payload, str(path), for_inference=True)  # before anything is built or allocated
-    try:
-        model = build_model(payload["model_args"])
-    except (TypeError, ValueError) as e:
-        raise UserError(f"{path} describes a network this alexnet cannot build ({e}); upgrade alexnet") from None
-    checkpoint.load_model_state(model, payload["model"], str(path))
-    model.to(device).eval()
-    data = payload["data"]
-    return Member(model, preprocess_for(payload, device), list(data["classes"]), _shown_source(path, payload),
-                  int(data["image_size"]), int(data["channels"]))
-
-
-def _shown_source(path: str, payload: dict) -> str:
-    """``path`` as messages name it: for a run folder, with the checkpoint taken from it and its epoch
-    (a run still training has a best.pt older than its last epoch)."""
-    from alexnet.export import is_export_dir
-
-    folder = Path(path)
-    if not folder.is_dir() or is_export_dir(folder):
-        return str(path)
-    name = "best.pt" if (folder / "best.pt").is_file() else "last.pt"
-    when = ""
-    progress = payload.get("progress")
-    if isinstance(payload.get("epoch"), int):  # best.pt: the epoch (1-based) whose weights it holds
-        when = f", epoch {payload['epoch']}"
-    elif isinstance(progress, dict) and isinstance(progress.get("epoch"), int):  # last.pt: epochs done, steps into the next
-        step = progress.get("step_in_epoch")
-        when = (f", epoch {progress['epoch'] + 1} step {step}" if isinstance(step, int) and step > 0
-                else f", epoch {progress['epoch']}")
-    return f"{path} ({name}{when})"
 
 
 def check_compatible(members: Sequence[Member], classes: Sequence[str] | None = None) -> None:

@@ -1,4 +1,4 @@
-"""A trained network outside this package: safetensors weights and an ONNX graph, and loading them back.
+"""A trained network out of this package: safetensors weights, an ONNX graph, torchvision's keys.
 
 An export is a folder:
 
@@ -9,7 +9,7 @@ An export is a folder:
     model.onnx               the whole test-time path as one graph (``--format onnx``)
     torchvision_alexnet.pth  a state dict under torchvision's keys (``--format torchvision``)
 
-``alexnet.json`` holds ``model_args`` (keyword arguments of :func:`alexnet.model.build_model`),
+``alexnet.json`` holds ``model_args`` (what :func:`alexnet.trained.build_network` builds),
 ``classes``, ``image_size`` (the side S of the stored images), ``channels``, ``crop_size``,
 ``subtract_mean``, ``input_scale``, where the mean image is, and the ONNX graph's inputs and opset.
 
@@ -21,7 +21,7 @@ patch, multiplies by ``input_scale``, runs the network in eval mode and returns 
 (the default exporter of torch 2.9 and later, chosen over the deprecated TorchScript one; it
 needs ``onnxscript``, in the ``onnx`` extra).
 
-The network is rebuilt from the checkpoint's weights with :func:`alexnet.model.build_model`, so
+The network is rebuilt from the checkpoint's weights (:func:`alexnet.trained.build_trained`), so
 training-time swaps (fused blocks, a space-to-depth conv1) never reach the graph, and exported
 from its ``eval()`` forward, so whatever the dropout style, the graph computes its test-time
 function. LRN leaves through a plain-torch path, never the fused kernels
@@ -29,7 +29,7 @@ of :mod:`alexnet.kernels`: each LRN becomes ONNX's ``LRN`` operator (per tower: 
 Concat). ONNX divides its alpha by ``size`` (``x / (bias + alpha / size * sum) ** beta``, as Caffe),
 so the paper's alpha (which multiplies the plain sum) is written as ``alpha * size``. ONNX's
 window for an even ``size`` is not this package's, so an even-sized LRN is written as primitive
-operations instead.
+operations instead. :mod:`alexnet.trained` reads an export back.
 """
 
 from __future__ import annotations
@@ -40,9 +40,8 @@ import io
 import json
 import logging
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -50,26 +49,11 @@ from alexnet.atomic import atomic_write_bytes, stale_temporaries
 from alexnet.errors import UserError
 from alexnet.lrn import LocalResponseNorm, effective_alpha, lrn_reference
 from alexnet.torchvision_alexnet import FOLDED_STD, folded_std
+from alexnet.trained import (EXPORT_FILES, EXPORT_FORMAT, EXPORT_VERSION, MEAN_FILE, META_FILE, ONNX_FILE, ONNX_INPUT,
+                             ONNX_OUTPUT, TORCHVISION_FILE, WEIGHTS_FILE, build_trained, is_export_dir)
 
-FORMAT = "alexnet-export"
-VERSION = 1
-META_FILE = "alexnet.json"
-WEIGHTS_FILE = "model.safetensors"
-MEAN_FILE = "mean_image.safetensors"
-ONNX_FILE = "model.onnx"
-TORCHVISION_FILE = "torchvision_alexnet.pth"
-FORMATS = ("safetensors", "onnx", "torchvision")
+FORMATS = tuple(EXPORT_FILES)
 ONNX_OPSET = 18
-ONNX_INPUT, ONNX_OUTPUT = "images", "probabilities"
-_FILES = {"safetensors": (WEIGHTS_FILE, MEAN_FILE), "onnx": (ONNX_FILE,), "torchvision": (TORCHVISION_FILE,)}
-
-
-def is_export_dir(path: str | Path) -> bool:
-    return Path(path).is_dir() and (Path(path) / META_FILE).is_file()
-
-
-# --------------------------------------------------------------------------------------------
-# Writing
 
 
 def metadata(payload: dict, source: str) -> dict:
@@ -77,8 +61,8 @@ def metadata(payload: dict, source: str) -> dict:
     data, config = payload["data"], payload.get("config", {})
     mean = data["mean_image"]
     return {
-        "format": FORMAT,
-        "version": VERSION,
+        "format": EXPORT_FORMAT,
+        "version": EXPORT_VERSION,
         "source": str(source),
         "model_args": dict(payload["model_args"]),
         "classes": list(data["classes"]),
@@ -113,7 +97,7 @@ def _check_out_dir(out: Path, overwrite: bool, source: str = "") -> list[Path]:
         # --overwrite would delete what is being read: a failure half-way would leave neither
         what = "the export being read" if is_export_dir(out) else "the folder the network is read from"
         raise UserError(f"--out {out} is {what} ({source}); export to another folder")
-    ours = [out / META_FILE] + [out / name for f in FORMATS for name in _FILES[f]]
+    ours = [out / META_FILE] + [out / name for f in FORMATS for name in EXPORT_FILES[f]]
     present = [p.name for p in ours if p.exists()]
     # Temporary files of an export that was killed while writing are not someone else's files.
     stale = {t for p in ours for t in stale_temporaries(p)}
@@ -151,8 +135,7 @@ def write_export(payload: dict, out: str | Path, formats: Sequence[str], *, sour
         contents[WEIGHTS_FILE] = _safetensors_bytes(payload["model"])
         meta["files"]["safetensors"] = WEIGHTS_FILE
     if "onnx" in formats:
-        model = _model_from_payload(payload, source)
-        contents[ONNX_FILE] = onnx_bytes(model, {**inference_meta(meta), "classes": meta["classes"]},
+        contents[ONNX_FILE] = onnx_bytes(build_trained(payload), {**_preprocessing(meta), "classes": meta["classes"]},
                                          payload["data"]["mean_image"])
         meta["files"]["onnx"] = ONNX_FILE
         meta["onnx"] = {
@@ -203,19 +186,7 @@ def _require(*modules: str) -> None:
         raise UserError(f"ONNX export needs {', '.join(missing)}: pip install 'alexnet[onnx]'")
 
 
-def _model_from_payload(payload: dict, source: str) -> nn.Module:
-    from alexnet import checkpoint
-    from alexnet.model import build_model
-
-    try:
-        model = build_model(payload["model_args"])
-    except (TypeError, ValueError) as e:
-        raise UserError(f"{source} describes a network this alexnet cannot build ({e}); upgrade alexnet") from None
-    checkpoint.load_model_state(model, payload["model"], str(source))
-    return model.eval()
-
-
-def inference_meta(meta: dict) -> dict:
+def _preprocessing(meta: dict) -> dict:
     return {k: meta[k] for k in ("image_size", "channels", "crop_size", "subtract_mean", "input_scale")}
 
 
@@ -341,150 +312,3 @@ def onnx_bytes(network: nn.Module, meta: dict, mean_image: torch.Tensor) -> byte
     proto = onnx_model(net, torch.zeros(2, s, s, c, dtype=torch.uint8),
                        metadata={"alexnet": json.dumps({**meta, "opset": ONNX_OPSET})})
     return proto.SerializeToString()
-
-
-def export_onnx(network: nn.Module, meta: dict, mean_image: torch.Tensor, path: str | Path) -> None:
-    """Write the inference path of ``network`` (see :class:`InferencePath`) as an ONNX file at ``path``."""
-    atomic_write_bytes(path, onnx_bytes(network, meta, mean_image))
-
-
-# --------------------------------------------------------------------------------------------
-# Reading
-
-
-def read_metadata(path: str | Path) -> dict:
-    """``alexnet.json`` of the export folder ``path``, checked; UserError otherwise."""
-    path = Path(path)
-    file = path / META_FILE
-    try:
-        meta = json.loads(file.read_text())
-    except FileNotFoundError:
-        raise UserError(f"{path} is not an alexnet export (no {META_FILE})") from None
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise UserError(f"{file} is damaged (not JSON); export the checkpoint again") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise UserError(f"{file} does not describe an alexnet export")
-    if meta.get("version", 0) > VERSION:
-        raise UserError(f"{path} was exported by a newer alexnet (format {meta['version']}); upgrade alexnet")
-    return meta
-
-
-def _utf8(path: Path) -> bool:
-    """Whether ``path`` is valid UTF-8 (on POSIX a file name is bytes; some libraries take only UTF-8 paths)."""
-    try:
-        str(path).encode("utf-8")
-        return True
-    except UnicodeEncodeError:
-        return False
-
-
-def _read_safetensors(file: Path) -> dict:
-    from safetensors import SafetensorError
-    from safetensors.torch import load, load_file
-
-    if not file.is_file():
-        raise UserError(f"{file} is missing; export the checkpoint again")
-    try:
-        if not _utf8(file):  # safetensors opens only paths that are valid UTF-8: read the bytes here instead
-            return load(file.read_bytes())
-        return load_file(str(file))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise UserError(f"{file} is not a readable safetensors file ({str(e).splitlines()[0]}); export the checkpoint again") from None
-
-
-def checkpoint_payload(path: str | Path) -> dict:
-    """A safetensors export as a checkpoint payload (model_args, data, config, model); nothing built yet."""
-    path = Path(path)
-    meta = read_metadata(path)
-    files = meta.get("files", {})
-    if "safetensors" not in files:
-        names = {"onnx": "an ONNX model", "torchvision": "torchvision-keyed weights"}
-        what = " and ".join(names.get(f, f) for f in files if f != "mean_image") or "no network"
-        raise UserError(f"{path} holds {what}, not safetensors weights; export with --format safetensors "
-                        "(alexnet predict also runs an ONNX export)")
-    try:
-        mean = _read_safetensors(path / meta["mean_image"]["file"])[meta["mean_image"]["key"]]
-        config = {**meta.get("training_config", {}), **{k: meta[k] for k in ("crop_size", "subtract_mean", "input_scale")}}
-        data = dict(classes=list(meta["classes"]), image_size=int(meta["image_size"]), channels=int(meta["channels"]),
-                    mean_image=mean, **({FOLDED_STD: meta[FOLDED_STD]} if FOLDED_STD in meta else {}))
-        model_args = dict(meta["model_args"])
-    except (KeyError, TypeError) as e:
-        raise UserError(f"{path / META_FILE} lacks {e}; export the checkpoint again") from None
-    from alexnet import checkpoint
-
-    payload = dict(model_args=model_args, data=data, config=config, model=_read_safetensors(path / files["safetensors"]))
-    checkpoint.validate(payload, str(path), for_inference=True)
-    return payload
-
-
-def load_exported(path: str | Path) -> tuple[nn.Module, dict, torch.Tensor]:
-    """(network in eval mode on the CPU, alexnet.json, mean image (S, S, C)) of a safetensors export."""
-    payload = checkpoint_payload(path)
-    return _model_from_payload(payload, str(path)), read_metadata(path), payload["data"]["mean_image"]
-
-
-def load_payload(path: str | Path) -> dict:
-    """A checkpoint file, run folder or safetensors export as a checkpoint payload."""
-    from alexnet import checkpoint
-
-    folder = Path(path)
-    if folder.is_dir() and (folder / "manifest.json").is_file() and not is_export_dir(folder):
-        raise UserError(f"{path} is a prepared data set, not a trained network; name the checkpoint, run folder "
-                        "or export first (evaluate and show take the data set last)")
-    if (folder.is_dir() and not is_export_dir(folder) and not (folder / "best.pt").is_file()
-            and not (folder / "last.pt").is_file() and any((folder / n).is_file() for f in FORMATS for n in _FILES[f])):
-        raise UserError(f"{path} holds an unfinished export (no {META_FILE}: still being written, or its export "
-                        "failed); export the checkpoint again")
-    return checkpoint_payload(path) if is_export_dir(path) else checkpoint.load(path)
-
-
-class OnnxRunner:
-    """An ONNX export run with onnxruntime on the CPU: uint8 (N, S, S, C) -> probabilities."""
-
-    def __init__(self, path: str | Path) -> None:
-        path = Path(path)
-        self.meta = read_metadata(path)
-        if "onnx" not in self.meta.get("files", {}):
-            raise UserError(f"{path} holds no ONNX model; export with --format onnx")
-        try:
-            import onnxruntime
-        except ImportError:
-            raise UserError("running an ONNX export needs onnxruntime: pip install 'alexnet[onnx]'") from None
-        file = path / self.meta["files"]["onnx"]
-        try:
-            model = str(file) if _utf8(file) else file.read_bytes()  # as safetensors, for a path that is not UTF-8
-            self.session = onnxruntime.InferenceSession(model, providers=["CPUExecutionProvider"])
-        except Exception as e:  # onnxruntime raises its own kinds for missing or damaged files
-            raise UserError(f"{file} cannot be loaded by onnxruntime ({str(e).splitlines()[0]}); export again") from None
-        self.classes = list(self.meta["classes"])
-        self.image_size, self.channels = int(self.meta["image_size"]), int(self.meta["channels"])
-
-    def probabilities(self, images_u8: np.ndarray) -> np.ndarray:
-        return self.session.run([ONNX_OUTPUT], {ONNX_INPUT: np.ascontiguousarray(images_u8, dtype=np.uint8)})[0]
-
-
-def predict_files_onnx(path: str | Path, files: Iterable[str], *, top: int = 5):
-    """As :func:`alexnet.inference.predict_files`, through an ONNX export and onnxruntime."""
-    from alexnet.data.images import BadImage, decode_file
-    from alexnet.evaluate import top5_table
-
-    if top < 1:
-        raise UserError("--top must be at least 1")
-    from alexnet.inference import unreadable_path
-
-    runner = OnnxRunner(path)
-    for file in files:
-        missing = unreadable_path(file)
-        if missing:
-            yield file, missing
-            continue
-        try:
-            image, _ = decode_file(file, runner.image_size, runner.channels)
-        except BadImage as e:
-            yield file, str(e)
-            continue
-        probs = runner.probabilities(np.asarray(image)[None])
-        if not np.isfinite(probs).all():
-            yield file, "the network's output for this image is NaN or infinite, so it predicts nothing"
-            continue
-        yield file, top5_table(probs, runner.classes, k=min(top, len(runner.classes)))[0]

@@ -1,4 +1,4 @@
-"""Using a trained network: device choice, and top-k predictions for image files."""
+"""Using a trained network: top-k predictions for image files (PyTorch or ONNX), and the image files of folders."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ import numpy as np
 import torch
 
 from alexnet.errors import UserError
+from alexnet.evaluate import probabilities, top5_table
+from alexnet.trained import ONNX_INPUT, ONNX_OUTPUT, is_export_dir, load_member, onnx_session, read_metadata
 
 
 def progress_bar(iterable: Iterable, total: int, desc: str, enabled: bool = True) -> Iterable:
@@ -21,35 +23,50 @@ def progress_bar(iterable: Iterable, total: int, desc: str, enabled: bool = True
 
 
 def predict_files(
-    checkpoint_path: str, paths: Sequence[str], *, device: torch.device, ten_crop: bool = False, top: int = 5
+    model_path: str, paths: Sequence[str], *, device: torch.device, ten_crop: bool = False, top: int = 5
 ) -> Iterator[tuple[str, list[tuple[str, float]] | str]]:
     """Yield (path, [(class, probability)...]) per image, or (path, reason) for one that can't be read.
 
     Each image is prepared as the training set was (shorter side to the stored size, centre
-    crop, same channels), then evaluated like a validation image.
+    crop, same channels), then evaluated like a validation image. ``model_path`` is a checkpoint,
+    a run folder or an export; an export that holds an ONNX graph and no safetensors weights runs
+    through onnxruntime (the centre crop only).
     """
     from alexnet.data.images import BadImage, decode_file
-    from alexnet.evaluate import load_member, probabilities, top5_table
 
     if isinstance(top, bool) or not isinstance(top, int) or top < 1:
         raise UserError(f"--top must be at least 1 (a whole number), got {top!r}")
     paths = _path_list(paths)
-    member = load_member(checkpoint_path, device)
+    probabilities, size, channels, classes = _predictor(model_path, device, ten_crop)
     for path in paths:
         missing = unreadable_path(path)
         if missing:
             yield path, missing
             continue
         try:
-            image, _ = decode_file(path, member.image_size, member.channels)
+            image, _ = decode_file(path, size, channels)
         except BadImage as e:
             yield path, str(e)
             continue
-        probs = probabilities([member], torch.from_numpy(np.array(image))[None], ten_crop=ten_crop)
-        if not bool(torch.isfinite(probs).all()):
+        probs = probabilities(np.array(image)[None])
+        if not np.isfinite(probs).all():
             yield path, "the network's output for this image is NaN or infinite, so it predicts nothing"
             continue
-        yield path, top5_table(probs.cpu().numpy(), member.classes, k=min(top, len(member.classes)))[0]
+        yield path, top5_table(probs, classes, k=min(top, len(classes)))[0]
+
+
+def _predictor(model_path: str, device: torch.device, ten_crop: bool):
+    """(uint8 images (N, S, S, C) -> probabilities (N, classes) as NumPy, S, C, class names) of a trained network."""
+    files = read_metadata(model_path).get("files", {}) if is_export_dir(model_path) else {}
+    if "onnx" in files and "safetensors" not in files:
+        if ten_crop:
+            raise UserError("an ONNX export runs the centre crop only; drop --ten-crop or export with --format safetensors")
+        session, meta = onnx_session(model_path)
+        return (lambda images: session.run([ONNX_OUTPUT], {ONNX_INPUT: images})[0],
+                int(meta["image_size"]), int(meta["channels"]), list(meta["classes"]))
+    member = load_member(model_path, device)
+    return (lambda images: probabilities([member], torch.from_numpy(images), ten_crop=ten_crop).cpu().numpy(),
+            member.image_size, member.channels, member.classes)
 
 
 def _path_list(paths: Sequence[str]) -> list[str]:

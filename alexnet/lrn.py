@@ -31,9 +31,21 @@ With two towers each GPU of the paper normalised over its own maps only, so the 
 never crosses from one tower to the other. ``groups`` reproduces that on one device: the
 channels are split into ``groups`` equal blocks and each block is normalised on its own.
 
-The computation itself lives in :mod:`alexnet.kernels` (fused forward and backward kernels:
-C on the CPU, Triton on CUDA, an eager closed-form fallback elsewhere); :func:`lrn_reference` is
-the plain formula, kept for tests.
+The computation runs in fused forward and backward kernels (:mod:`alexnet.kernels`), picked by
+:func:`local_response_norm` for each input:
+
+========  ======================================================  ==================================
+backend   used for                                                module
+========  ======================================================  ==================================
+triton    float32/bf16/fp16 CUDA tensors when triton is installed  :mod:`alexnet.kernels.lrn_triton`
+cpu       float32/bf16/fp16 CPU tensors when a C compiler exists   :mod:`alexnet.kernels.lrn_cpu`
+eager     everything else (float64, other devices)                :mod:`alexnet.kernels.lrn_autograd`
+========  ======================================================  ==================================
+
+All three compute the formula in float32 or better with a closed-form backward; a backward that
+builds a graph (``create_graph=True``: second derivatives) is the same closed form in
+differentiable torch ops, whatever the backend. :func:`lrn_reference` is the plain formula, kept
+for tests.
 """
 
 from __future__ import annotations
@@ -44,6 +56,9 @@ import numbers
 import torch
 from torch import nn
 import torch.nn.functional as F
+
+from alexnet.kernels import lrn_autograd, lrn_cpu
+from alexnet.kernels.compile_marks import constant_result
 
 CONVENTIONS = ("paper", "cuda-convnet", "caffe")
 CONVENTION_K = {"paper": 2.0, "cuda-convnet": 2.0, "caffe": 1.0}
@@ -110,6 +125,57 @@ def lrn_reference(
     return x / (k + a * window_sum_of_squares(x, size, groups)).pow(beta)
 
 
+BACKENDS = ("triton", "cpu", "eager")
+
+
+@constant_result
+def _triton_available() -> bool:
+    from alexnet.kernels import lrn_triton  # imported on first use: importing triton takes ~1 s
+
+    return lrn_triton.available()
+
+
+def backend_for(x: torch.Tensor) -> str:
+    """The backend :func:`local_response_norm` uses for ``x``."""
+    if x.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        return "eager"  # float64 stays exact; the fast kernels compute in float32
+    if x.device.type == "cuda" and _triton_available():
+        return "triton"
+    if x.device.type == "cpu" and lrn_cpu.available():
+        return "cpu"
+    return "eager"
+
+
+def local_response_norm(x: torch.Tensor, size: int, alpha: float, beta: float, k: float,
+                        groups: int = 1) -> torch.Tensor:
+    """``x / (k + alpha * window_sum(x^2)) ** beta`` over channel windows, per channel group, by
+    the fastest kernel that handles ``x``. ``alpha`` is the *effective* one, which multiplies the
+    plain sum of squares (:func:`effective_alpha`). ``x``: floating point, (N, C, ...), C divisible
+    by ``groups``."""
+    _check_kernel_input(x, size, groups)
+    backend = backend_for(x)
+    if backend == "cpu":
+        return lrn_cpu.local_response_norm(x, size, alpha, beta, k, groups)
+    if backend == "triton":
+        from alexnet.kernels import lrn_triton
+
+        return lrn_triton.local_response_norm(x, size, alpha, beta, k, groups)
+    return lrn_autograd.local_response_norm(x, size, alpha, beta, k, groups)
+
+
+def _check_kernel_input(x: torch.Tensor, size: int, groups: int) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"LRN needs a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():  # integers would be truncated, booleans and complex numbers have no LRN
+        raise TypeError(f"LRN needs a floating-point tensor, got {x.dtype}")
+    if x.dim() < 2:
+        raise ValueError(f"LRN needs an input of shape (N, C, ...), got {tuple(x.shape)}")
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ValueError(f"LRN size must be a whole number >= 1, got {size!r}")
+    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1 or x.shape[1] % groups:
+        raise ValueError(f"{x.shape[1]} channels do not split into {groups} LRN groups")
+
+
 class LocalResponseNorm(nn.Module):
     """LRN across channels, the paper's formula by default (alpha not divided by n).
 
@@ -149,8 +215,6 @@ class LocalResponseNorm(nn.Module):
 
     @torch.jit.unused
     def _kernel(self, x: torch.Tensor) -> torch.Tensor:
-        from alexnet.kernels import local_response_norm
-
         a = effective_alpha(self.alpha, self.size, self.convention)
         return local_response_norm(x, self.size, a, self.beta, self.k, self.groups)
 

@@ -34,7 +34,7 @@ Choices where the paper is silent or inconsistent, listed here once:
   not train alike: inverted dropout is the paper's network with fc7's and fc8's weights
   initialised twice as large and updated with 4x the learning rate and a quarter of the weight
   decay. Networks of checkpoints written before the choice existed were inverted, and
-  :func:`build_model` rebuilds them so.
+  :func:`alexnet.trained.build_network` rebuilds them so.
 
 Switches for ablations and for small images are keyword arguments; the defaults are the paper.
 The module is pure: no I/O, no device or precision choices.
@@ -42,6 +42,7 @@ The module is pure: no I/O, no device or precision choices.
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from collections import OrderedDict
@@ -117,11 +118,13 @@ class StridePad(nn.Module):
         return nn.functional.pad(x, (0, self.extra_pixels(w), 0, self.extra_pixels(h)))
 
 
-def check_counts(**counts) -> None:
-    """Class and channel counts must be whole numbers of at least 1 (``AlexNet(0)`` would build)."""
+def check_counts(minimum: int = 1, **counts) -> dict[str, int]:
+    """Class, channel and unit counts must be whole numbers of at least ``minimum`` (``AlexNet(0)``
+    would build); returns them as ints."""
     for name, value in counts.items():
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-            raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+            raise ValueError(f"{name} must be a whole number >= {minimum}, got {value!r}")
+    return {name: int(value) for name, value in counts.items()}
 
 
 def check_flags(**flags) -> None:
@@ -136,8 +139,30 @@ def check_choice(name: str, value, choices: Sequence[str]) -> None:
         raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
 
 
+def check_towers(channels: Sequence[int], towers: int, name: str = "conv_channels") -> None:
+    """The towers split each layer's kernels evenly: every count a multiple of ``towers``."""
+    if any(c % towers for c in channels):
+        raise ValueError(f"{name} {','.join(map(str, channels))} must each divide into {towers} towers")
+
+
 def _divisible(channels: float, towers: int) -> int:
     return max(towers, int(round(channels / towers)) * towers)
+
+
+def conv_widths(conv_channels: Sequence[int] | None, width: float, towers: int) -> tuple[int, ...]:
+    """Kernels of conv1..conv5: ``conv_channels`` as given, or (None, empty) the paper's times
+    ``width``, each rounded to a multiple of ``towers``."""
+    if conv_channels is not None and (isinstance(conv_channels, (str, bytes)) or not isinstance(conv_channels, Iterable)):
+        raise ValueError(f"conv_channels must be five positive whole numbers (conv1..conv5), got {conv_channels!r}")
+    conv_channels = tuple(conv_channels) if conv_channels is not None else ()
+    if not conv_channels:
+        return tuple(_divisible(c * width, towers) for c in PAPER_CONV_CHANNELS)
+    if len(conv_channels) != 5 or not all(isinstance(c, numbers.Integral) and not isinstance(c, bool) and c >= 1
+                                          for c in conv_channels):
+        raise ValueError(f"conv_channels must be five positive whole numbers (conv1..conv5), got {conv_channels}")
+    conv_channels = tuple(int(c) for c in conv_channels)
+    check_towers(conv_channels, towers)
+    return conv_channels
 
 
 class AlexNet(nn.Module):
@@ -196,11 +221,9 @@ class AlexNet(nn.Module):
         cnorm2: bool = False,
     ) -> None:
         super().__init__()
-        check_counts(num_classes=num_classes, in_channels=in_channels, input_size=input_size)
-        num_classes, in_channels, input_size = int(num_classes), int(in_channels), int(input_size)
+        counts = check_counts(num_classes=num_classes, in_channels=in_channels, input_size=input_size)
         if isinstance(towers, bool) or not isinstance(towers, numbers.Integral) or towers not in (1, 2):
             raise ValueError(f"towers must be 1 or 2, got {towers!r}")
-        towers = int(towers)
         check_flags(lrn=lrn, lrn_before_relu=lrn_before_relu, overlapping_pool=overlapping_pool, cnorm2=cnorm2)
         check_choice("activation", activation, sorted(ACTIVATIONS))
         check_choice("stem", stem, sorted(STEMS))
@@ -210,93 +233,36 @@ class AlexNet(nn.Module):
             raise ValueError(f"width must be a finite number > 0, got {width!r}")
         check_choice("dropout_style", dropout_style, DROPOUT_STYLES)
         check_choice("lrn_convention", lrn_convention, CONVENTIONS)
-        self.towers, self.num_classes, self.input_size = towers, num_classes, input_size
-        self.in_channels = in_channels
-        if conv_channels is not None and (isinstance(conv_channels, (str, bytes)) or not isinstance(conv_channels, Iterable)):
-            raise ValueError(f"conv_channels must be five positive whole numbers (conv1..conv5), got {conv_channels!r}")
-        conv_channels = tuple(conv_channels) if conv_channels is not None else ()
-        if conv_channels:
-            if len(conv_channels) != 5 or not all(isinstance(c, numbers.Integral) and not isinstance(c, bool) and c >= 1
-                                                  for c in conv_channels):
-                raise ValueError(f"conv_channels must be five positive whole numbers (conv1..conv5), got {conv_channels}")
-            conv_channels = tuple(int(c) for c in conv_channels)
-            if any(c % towers for c in conv_channels):
-                raise ValueError(f"conv_channels {conv_channels} must each divide into {towers} towers")
-            c1, c2, c3, c4, c5 = conv_channels
-        else:
-            c1, c2, c3, c4, c5 = (_divisible(c * width, towers) for c in PAPER_CONV_CHANNELS)
-        if isinstance(fc_units, bool) or not isinstance(fc_units, numbers.Integral) or fc_units < 0:
-            raise ValueError(f"fc_units must be a whole number >= 0, got {fc_units!r}")
-        if isinstance(conv6_channels, bool) or not isinstance(conv6_channels, numbers.Integral) or conv6_channels < 0:
-            raise ValueError(f"conv6_channels must be a whole number >= 0, got {conv6_channels!r}")
-        fc_units, conv6_channels = int(fc_units), int(conv6_channels)
-        fc = fc_units or max(1, int(round(PAPER_FC_UNITS * width)))
-        self.channels = (c1, c2, c3, c4, c5)
-        self.fc_units = fc
+        self.towers, self.num_classes, self.input_size = int(towers), counts["num_classes"], counts["input_size"]
+        self.in_channels = counts["in_channels"]
+        self.channels = conv_widths(conv_channels, width, self.towers)
+        units = check_counts(0, fc_units=fc_units, conv6_channels=conv6_channels)
+        self.fc_units = units["fc_units"] or max(1, int(round(PAPER_FC_UNITS * width)))
         self.dropout_style = dropout_style
         act = ACTIVATIONS[activation]
-        pool_kernel = 3 if overlapping_pool else 2
-
-        def pool() -> nn.Module:
-            return nn.MaxPool2d(kernel_size=pool_kernel, stride=2)
-
-        def norm() -> nn.Module:
-            if not lrn:
-                return nn.Identity()
-            return LocalResponseNorm(5, 1e-4, 0.75, CONVENTION_K[lrn_convention], convention=lrn_convention,
-                                     groups=towers)
-
-        k1, s1, p1 = STEMS[stem]
-        stem_layers: list[tuple[str, nn.Module]] = []
-        if p1 is None:
-            stem_layers.append(("pad1", StridePad(k1, s1)))
-        stem_layers.append(("conv1", nn.Conv2d(in_channels, c1, k1, stride=s1, padding=p1 or 0)))
-        block1 = [("lrn1", norm()), ("act1", act())] if lrn_before_relu else [("act1", act()), ("lrn1", norm())]
-        self.features = nn.Sequential(
-            OrderedDict(
-                stem_layers
-                + block1
-                + [
-                    ("pool1", pool()),
-                    ("conv2", nn.Conv2d(c1, c2, 5, padding=2, groups=towers)),
-                    ("act2", act()),
-                    ("lrn2", norm()),
-                ]
-                + ([("cnorm2", SpatialResponseNorm(5, 1e-3, 0.75, 1.0))] if cnorm2 else [])
-                + [
-                    ("pool2", pool()),
-                    ("conv3", nn.Conv2d(c2, c3, 3, padding=1)),
-                    ("act3", act()),
-                    ("conv4", nn.Conv2d(c3, c4, 3, padding=1, groups=towers)),
-                    ("act4", act()),
-                    ("conv5", nn.Conv2d(c4, c5, 3, padding=1, groups=towers)),
-                    ("act5", act()),
-                    ("pool5", pool()),
-                ]
-                # section 6: "an extra sixth convolutional layer over the last pooling layer"
-                + ([("conv6", nn.Conv2d(c5, conv6_channels, 3, padding=1)), ("act_conv6", act())]
-                   if conv6_channels else [])
-            )
-        )
-        last_maps = conv6_channels or c5
-        side = feature_map_size(input_size, stem, overlapping_pool)
+        norm = (functools.partial(LocalResponseNorm, 5, 1e-4, 0.75, CONVENTION_K[lrn_convention],
+                                  convention=lrn_convention, groups=self.towers) if lrn else nn.Identity)
+        self.features = _features(self.in_channels, self.channels, units["conv6_channels"], self.towers, STEMS[stem],
+                                  act, norm, 3 if overlapping_pool else 2, lrn_before_relu, cnorm2)
+        side = feature_map_size(self.input_size, stem, overlapping_pool)
         self.stem, self.overlapping_pool, self.feature_side = stem, overlapping_pool, side
         if side < 1:
             raise ValueError(
-                f"input_size {input_size} is too small for stem {stem!r}: "
+                f"input_size {self.input_size} is too small for stem {stem!r}: "
                 "use stem='small' for images under 64 px, or larger crops"
             )
+        fc = self.fc_units
         self.classifier = nn.Sequential(
             OrderedDict(
                 [
                     ("flatten", nn.Flatten()),
-                    ("fc6", nn.Linear(last_maps * side * side, fc)),
+                    ("fc6", nn.Linear((units["conv6_channels"] or self.channels[4]) * side * side, fc)),
                     ("act6", act()),
                     ("drop6", dropout_layer(dropout, dropout_style)),
                     ("fc7", nn.Linear(fc, fc)),
                     ("act7", act()),
                     ("drop7", dropout_layer(dropout, dropout_style)),
-                    ("fc8", nn.Linear(fc, num_classes)),
+                    ("fc8", nn.Linear(fc, self.num_classes)),
                 ]
             )
         )
@@ -348,6 +314,45 @@ class AlexNet(nn.Module):
     def learnable_layers(self) -> "OrderedDict[str, nn.Module]":
         """conv1..conv5, fc6..fc8 by name."""
         return learnable_layers(self.features, self.classifier)
+
+
+def _features(in_channels: int, channels: Sequence[int], conv6_channels: int, towers: int, stem: tuple,
+              act, norm, pool_kernel: int, lrn_before_relu: bool, cnorm2: bool) -> nn.Sequential:
+    """conv1..conv5 (and conv6) with their nonlinearities, normalisations and pools, as figure 2."""
+    c1, c2, c3, c4, c5 = channels
+    k1, s1, p1 = stem
+
+    def pool() -> nn.Module:
+        return nn.MaxPool2d(kernel_size=pool_kernel, stride=2)
+
+    pad = [("pad1", StridePad(k1, s1))] if p1 is None else []
+    block1 = [("lrn1", norm()), ("act1", act())] if lrn_before_relu else [("act1", act()), ("lrn1", norm())]
+    return nn.Sequential(
+        OrderedDict(
+            pad
+            + [("conv1", nn.Conv2d(in_channels, c1, k1, stride=s1, padding=p1 or 0))]
+            + block1
+            + [
+                ("pool1", pool()),
+                ("conv2", nn.Conv2d(c1, c2, 5, padding=2, groups=towers)),
+                ("act2", act()),
+                ("lrn2", norm()),
+            ]
+            + ([("cnorm2", SpatialResponseNorm(5, 1e-3, 0.75, 1.0))] if cnorm2 else [])
+            + [
+                ("pool2", pool()),
+                ("conv3", nn.Conv2d(c2, c3, 3, padding=1)),
+                ("act3", act()),
+                ("conv4", nn.Conv2d(c3, c4, 3, padding=1, groups=towers)),
+                ("act4", act()),
+                ("conv5", nn.Conv2d(c4, c5, 3, padding=1, groups=towers)),
+                ("act5", act()),
+                ("pool5", pool()),
+            ]
+            # section 6: "an extra sixth convolutional layer over the last pooling layer"
+            + ([("conv6", nn.Conv2d(c5, conv6_channels, 3, padding=1)), ("act_conv6", act())] if conv6_channels else [])
+        )
+    )
 
 
 def fc7_activations(classifier: nn.Sequential, h: torch.Tensor) -> torch.Tensor:
@@ -426,40 +431,3 @@ def init_weights_(model: nn.Module, scheme: str = "paper") -> nn.Module:
 
 def count_parameters(model: nn.Module, names: Sequence[str] | None = None) -> int:
     return sum(p.numel() for n, p in model.named_parameters() if names is None or n in names)
-
-
-ARCHITECTURES = ("alexnet", "torchvision")
-
-
-def build_model(model_args: dict) -> nn.Module:
-    """The network a checkpoint's ``model_args`` describe.
-
-    ``arch`` picks the architecture: ``"alexnet"`` (the default, this paper's :class:`AlexNet`) or
-    ``"torchvision"`` (torchvision's single-tower layout, :mod:`alexnet.torchvision_alexnet`); the
-    other keys are that class's keyword arguments.
-
-    Checkpoints written before ``dropout_style`` existed (their ``model_args`` lack it) hold
-    networks trained with inverted dropout and with ``lrn_convention="caffe"`` meaning alpha / n
-    with k = 2; they are rebuilt as they were (see :func:`legacy_model_args`).
-    """
-    args = dict(model_args)
-    arch = args.pop("arch", "alexnet")
-    if arch == "alexnet":
-        return AlexNet(**legacy_model_args(args))
-    if arch == "torchvision":
-        from alexnet.torchvision_alexnet import TorchvisionAlexNet
-
-        return TorchvisionAlexNet(**args)
-    raise ValueError(f"unknown architecture {arch!r}; expected one of {ARCHITECTURES}")
-
-
-def legacy_model_args(args: dict) -> dict:
-    """``AlexNet`` arguments from a checkpoint's, keeping the behaviour of those written before
-    ``dropout_style`` existed: dropout was inverted, and ``"caffe"`` LRN meant k = 2, now called
-    ``"cuda-convnet"``. Arguments that name ``dropout_style`` are returned as they are."""
-    if "dropout_style" in args:
-        return args
-    args = dict(args, dropout_style="inverted")
-    if args.get("lrn_convention") == "caffe":
-        args["lrn_convention"] = "cuda-convnet"
-    return args

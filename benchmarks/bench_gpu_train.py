@@ -3,11 +3,11 @@
 The step is the training loop's: the recipe's network and PaperSGD over its parameter groups (built
 by ``alexnet.training.recipe`` as ``train()`` builds them), the precision and layout that
 ``resolve_runtime`` picks (bf16 autocast and channels_last on CUDA), the loss in fp32, the non-finite
-check kept on the device (``grads_finite``), optionally torch.compile. The same model and optimizer
+check kept on the device (``alexnet.training.step.Step``), optionally torch.compile. The same model and optimizer
 take every step. The feeds:
 
     synthetic  one uint8 batch already on the device, augmented there every step: no loading (the ceiling)
-    ours       the training loop's input path (``alexnet.training.inputs.device_batches``): the Loader's
+    ours       the training loop's input path (``alexnet.data.augment.device_batches``): the Loader's
                threads gather uint8 batches from the memory-mapped store into pinned memory, copied
                asynchronously on a stream of their own, cropped, reflected, lit and centred on the device
     ours, one stream   (on a GPU) the same with the copies on the step's stream
@@ -34,56 +34,33 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from measure import check_runs, ratios, runs_argument, spread, sync
 from pillow_baseline import PillowAugmentFolder, write_jpegs
 
 
-class Step:
-    """The training loop's step, on whatever batches it is given."""
+class TrainStep:
+    """The training loop's step (:class:`alexnet.training.step.Step`, with the run's speed levers), on
+    whatever batches it is given; the non-finite flag stays on the device (never read)."""
 
     def __init__(self, config, store, device: torch.device) -> None:
         from alexnet.runtime import resolve_runtime
+        from alexnet.speed import levers
         from alexnet.training.recipe import build_model, build_optimizer, model_args
-        from alexnet.training.step_kernels import check_step_kernels, use_bf16_weights, use_step_kernels
+        from alexnet.training.step import Step
 
         self.rt = resolve_runtime(config, device)
-        check_step_kernels(config, model_args(config, store), device)
+        levers.check(config, model_args(config, store), device, 1)
         torch.manual_seed(0)
         self.model = build_model(config, store).to(device, memory_format=self.rt.memory_format).train()
-        use_step_kernels(self.model, config)
+        levers.use_step_kernels(self.model, config)
         self.optimizer, _ = build_optimizer(config, self.model)
-        self.bf16_weights = use_bf16_weights(self.model, self.optimizer, config)
-        self.step_model = torch.compile(self.model, mode=config.compile_mode) if config.compile else self.model
-        self.finite = torch.ones((), dtype=torch.bool, device=device)
-        self.graphed = None
-        if config.cuda_graph:
-            from alexnet.training.graph_step import CudaGraphs, GraphedStep, check_cuda_graph, whole_step
-
-            check_cuda_graph(config, device, 1)
-            self.graphed = GraphedStep(lambda x, labels: whole_step(self.step_model, self.optimizer, self.rt,
-                                                                    self.forward_weights, x, labels), CudaGraphs(device))
-
-    def forward_weights(self):
-        from alexnet.kernels.bf16_weights import reading_copies
-
-        return reading_copies(self.bf16_weights)
+        step_model = torch.compile(self.model, mode=config.compile_mode) if config.compile else self.model
+        self.step = Step(step_model, self.optimizer, self.rt, "stop", lambda flag: flag, keeps=lambda: "")
+        levers.speed_up(self.step, self.model, config)
 
     def __call__(self, x: torch.Tensor, labels: torch.Tensor) -> None:
-        from alexnet.training.guards import grads_finite
-
-        if self.graphed is not None:  # forward to update in one replay
-            loss, _ = self.graphed(x, labels)
-            self.finite &= torch.isfinite(loss) & grads_finite(self.model)
-            return
-        with self.rt.autocast(), self.forward_weights():
-            logits = self.step_model(x)
-        loss = F.cross_entropy(logits.float(), labels)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.finite &= torch.isfinite(loss) & grads_finite(self.model)
-        self.optimizer.step()
+        self.step(x, labels, read=False, where=lambda: "")
 
 
 def synthetic_feed(store, augment, rt, batch: int):
@@ -99,14 +76,14 @@ def synthetic_feed(store, augment, rt, batch: int):
 def our_feed(store, augment, rt, batch: int, workers: int, copy_stream: bool = True):
     """The training loop's input path, epoch after epoch (``copy_stream``: copies on a stream of their own)."""
     from alexnet.data import Loader
-    from alexnet.training.inputs import device_batches
+    from alexnet.data.augment import device_batches
 
     loader = Loader(store.split("train"), batch, shuffle=True, seed=0, drop_last=True, workers=workers,
                     pin_memory=rt.device.type == "cuda")
     generator = torch.Generator(rt.device).manual_seed(0)
     for epoch in range(1 << 30):
         loader.set_epoch(epoch)
-        yield from device_batches(loader, augment, generator, rt, copy_stream=copy_stream)
+        yield from device_batches(loader, augment, generator, rt.device, rt.channels_last, copy_stream=copy_stream)
 
 
 def baseline_feed(root: Path, store, rt, config, workers: int):
@@ -122,7 +99,7 @@ def baseline_feed(root: Path, store, rt, config, workers: int):
             yield (x.contiguous(memory_format=torch.channels_last) if rt.channels_last else x), labels.to(rt.device, non_blocking=True)
 
 
-def steps_per_second(step: Step, feed, steps: int, device: torch.device) -> float:
+def steps_per_second(step: TrainStep, feed, steps: int, device: torch.device) -> float:
     sync(device)
     start = time.perf_counter()
     for _ in range(steps):
@@ -174,7 +151,7 @@ def main(argv: list[str] | None = None) -> dict:
     config = TrainConfig(epochs=2, batch_size_per_device=a.batch, crop_size=a.crop, loader_workers=a.workers,
                          compile=a.compile, compile_mode=a.compile_mode, device=str(device), cuda_graph=a.cuda_graph,
                          step_kernels=tuple(filter(None, a.step_kernels.split(","))))  # the paper's recipe otherwise
-    step = Step(config, store, device)
+    step = TrainStep(config, store, device)
     rt = step.rt
     augment, _ = build_augment(config, store, device)
     feeds = {"synthetic": synthetic_feed(store, augment, rt, a.batch),

@@ -3,12 +3,12 @@
 Levers (alexnet/kernels/):
 
     s2d     conv1 by space-to-depth, a 3x3 stride-1 conv over 48 channels (conv1_s2d.py)
-    fused   bias + ReLU + LRN + max-pool 3/2 of conv1 and conv2 as one kernel each way (block_triton.py)
-    sgd     PaperSGD in one pass over flat buffers, non-finite flag on the device (sgd_triton.py)
+    fused   bias + ReLU + LRN + max-pool 3/2 of conv1 and conv2 as one kernel each way (fused_blocks.py)
+    sgd     PaperSGD in one pass over flat buffers, non-finite flag on the device (fused_sgd.py)
     bf16w   with sgd: the same pass also writes bfloat16 weights, which the forward pass reads instead
             of autocast's casts (bf16_weights.py; bf16 steps only, and measured as sgd+bf16w)
     grouped the towers' grouped convolutions conv2, conv4, conv5 computed the way ``--grouped-impl`` says
-            (grouped_conv.py; by default the fastest per layer in part 7)
+            (speed/grouped.py; by default the fastest per layer in part 7)
     graph   the whole step (forward, backward, update) captured once as a CUDA graph and replayed (CUDA only)
     all     the six together
 
@@ -58,12 +58,12 @@ import torch
 import torch.nn.functional as F
 
 from alexnet.data.augment import TrainAugment
-from alexnet.kernels import block_triton
-from alexnet.kernels.bf16_weights import Bf16Weights, reading_copies
-from alexnet.kernels.block_triton import fuse_blocks, fused_block
-from alexnet.kernels.conv1_s2d import space_to_depth_conv2d, use_space_to_depth_conv1
-from alexnet.kernels.grouped_conv import GROUPED_CONV_IMPLS, GROUPED_LAYERS, grouped_conv2d, use_grouped_conv
-from alexnet.kernels.sgd_triton import FusedPaperSGD
+from alexnet.speed import fused_blocks
+from alexnet.speed.bf16_weights import Bf16Weights, reading_copies
+from alexnet.speed.fused_blocks import fuse_blocks, fused_block
+from alexnet.speed.conv1_s2d import space_to_depth_conv2d, use_space_to_depth_conv1
+from alexnet.speed.grouped import GROUPED_CONV_IMPLS, GROUPED_LAYERS, grouped_conv2d, use_grouped_conv
+from alexnet.speed.fused_sgd import FusedPaperSGD
 from alexnet.model import AlexNet, init_weights_
 from alexnet.optim import PaperSGD
 from bench_step import forward_flops
@@ -281,7 +281,7 @@ def bench_conv1(args, device: torch.device, batch: int) -> None:
 
 
 def bench_block(args, device: torch.device, batch: int) -> None:
-    from alexnet.kernels import local_response_norm
+    from alexnet.lrn import local_response_norm
 
     dtype = torch.bfloat16 if args.amp else torch.float32
     c1 = (args.image_size + 3 - 11) // 4 + 1  # 55 at 224
@@ -496,7 +496,7 @@ def main(argv: list[str] | None = None) -> None:
     parts = {int(p) for p in args.parts.split(",")}
     precision = step_precision(device, args.amp)
     print(f"device={device} ({device_name(device)}) batches={batches} amp={args.amp} channels_last=True runs={args.runs} "
-          f"torch={torch.__version__} triton={'yes' if block_triton.available() else 'NO'}"
+          f"torch={torch.__version__} triton={'yes' if fused_blocks.available() else 'NO'}"
           f"{' TRITON_INTERPRET=1' if os.environ.get('TRITON_INTERPRET') == '1' else ''}{' QUICK (toy sizes)' if args.quick else ''}")
     flops_per_image = 3 * forward_flops(AlexNet(num_classes=args.classes, width=args.width, lrn=False,
                                                 input_size=args.image_size), args.image_size)

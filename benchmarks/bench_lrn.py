@@ -28,7 +28,7 @@ import statistics
 import torch
 import torch.nn.functional as F
 
-from alexnet.kernels import backend_for, local_response_norm
+from alexnet.lrn import backend_for, local_response_norm
 from alexnet.kernels.lrn_autograd import local_response_norm as eager_lrn
 from measure import check_runs, ratios, runs_argument, spread, timed
 

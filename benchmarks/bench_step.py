@@ -2,7 +2,7 @@
 
 One step = forward, cross-entropy, backward, PaperSGD update, on random 224x224 images:
 
-    ours    AlexNet() with alexnet.kernels.local_response_norm (the default)
+    ours    AlexNet() with alexnet.lrn.local_response_norm (the default)
     torch   AlexNet() with a torch-only LRN swapped in (bench_lrn.torch_lrn: the same constants,
             alpha * n, computed in the activations' memory layout, so with --channels-last no
             layer after it pays for an NCHW copy: only the LRN differs)
@@ -35,7 +35,7 @@ import statistics
 import torch
 from torch import nn
 
-import alexnet.kernels
+import alexnet.lrn
 from alexnet.model import AlexNet
 from alexnet.optim import PaperSGD
 from bench_lrn import torch_lrn
@@ -74,8 +74,8 @@ class Variant:
         self.labels = torch.randint(0, 1000, (batch,), generator=g).to(device)
 
     def step(self) -> None:
-        original = alexnet.kernels.local_response_norm
-        alexnet.kernels.local_response_norm = self.lrn_fn or original
+        original = alexnet.lrn.local_response_norm
+        alexnet.lrn.local_response_norm = self.lrn_fn or original
         try:
             with self.amp:  # as training does: the loss in fp32, outside autocast
                 logits = self.model(self.images)
@@ -84,7 +84,7 @@ class Variant:
             loss.backward()
             self.opt.step()
         finally:
-            alexnet.kernels.local_response_norm = original
+            alexnet.lrn.local_response_norm = original
 
 
 def lrn_share(variant: Variant, device: torch.device, steps: int = 2) -> float:
@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> None:
 
     print(f"device={device} threads={torch.get_num_threads()} batch={args.batch} amp={args.amp} "
           f"channels_last={args.channels_last} runs={args.runs} steps={args.steps} torch={torch.__version__}")
-    print(f"LRN backend: {alexnet.kernels.backend_for(torch.zeros(1, 2, device=device, dtype=torch.bfloat16 if args.amp else torch.float32))}")
+    print(f"LRN backend: {alexnet.lrn.backend_for(torch.zeros(1, 2, device=device, dtype=torch.bfloat16 if args.amp else torch.float32))}")
     measured = matmul_flops(device, precision)
     for _ in range(args.warmup):
         for v in variants:

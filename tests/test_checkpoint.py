@@ -1,5 +1,5 @@
 """Checkpoints: atomic writes, refusal of code-carrying pickles, files named for what they are, and
-crafted checkpoints refused before anything is built from them."""
+crafted checkpoints refused (alexnet.trained) before anything is built from them."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from alexnet import checkpoint
+from alexnet import checkpoint, trained
 from alexnet.errors import UserError
 from alexnet.model import AlexNet
 
@@ -40,7 +40,7 @@ def test_round_trip(tmp_path):
     for name, tensor in model.state_dict().items():
         assert torch.equal(tensor, loaded["model"][name])
     checkpoint.save(tmp_path / "full.pt", _full())
-    checkpoint.validate(checkpoint.load(tmp_path / "full.pt"), "full.pt", for_inference=True)
+    trained.load(tmp_path / "full.pt", for_inference=True)
 
 
 def test_truncated_checkpoint_is_one_clear_error(tmp_path):
@@ -72,10 +72,10 @@ def test_files_that_are_not_checkpoints_are_named_for_what_they_are(tmp_path):
     torch.save({"weights": torch.zeros(3)}, tmp_path / "other.pt")
     with pytest.raises(UserError, match="not an alexnet checkpoint"):
         checkpoint.load(tmp_path / "other.pt")
-    with pytest.raises(UserError, match="not found"):
-        checkpoint.load(tmp_path / "missing.pt")
+    with pytest.raises(UserError, match="checkpoint .*missing.pt not found"):
+        trained.load(tmp_path / "missing.pt")
     with pytest.raises(UserError, match="no best.pt or last.pt"):
-        checkpoint.load(tmp_path)
+        trained.load(tmp_path)
 
 
 class _RunsCode:
@@ -95,16 +95,6 @@ def test_pickle_that_carries_code_is_refused(tmp_path, monkeypatch):
     with pytest.raises(UserError, match="Python pickle"):  # refused unread: not torch.save's zip format
         checkpoint.load(tmp_path / "evil.pkl")
     assert not (tmp_path / "PWNED").exists()
-
-
-def test_other_architecture_or_class_count_is_one_clear_error(tmp_path):
-    checkpoint.save(tmp_path / "c.pt", _payload(AlexNet(**SMALL), SMALL))
-    saved = checkpoint.load(tmp_path / "c.pt")
-    with pytest.raises(UserError, match="another class count"):
-        checkpoint.load_model_state(AlexNet(**{**SMALL, "num_classes": 7}), saved["model"], "c.pt")
-    with pytest.raises(UserError, match="different architecture"):
-        checkpoint.load_model_state(AlexNet(**{**SMALL, "lrn": False, "towers": 1, "stem": "paper", "input_size": 224}),
-                                    {"x": torch.zeros(1)}, "c.pt")
 
 
 def test_failed_write_keeps_previous_checkpoint(tmp_path, monkeypatch):
@@ -188,8 +178,8 @@ CRAFTED = {
 
 @pytest.mark.parametrize("case", list(CRAFTED))
 def test_crafted_checkpoint_is_refused_before_any_network_is_built(tmp_path, monkeypatch, case):
-    """Each fault is named in one line by checkpoint.load / validate; no real network is ever built
-    from the crafted arguments (only meta-device ones, which hold no memory)."""
+    """Each fault is named in one line by trained.load; no real network is ever built from the
+    crafted arguments (only meta-device ones, which hold no memory)."""
     craft, message = CRAFTED[case]
     path = tmp_path / "crafted.pt"
     checkpoint.save(path, craft(_full()))
@@ -203,8 +193,7 @@ def test_crafted_checkpoint_is_refused_before_any_network_is_built(tmp_path, mon
 
     monkeypatch.setattr(AlexNet, "__init__", spy)
     with pytest.raises(UserError, match=message) as refused:
-        payload = checkpoint.load(path)
-        checkpoint.validate(payload, str(path), for_inference=True)
+        trained.load(path, for_inference=True)
     assert "\n" not in str(refused.value)
     assert all(device == "meta" for device in built), built
 
@@ -223,7 +212,8 @@ def test_zip_member_that_would_inflate_is_refused_unread(tmp_path):
 def test_load_member_refuses_a_store_of_another_image_size(tmp_path):
     from types import SimpleNamespace
 
-    from alexnet.evaluate import check_store, load_member
+    from alexnet.evaluate import check_store
+    from alexnet.trained import load_member
 
     path = tmp_path / "c.pt"
     checkpoint.save(path, _full())

@@ -315,10 +315,12 @@ def test_evaluate_reports_no_error_rate_when_outputs_are_nan(paths, tmp_path, ca
 
 
 def test_every_reader_of_a_trained_network_takes_an_export_folder(paths, tmp_path, capsys):
-    """checkpoint.load reads a safetensors export as it reads a run folder: show, export, --init-from alike."""
+    """trained.load reads a safetensors export as it reads a run folder: show, export, --init-from alike."""
+    from alexnet import trained
+
     assert main(["show", "filters", paths["EXPORT"], "--out", str(tmp_path / "f.png")]) == 0
     assert (tmp_path / "f.png").is_file()
-    from_export, from_checkpoint = checkpoint.load(paths["EXPORT"]), checkpoint.load(paths["CKPT"])
+    from_export, from_checkpoint = trained.load(paths["EXPORT"]), trained.load(paths["CKPT"])
     assert all(torch.equal(from_export["model"][k], v) for k, v in from_checkpoint["model"].items())
     assert torch.equal(from_export["data"]["mean_image"], from_checkpoint["data"]["mean_image"])
 

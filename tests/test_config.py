@@ -10,6 +10,7 @@ import json
 import pytest
 
 from alexnet import config as cfg
+from alexnet.commands.train import add_recipe_flags
 from alexnet.config import TrainConfig
 from alexnet.errors import UserError
 from alexnet.model import AlexNet
@@ -209,7 +210,7 @@ def test_bad_files(tmp_path):
 def _parser():
     parser = argparse.ArgumentParser()
     parser.add_argument("--config")
-    cfg.add_arguments(parser)
+    add_recipe_flags(parser)
     return parser
 
 
@@ -219,6 +220,24 @@ def test_every_field_is_a_flag():
     assert {f.name for f in dataclasses.fields(TrainConfig)} <= flags
     args = parser.parse_args([])
     assert cfg.from_args(args) == TrainConfig()  # no flags: the paper's recipe
+
+
+def test_the_help_groups_the_flags_with_a_first_run_first():
+    """Every key names a group of ``alexnet train --help``; the first two groups hold what a first run
+    needs, at most 16 flags; each flag's help and default fit the one line argparse gives it at 80
+    columns (78 less its help column, 24)."""
+    from alexnet.commands import train
+
+    assert {f.metadata["group"] for f in dataclasses.fields(TrainConfig)} == set(cfg.HELP_GROUPS)
+    sub = argparse.ArgumentParser(prog="alexnet").add_subparsers()
+    train.register(sub)
+    groups = [g for g in sub.choices["train"]._action_groups if g.title in cfg.HELP_GROUPS.values()]
+    assert [g.title for g in groups] == list(cfg.HELP_GROUPS.values())
+    first = [a.option_strings[0] for g in groups[:2] for a in g._group_actions]
+    assert first[:8] == ["--out", "--config", "--resume", "--recipe", "--epochs", "--batch-size-per-device", "--lr",
+                         "--device"] and len(first) <= 16
+    too_long = [a.option_strings[0] for g in groups for a in g._group_actions if len(a.help) > 78 - 24]
+    assert too_long == []
 
 
 def test_flags_are_coerced():

@@ -114,7 +114,8 @@ def test_loader_serves_both_encodings_alike(stores, workers):
 
 @pytest.mark.slow
 def test_train_evaluate_ten_crop_and_neighbours_on_a_jpeg_store(stores, tmp_path, capsys):
-    from alexnet.evaluate import evaluate, load_member
+    from alexnet.evaluate import evaluate
+    from alexnet.trained import load_member
     from alexnet.training import train
 
     _, raw, jpg = stores

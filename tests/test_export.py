@@ -19,9 +19,10 @@ from alexnet import checkpoint
 from alexnet.cli import main
 from alexnet.data.idx import read_idx
 from alexnet.errors import UserError
-from alexnet.evaluate import load_member, probabilities
+from alexnet.evaluate import probabilities
 from alexnet.lrn import LocalResponseNorm
-from alexnet.model import AlexNet, build_model, init_weights_
+from alexnet.model import AlexNet, init_weights_
+from alexnet.trained import build_network, build_trained, load, load_member
 from helpers import lrn_numpy
 
 ASSETS = Path(__file__).resolve().parents[1] / "alexnet" / "assets" / "fashion_mnist"
@@ -37,7 +38,7 @@ def real_images(count: int, upscale: int = 1, *, train: bool = False) -> np.ndar
 
 def make_payload(model_args: dict, image_size: int, crop_size: int, *, input_scale: float = 1.0) -> dict:
     """A checkpoint payload for a fan-in initialised network whose logits on real images have std ~2."""
-    model = build_model(model_args)  # as loading will rebuild it (build_model may fill in defaults of older versions)
+    model = build_network(model_args)  # as loading will rebuild it (it may fill in defaults of older versions)
     init_weights_(model, "he")
     mean = torch.from_numpy(real_images(300, image_size // 28, train=True).astype(np.float32).mean(axis=0))
     images = torch.from_numpy(real_images(32, image_size // 28)).float()
@@ -87,16 +88,14 @@ def export_folder(tmp_path: Path, payload: dict, formats: list[str]) -> tuple[Pa
 
 
 def test_safetensors_round_trip_is_bit_identical(tmp_path):
-    from alexnet.export import load_exported
-
     args, size, crop = VARIANTS["towers2-lrn"]
     ckpt, out = export_folder(tmp_path, make_payload(args, size, crop), ["safetensors"])
     meta = json.loads((out / "alexnet.json").read_text())
     assert meta["model_args"] == args and meta["crop_size"] == crop and meta["image_size"] == size
     assert meta["mean_image"]["file"] == "mean_image.safetensors"
 
-    original = checkpoint.load(ckpt)
-    model, _, mean = load_exported(out)
+    original, exported = checkpoint.load(ckpt), load(out)
+    model, mean = build_trained(exported), exported["data"]["mean_image"]
     for name, tensor in original["model"].items():
         assert torch.equal(model.state_dict()[name], tensor), name
     assert torch.equal(mean, original["data"]["mean_image"])
@@ -154,14 +153,12 @@ def test_onnx_export_without_the_extra_is_one_clear_line(tmp_path, monkeypatch):
 
 
 def test_damaged_exports_are_one_clear_error(tmp_path):
-    from alexnet.export import load_exported
-
     args, size, crop = VARIANTS["towers1-nolrn"]
     _, out = export_folder(tmp_path, make_payload(args, size, crop), ["safetensors"])
     weights = out / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])
     with pytest.raises(UserError, match="not a readable safetensors file"):
-        load_exported(out)
+        load(out)
     (out / "alexnet.json").write_text("{not json")
     with pytest.raises(UserError, match="damaged"):
         load_member(str(out), torch.device("cpu"))
@@ -267,7 +264,7 @@ def test_onnx_exports_the_within_map_normalisation_of_cnorm2(tmp_path):
     # cnorm2 matters for these weights and images: the same network without it is far from both
     from alexnet.export import InferencePath
 
-    plain = build_model({**args, "cnorm2": False})
+    plain = build_network({**args, "cnorm2": False})
     plain.load_state_dict(payload["model"])
     with torch.no_grad():
         path = InferencePath(plain.eval(), payload["data"]["mean_image"], image_size=size, crop_size=crop)

@@ -14,8 +14,8 @@ from PIL import Image
 
 from alexnet.cli import main
 from alexnet.data import open_store
-from alexnet.evaluate import load_member
 from alexnet.figures.paper import features, nearest_neighbours, nearest_training_images, spread_indices
+from alexnet.trained import load_member
 from alexnet.training import train
 from helpers import TINY, make_store
 

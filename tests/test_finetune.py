@@ -11,6 +11,7 @@ import torch
 
 from alexnet import checkpoint
 from alexnet import config as cfg
+from alexnet.commands.train import add_recipe_flags
 from alexnet.data import open_store
 from alexnet.errors import UserError
 from alexnet.model import AlexNet
@@ -95,7 +96,7 @@ def test_it_trains_records_the_parent_and_freezes_what_it_is_told(store, parent,
 def test_the_flag_records_an_absolute_path_and_freeze_takes_a_list(parent, monkeypatch):
     parser = argparse.ArgumentParser()
     parser.add_argument("--config")
-    cfg.add_arguments(parser)
+    add_recipe_flags(parser)
     monkeypatch.chdir(parent.parent)
     config = cfg.from_args(parser.parse_args(["--init-from", parent.name, "--freeze", "conv1,conv2"]))
     assert config.init_from == str(parent.resolve()) and config.freeze == ("conv1", "conv2")

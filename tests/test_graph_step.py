@@ -22,7 +22,7 @@ from alexnet.config import TrainConfig
 from alexnet.errors import UserError
 from alexnet.optim import PaperSGD
 from alexnet.training import train
-from alexnet.training.graph_step import Captured, GraphedStep, check_cuda_graph
+from alexnet.speed.cuda_graph import Captured, GraphedStep, check_cuda_graph
 from helpers import QUIET, make_store
 
 
@@ -130,8 +130,8 @@ def test_a_run_with_the_graph_takes_the_steps_of_a_run_without(store, tmp_path, 
     after three warm-up steps, and the same losses, errors and weights as without the graph."""
     theirs = train(SMALL, store, tmp_path / "theirs", **QUIET)
     backend = ReplayByCalling()
-    monkeypatch.setattr("alexnet.training.loop.CudaGraphs", lambda device: backend)
-    monkeypatch.setattr("alexnet.training.loop.check_cuda_graph", lambda config, device, processes: None)
+    monkeypatch.setattr("alexnet.speed.levers.CudaGraphs", lambda device: backend)
+    monkeypatch.setattr("alexnet.speed.levers.check_cuda_graph", lambda config, device, processes: None)
     ours = train(SMALL.replace(cuda_graph=True), store, tmp_path / "ours", **QUIET)
     steps = ours[-1]["global_step"]
     assert steps >= 12 and (backend.warmed, backend.captures, backend.replays) == (9, 3, steps - 9)

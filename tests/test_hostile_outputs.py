@@ -13,7 +13,7 @@ from PIL import Image
 
 from helpers import make_store
 
-from alexnet import checkpoint
+from alexnet import checkpoint, trained
 from alexnet.cli import main
 from alexnet.model import AlexNet
 
@@ -113,7 +113,7 @@ def test_export_overwrite_that_fails_keeps_the_export_it_was_replacing(tmp_path,
         export.write_export(_payload(1), out, ["safetensors", "onnx"], source="b.pt", overwrite=True)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     # and the export still loads as the first network
-    first = export.checkpoint_payload(out)["model"]
+    first = trained.load(out)["model"]
     assert all(torch.equal(first[k], v) for k, v in _payload(0)["model"].items())
 
 
@@ -210,13 +210,13 @@ def test_evaluate_refuses_the_same_network_twice_and_names_the_checkpoint_of_a_r
 def test_an_export_in_a_folder_whose_name_is_not_utf8_loads_back(tmp_path, store, capsys):
     import os
 
-    from alexnet.export import checkpoint_payload
+    from alexnet.trained import load
 
     run = _run(tmp_path / "run")
     out = tmp_path / os.fsdecode(b"caf\xe9")  # Latin-1 'café': a name safetensors cannot open by path
     assert main(["export", str(run), "--out", str(out)]) == 0
     capsys.readouterr()
-    loaded = checkpoint_payload(out)["model"]
+    loaded = load(out)["model"]
     assert all(torch.equal(loaded[k], v) for k, v in checkpoint.load(run / "best.pt")["model"].items())
     assert main(["evaluate", str(out), str(store), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["images"] == 12
@@ -244,10 +244,10 @@ def test_a_data_set_named_where_the_network_goes_is_said_to_be_one(tmp_path, sto
 
 
 def test_show_neighbours_refuses_a_figure_too_large_to_draw_before_any_work(tmp_path, capsys, monkeypatch):
-    import alexnet.evaluate
+    import alexnet.trained
 
     run = _run(tmp_path / "run")
-    monkeypatch.setattr(alexnet.evaluate, "load_member", lambda *a, **k: pytest.fail("the network was loaded"))
+    monkeypatch.setattr(alexnet.trained, "load_member", lambda *a, **k: pytest.fail("the network was loaded"))
     _fails(["show", "neighbours", str(run), str(tmp_path), "--images", "51"], capsys, "more than one figure can show")
     _fails(["show", "neighbours", str(run), str(tmp_path), "--neighbours", "5000"], capsys, "more than one figure can show")
 

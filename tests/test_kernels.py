@@ -21,7 +21,7 @@ import torch.nn.functional as F
 if not torch.cuda.is_available():  # run the Triton kernels in the interpreter; set before import
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-import alexnet.kernels as kernels  # noqa: E402
+import alexnet.lrn as dispatch  # noqa: E402  (picks the backend)
 from alexnet.kernels import lrn_autograd, lrn_cpu, lrn_triton  # noqa: E402
 from alexnet.lrn import lrn_reference  # noqa: E402
 from helpers import compile_for_sm90
@@ -264,13 +264,13 @@ def test_paper_shapes_against_torch(backend, shape):
 
 
 def test_dispatch_picks_a_backend_per_tensor():
-    assert kernels.backend_for(torch.zeros(1, 4, 2, 2, dtype=torch.float64)) == "eager"
+    assert dispatch.backend_for(torch.zeros(1, 4, 2, 2, dtype=torch.float64)) == "eager"
     expected = "cpu" if lrn_cpu.available() else "eager"
-    assert kernels.backend_for(torch.zeros(1, 4, 2, 2)) == expected
-    assert kernels.backend_for(torch.zeros(1, 4, 2, 2, dtype=torch.bfloat16)) == expected
+    assert dispatch.backend_for(torch.zeros(1, 4, 2, 2)) == expected
+    assert dispatch.backend_for(torch.zeros(1, 4, 2, 2, dtype=torch.bfloat16)) == expected
     if torch.cuda.is_available():
         expected = "triton" if lrn_triton.available() else "eager"
-        assert kernels.backend_for(torch.zeros(1, 4, 2, 2, device="cuda")) == expected
+        assert dispatch.backend_for(torch.zeros(1, 4, 2, 2, device="cuda")) == expected
 
 
 def test_falls_back_to_eager_with_a_warning_when_the_c_kernel_cannot_be_built(monkeypatch):
@@ -278,23 +278,23 @@ def test_falls_back_to_eager_with_a_warning_when_the_c_kernel_cannot_be_built(mo
         raise RuntimeError("no C compiler (cc or gcc) on PATH")
 
     monkeypatch.setattr(lrn_cpu.LIBRARY, "_compile", no_compiler)
-    monkeypatch.setattr(lrn_cpu.LIBRARY, "_library", None)
+    monkeypatch.setattr(lrn_cpu.LIBRARY, "loaded", None)
     monkeypatch.setattr(lrn_cpu.LIBRARY, "_error", None)
     x = _input((2, 6, 3, 3))
     with pytest.warns(RuntimeWarning, match="no C compiler"):
-        assert kernels.backend_for(x) == "eager"
+        assert dispatch.backend_for(x) == "eager"
     assert "no C compiler" in lrn_cpu.unavailable_reason()
-    out = kernels.local_response_norm(x, 5, 1e-3, 0.75, 2.0, 2)
+    out = dispatch.local_response_norm(x, 5, 1e-3, 0.75, 2.0, 2)
     np.testing.assert_allclose(out.numpy(), lrn_numpy(x.numpy(), 5, 1e-3, 0.75, 2.0, 2), rtol=2e-6)
 
 
 def test_bad_arguments():
     with pytest.raises(ValueError, match="groups"):
-        kernels.local_response_norm(torch.zeros(1, 5, 2, 2), 5, 1e-4, 0.75, 2.0, 2)
+        dispatch.local_response_norm(torch.zeros(1, 5, 2, 2), 5, 1e-4, 0.75, 2.0, 2)
     with pytest.raises(ValueError, match="size"):
-        kernels.local_response_norm(torch.zeros(1, 4, 2, 2), 0, 1e-4, 0.75, 2.0)
+        dispatch.local_response_norm(torch.zeros(1, 4, 2, 2), 0, 1e-4, 0.75, 2.0)
     with pytest.raises(ValueError, match="shape"):
-        kernels.local_response_norm(torch.zeros(4), 5, 1e-4, 0.75, 2.0)
+        dispatch.local_response_norm(torch.zeros(4), 5, 1e-4, 0.75, 2.0)
 
 
 def test_custom_ops_pass_torch_library_checks():
@@ -317,7 +317,7 @@ def test_torch_compile_traces_through_the_dispatch():
         pytest.skip("the eager backend is plain torch")
 
     def loss(x):
-        return (kernels.local_response_norm(torch.relu(x), 5, 1e-2, 0.75, 2.0, 2) * 3).sum()
+        return (dispatch.local_response_norm(torch.relu(x), 5, 1e-2, 0.75, 2.0, 2) * 3).sum()
 
     x = _input((2, 8, 3, 3), scale=3.0, signed=True).requires_grad_(True)
     torch.compile(loss, fullgraph=True)(x).backward()
@@ -384,4 +384,4 @@ def test_second_derivative_matches_the_formula(backend, outer):
 
 def test_gradgradcheck_float64():
     x = torch.randn(1, 5, 2, 3, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradgradcheck(lambda t: kernels.local_response_norm(t, 4, 0.5, 0.75, 1.5, 1), (x,))
+    assert torch.autograd.gradgradcheck(lambda t: dispatch.local_response_norm(t, 4, 0.5, 0.75, 1.5, 1), (x,))

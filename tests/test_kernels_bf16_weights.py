@@ -16,15 +16,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from alexnet.kernels import sgd_triton
-from alexnet.kernels.bf16_weights import Bf16Weights, reading_copies
-from alexnet.kernels.block_triton import fuse_blocks
-from alexnet.kernels.conv1_s2d import use_space_to_depth_conv1
-from alexnet.kernels.grouped_conv import use_grouped_conv
-from alexnet.kernels.sgd_triton import FusedPaperSGD
+from alexnet.speed import fused_sgd
+from alexnet.speed.bf16_weights import Bf16Weights, reading_copies
+from alexnet.speed.fused_blocks import fuse_blocks
+from alexnet.speed.conv1_s2d import use_space_to_depth_conv1
+from alexnet.speed.grouped import use_grouped_conv
+from alexnet.speed.fused_sgd import FusedPaperSGD
 from alexnet.model import AlexNet
 
-pytestmark = pytest.mark.skipif(not sgd_triton.available(), reason="needs triton")
+pytestmark = pytest.mark.skipif(not fused_sgd.available(), reason="needs triton")
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 

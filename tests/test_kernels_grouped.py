@@ -1,4 +1,4 @@
-"""The towers' grouped convolutions computed three ways (alexnet/kernels/grouped_conv.py) against
+"""The towers' grouped convolutions computed three ways (alexnet/speed/grouped.py) against
 torch's ``F.conv2d(groups=g)`` in float64 and against a per-group im2col loop written out here."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from alexnet.kernels import block_triton
-from alexnet.kernels.grouped_conv import (
+from alexnet.speed import fused_blocks
+from alexnet.speed.grouped import (
     GROUPED_CONV_IMPLS,
     GroupedConv2d,
     block_diagonal_weight,
@@ -194,10 +194,10 @@ def test_unknown_impl_refused():
         GroupedConv2d.from_conv(nn.Conv2d(4, 4, 3, groups=2, padding=1, padding_mode="reflect"), "halves")
 
 
-# --- together with the fused conv2 block (block_triton) --------------------------------------------
+# --- together with the fused conv2 block (fused_blocks) --------------------------------------------
 
 needs_triton = pytest.mark.skipif(
-    not block_triton.available() or not (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"),
+    not fused_blocks.available() or not (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"),
     reason="needs triton (a GPU, or TRITON_INTERPRET=1)",
 )
 
@@ -229,10 +229,10 @@ def test_after_fuse_blocks_the_fused_tail_stays_and_the_conv_changes():
     for impl in OTHER_IMPLS:
         model = copy.deepcopy(reference)
         model.zero_grad()
-        block_triton.fuse_blocks(model, blocks=(2,))
+        fused_blocks.fuse_blocks(model, blocks=(2,))
         use_grouped_conv(model, impl)
         conv2 = model.features.conv2
-        assert isinstance(conv2, block_triton.FusedConvBlock) and grouped_impl_of(conv2) == impl
+        assert isinstance(conv2, fused_blocks.FusedConvBlock) and grouped_impl_of(conv2) == impl
         assert conv2.weight is model.features.conv2.weight and list(model.state_dict()) == keys
         xi = x.clone().requires_grad_()
         y = model(xi)
@@ -247,8 +247,8 @@ def test_fuse_blocks_after_the_swap_falls_back_and_says_so():
     """fuse_blocks rebuilds conv2 as a plain FusedConvBlock (cuDNN's groups=g): grouped_impl_of says
     so, and calling use_grouped_conv again puts the chosen way back."""
     model = use_grouped_conv(_Block2(), "halves")
-    block_triton.fuse_blocks(model, blocks=(2,))
+    fused_blocks.fuse_blocks(model, blocks=(2,))
     assert grouped_impl_of(model.features.conv2) == "grouped"
     use_grouped_conv(model, "halves")
     assert grouped_impl_of(model.features.conv2) == "halves"
-    assert isinstance(model.features.conv2, block_triton.FusedConvBlock)
+    assert isinstance(model.features.conv2, fused_blocks.FusedConvBlock)

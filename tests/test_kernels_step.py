@@ -16,17 +16,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from alexnet.data.augment import TrainAugment
-from alexnet.kernels import block_triton, sgd_triton
-from alexnet.kernels.block_triton import FusedConvBlock, block_reference, fuse_blocks, fused_block
-from alexnet.kernels.conv1_s2d import SpaceToDepthConv1, space_to_depth_conv2d, use_space_to_depth_conv1
-from alexnet.kernels.sgd_triton import FusedPaperSGD
+from alexnet.speed import fused_blocks, fused_sgd
+from alexnet.speed.fused_blocks import FusedConvBlock, block_reference, fuse_blocks, fused_block
+from alexnet.speed.conv1_s2d import SpaceToDepthConv1, space_to_depth_conv2d, use_space_to_depth_conv1
+from alexnet.speed.fused_sgd import FusedPaperSGD
 from alexnet.lrn import lrn_reference
 from alexnet.model import AlexNet, StridePad
 from alexnet.optim import PaperSGD
 from helpers import compile_for_sm90
 
 needs_triton = pytest.mark.skipif(
-    not block_triton.available() or not (torch.cuda.is_available() or __import__("os").environ.get("TRITON_INTERPRET") == "1"),
+    not fused_blocks.available() or not (torch.cuda.is_available() or __import__("os").environ.get("TRITON_INTERPRET") == "1"),
     reason="needs triton (a GPU, or TRITON_INTERPRET=1)",
 )
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -138,7 +138,7 @@ def test_fused_block_ties_follow_pytorch(fmt):
     # routing itself: pooled gradients land on exactly the positions torch's pool indices name
     a = F.relu(z)
     _, idx = F.max_pool2d(lrn_reference(a, groups=2), 3, 2, return_indices=True)
-    _, code = block_triton.block_forward(z.contiguous(memory_format=fmt), None, 5, 1e-4, 0.75, 2.0, 2)
+    _, code = fused_blocks.block_forward(z.contiguous(memory_format=fmt), None, 5, 1e-4, 0.75, 2.0, 2)
     ho, wo = torch.meshgrid(torch.arange(4), torch.arange(4), indexing="ij")
     ours = (2 * ho.to(DEVICE) + code.long() // 3) * 9 + 2 * wo.to(DEVICE) + code.long() % 3
     assert torch.equal(ours, idx)
@@ -247,7 +247,7 @@ def test_fused_sgd_one_update_exactly():
     w, g, v = (torch.randn(5000, device=DEVICE) for _ in range(3))
     expected_v = ((v * 0.9) + (-5e-4 * 0.01) * w) + (-0.01) * g
     expected_w = w + expected_v
-    sgd_triton.fused_update_(w, g, v, 0.01, 0.9, 5e-4)
+    fused_sgd.fused_update_(w, g, v, 0.01, 0.9, 5e-4)
     torch.testing.assert_close(v, expected_v, rtol=2e-7, atol=1e-9)
     torch.testing.assert_close(w, expected_w, rtol=2e-7, atol=1e-9)
 
@@ -394,7 +394,7 @@ def test_fused_sgd_takes_velocities_set_from_outside():
 
 
 COMPILE_LEVERS_FOR_SM90 = """
-from alexnet.kernels import block_triton as bt, sgd_triton as st
+from alexnet.speed import fused_blocks as bt, fused_sgd as st
 
 ints = lambda names: {n: "i32" for n in names}
 strides = ints(["szn", "szc", "szh", "szw", "syn", "syc", "syh", "syw"])
@@ -418,6 +418,6 @@ for write_bf16, check in ((False, False), (False, True), (True, True)):
 def test_lever_kernels_compile_for_sm90_without_a_gpu():
     """The interpreter skips Triton's compiler: this runs it for the fused block (bf16, as training on a
     GPU uses it) and the one-pass update, to PTX for sm_90, with no 64-bit integer division per element."""
-    if not block_triton.available():
+    if not fused_blocks.available():
         pytest.skip("triton not importable")
     compile_for_sm90(COMPILE_LEVERS_FOR_SM90)

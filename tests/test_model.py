@@ -455,13 +455,14 @@ def test_the_two_styles_give_the_same_test_time_function_for_equivalent_weights(
 def test_old_checkpoints_keep_inverted_dropout_and_their_lrn():
     """model_args written before dropout_style existed rebuild the network they were trained as."""
     from alexnet.lrn import LocalResponseNorm
-    from alexnet.model import PaperDropout, build_model
+    from alexnet.model import PaperDropout
+    from alexnet.trained import build_network
 
-    old = build_model(dict(num_classes=10, stem="small", input_size=32, width=0.125, lrn_convention="caffe"))
+    old = build_network(dict(num_classes=10, stem="small", input_size=32, width=0.125, lrn_convention="caffe"))
     assert isinstance(old.classifier.drop6, nn.Dropout) and isinstance(old.classifier.drop7, nn.Dropout)
     assert old.features.lrn1.convention == "cuda-convnet" and old.features.lrn1.k == 2.0
-    new = build_model(dict(num_classes=10, stem="small", input_size=32, width=0.125, lrn_convention="caffe",
-                           dropout_style="paper"))
+    new = build_network(dict(num_classes=10, stem="small", input_size=32, width=0.125, lrn_convention="caffe",
+                             dropout_style="paper"))
     assert isinstance(new.classifier.drop6, PaperDropout) and new.features.lrn1.k == 1.0
     assert isinstance(AlexNet().features.lrn1, LocalResponseNorm) and AlexNet().features.lrn1.k == 2.0
 

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from alexnet import config as cfg
+from alexnet.commands.train import add_recipe_flags
 from alexnet.config import TrainConfig, from_dict
 from alexnet.lrn import LocalResponseNorm, SpatialResponseNorm
 from helpers import QUIET, TINY, make_store
@@ -37,7 +38,7 @@ RELEASED = dict(
 def _parse(argv: list[str], base: TrainConfig | None = None) -> TrainConfig:
     parser = argparse.ArgumentParser()
     parser.add_argument("--config")
-    cfg.add_arguments(parser)
+    add_recipe_flags(parser)
     return cfg.from_args(parser.parse_args(argv), base)
 
 

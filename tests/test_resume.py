@@ -1,5 +1,5 @@
 """A resume continues the same run or says why not (alexnet.training.resume), and the non-finite
-guard runs the GPU's policy on the CPU (alexnet.training.guards)."""
+guard runs the GPU's policy on the CPU (alexnet.training.step)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from alexnet import checkpoint
 from alexnet.cli import main
 from alexnet.errors import UserError
 from alexnet.training import NonFiniteError, read_metrics, train
-from alexnet.training.guards import GPU_SYNC_EVERY_STEPS, NonFiniteGuard, sync_interval
+from alexnet.training.step import GPU_SYNC_EVERY_STEPS, NonFiniteGuard, sync_interval
 from helpers import QUIET, TINY, make_store
 
 
@@ -119,17 +119,17 @@ def test_sync_interval_defaults_and_override():
 def test_guard_keeps_the_flag_until_the_verdict():
     model = torch.nn.Linear(2, 1)
     model(torch.ones(1, 2)).sum().backward()
-    guard = NonFiniteGuard("skip", any_rank=lambda t: t, device=torch.device("cpu"))
+    guard = NonFiniteGuard("skip", any_rank=lambda t: t, device=torch.device("cpu"), keeps=lambda: "")
     guard.observe(torch.tensor(1.0), model)
-    assert guard.verdict("step 1", "") is False
+    assert guard.verdict(lambda: "step 1") is False
     guard.observe(torch.tensor(float("nan")), model)
     guard.observe(torch.tensor(1.0), model)  # a later finite step does not clear it
-    assert guard.verdict("step 3", "") is True and guard.verdict("step 4", "") is False  # cleared once judged
+    assert guard.verdict(lambda: "step 3") is True and guard.verdict(lambda: "step 4") is False  # cleared once judged
     model.weight.grad[0, 0] = float("inf")
-    stop = NonFiniteGuard("stop", any_rank=lambda t: t, device=torch.device("cpu"))
+    stop = NonFiniteGuard("stop", any_rank=lambda t: t, device=torch.device("cpu"), keeps=lambda: "the run keeps")
     stop.observe(torch.tensor(1.0), model)
     with pytest.raises(NonFiniteError, match="at step 5; the run keeps"):
-        stop.verdict("step 5", "the run keeps")
+        stop.verdict(lambda: "step 5")
 
 
 def test_the_gpu_interval_on_the_cpu_stops_at_the_first_synced_step(store, tmp_path):

@@ -16,8 +16,9 @@ import torch.nn.functional as F
 
 from alexnet.cli import main
 from alexnet.data.idx import read_idx
-from alexnet.evaluate import Member, preprocess_for, probabilities
-from alexnet.model import build_model, count_parameters
+from alexnet.evaluate import Member, probabilities
+from alexnet.model import count_parameters
+from alexnet.trained import build_network, preprocess_for
 from alexnet.torchvision_alexnet import (
     IMAGENET_MEAN_RGB,
     IMAGENET_STD_RGB,
@@ -78,7 +79,7 @@ def test_parameter_count_is_torchvisions():
 @pytest.mark.parametrize("side", [224, 100])  # 224: 6x6 before the average pool; 100: the adaptive pool repeats cells
 def test_every_tensor_lands_where_torchvisions_forward_uses_it(side):
     sd = torchvision_state_dict()
-    model = build_model({"arch": "torchvision", "num_classes": 1000})
+    model = build_network({"arch": "torchvision", "num_classes": 1000})
     model.load_state_dict(from_torchvision_state_dict(sd))
     x = torch.randn(2, 3, side, side)
     with torch.no_grad():
@@ -118,7 +119,7 @@ def test_imported_checkpoint_evaluates_as_torchvision_would():
     """(x / 255 - mean) / std on the centre 224 crop, then torchvision's forward = our checkpoint's test path."""
     sd = torchvision_state_dict(10)
     payload = import_checkpoint_payload(sd, [f"c{i}" for i in range(10)], image_size=252, crop_size=224)
-    model = build_model(payload["model_args"])
+    model = build_network(payload["model_args"])
     model.load_state_dict(payload["model"])
     member = Member(model.eval(), preprocess_for(payload, torch.device("cpu")), payload["data"]["classes"])
     images = real_rgb_images(3, 252)

@@ -17,7 +17,8 @@ from alexnet.config import TrainConfig
 from alexnet.data import open_store
 from alexnet.data.loader import Loader
 from alexnet.data.prepare import prepare_store
-from alexnet.evaluate import evaluate, load_member, probabilities
+from alexnet.evaluate import evaluate, probabilities
+from alexnet.trained import load_member
 from alexnet.training import StallWatch, train
 from helpers import write_image_folder
 
@@ -242,7 +243,7 @@ def test_paper_init_stall_is_reported(store_dir, tmp_path):
 
 def test_the_automatic_loader_threads_feed_a_gpu_from_a_jpeg_store(monkeypatch):
     """-1 (the default): 4 threads, but a JPEG store on a GPU decodes on every core of this process's share but one."""
-    from alexnet.training import inputs
+    from alexnet.data import loader as inputs
 
     monkeypatch.setattr(inputs, "available_cores", lambda: 16)
     cuda, cpu = torch.device("cuda", 0), torch.device("cpu")

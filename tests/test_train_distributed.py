@@ -31,8 +31,9 @@ from alexnet.data import open_store
 from alexnet.data.loader import Loader
 from alexnet.data.prepare import prepare_store
 from alexnet.errors import UserError
-from alexnet.evaluate import evaluate, load_member
-from alexnet.training.step_kernels import triton_runs_on
+from alexnet.evaluate import evaluate
+from alexnet.speed.levers import triton_runs_on
+from alexnet.trained import load_member
 import helpers as _ranks  # set_rank_env, start: the rank-spawning helpers
 from helpers import write_image_folder
 

@@ -1,4 +1,4 @@
-"""The training input path (``alexnet.training.inputs``): uint8 batches from the store to augmented
+"""The training input path (``alexnet.data.augment.device_batches``): uint8 batches from the store to augmented
 batches on the device, as the augmentation alone would make them; on a GPU, the copies on their own
 stream give the very batches that copies on the step's stream give, however busy the step keeps it."""
 
@@ -9,9 +9,8 @@ import pytest
 import torch
 
 from alexnet.data import open_store
+from alexnet.data.augment import device_batches
 from alexnet.data.loader import Loader
-from alexnet.runtime import Runtime
-from alexnet.training.inputs import device_batches
 from helpers import make_store
 
 
@@ -30,7 +29,7 @@ def _batches(store, device, **kw):
     loader = Loader(store.split("train"), 8, shuffle=True, seed=3, drop_last=True, workers=2,
                     pin_memory=device.type == "cuda")
     generator = torch.Generator(device).manual_seed(5)
-    return device_batches(loader, _augment(store, device), generator, Runtime(device, "fp32", False), **kw)
+    return device_batches(loader, _augment(store, device), generator, device, False, **kw)
 
 
 def test_batches_are_the_augmentation_of_the_loaders_batches(store):

@@ -17,11 +17,11 @@ import torch
 from alexnet.cli import main
 from alexnet.config import TrainConfig
 from alexnet.errors import UserError
-from alexnet.kernels import block_triton
+from alexnet.speed import fused_blocks
 from alexnet.training import train
 from helpers import QUIET, make_store
 
-needs_triton = pytest.mark.skipif(not block_triton.available(), reason="needs triton")
+needs_triton = pytest.mark.skipif(not fused_blocks.available(), reason="needs triton")
 PAPER_STEM = TrainConfig(width=1 / 24, crop_size=67, batch_size_per_device=4, epochs=2, max_steps_per_epoch=2,
                          loader_workers=1, init="he", input_scale=1 / 64, precision="fp32")
 
@@ -103,7 +103,7 @@ def test_a_run_resumes_with_the_kernels_switched_on(store, standard, tmp_path):
 def test_a_run_with_the_kernels_resumes_without_them_and_its_checkpoints_are_plain(store, standard, tmp_path):
     """The one-pass update keeps weights and velocities as views of flat buffers: what it saves is still
     one plain tensor per name, which evaluation, export and a standard resume read."""
-    from alexnet.evaluate import load_member
+    from alexnet.trained import load_member
     from alexnet.export import write_export
 
     run = tmp_path / "run"
@@ -122,7 +122,7 @@ def test_a_run_with_the_kernels_resumes_without_them_and_its_checkpoints_are_pla
 def test_the_forward_pass_on_the_updates_bf16_weights_trains_as_autocast_bit_for_bit(store, tmp_path, monkeypatch):
     """bf16-weights against the same run whose forward pass lets autocast cast the weights: the
     same losses and the same weights, bit for bit, also over a resume."""
-    from alexnet.kernels.bf16_weights import UseCopy
+    from alexnet.speed.bf16_weights import UseCopy
 
     bf16 = PAPER_STEM.replace(precision="bf16", step_kernels=("fused-sgd",))
     theirs = train(bf16, store, tmp_path / "theirs", **QUIET)
@@ -229,7 +229,7 @@ def test_a_resume_on_a_machine_without_triton_turns_the_kernels_off_with_none(st
 def test_the_one_pass_update_checks_the_gradients_for_the_guard(store, tmp_path, monkeypatch, every):
     """lr 1e30 makes step 2's values non-finite: with fused-sgd the run stops where the standard step
     stops (the first read at or after step 2), and no pass over the gradients was made for it."""
-    from alexnet.training import guards
+    from alexnet.training import step as guards
 
     config = PAPER_STEM.replace(lr=1e30, nonfinite_check_every_steps=every, max_steps_per_epoch=4)
     first_read = max(2, every)
@@ -247,7 +247,7 @@ def test_the_one_pass_update_checks_the_gradients_for_the_guard(store, tmp_path,
 @needs_triton
 def test_the_update_leaves_the_check_to_the_guard_when_a_group_is_frozen_or_skip_is_asked():
     """A frozen group's gradients are not read by the update, and 'skip' needs the verdict before it."""
-    from alexnet.kernels.sgd_triton import FusedPaperSGD
+    from alexnet.speed.fused_sgd import FusedPaperSGD
 
     net = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Linear(2, 1))
     groups = [dict(params=list(net[0].parameters())), dict(params=list(net[1].parameters()))]

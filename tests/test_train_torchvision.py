@@ -166,13 +166,13 @@ def test_the_smallest_crop_is_the_smallest_torchvisions_layout_takes():
 
 
 def test_model_args_are_torchvisions(store):
-    from alexnet.model import build_model
+    from alexnet.trained import build_network
     from alexnet.training.recipe import model_args
 
     args = model_args(TrainConfig(arch="torchvision", dropout=0.25, crop_size=64), open_store(store))
     assert args == dict(arch="torchvision", num_classes=3, dropout=0.25, in_channels=3)
     with torch.device("meta"):
-        assert isinstance(build_model(args), TorchvisionAlexNet)
+        assert isinstance(build_network(args), TorchvisionAlexNet)
 
 
 # --- the network at step 0 --------------------------------------------------------------------------

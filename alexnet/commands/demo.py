@@ -12,10 +12,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Prepare the built-in Fashion-MNIST subset, train a small AlexNet with every feature of the "
         "paper on, evaluate it with the centre crop and ten crops, and draw its curves and conv1 kernels.",
     )
-    p.add_argument("--out", default="runs/demo", help="folder for the prepared data and the run (default runs/demo)")
-    p.add_argument("--device", default="auto", help="auto (a GPU if there is one), cpu, cuda or cuda:N (default auto)")
-    p.add_argument("--cpu-threads", type=int, default=0, metavar="N",
-                   help="CPU threads (default 0: one per core; on a machine busy with other work fewer run faster)")
+    p.add_argument("--out", default="runs/demo", metavar="DIR", help="folder for the data and the run (default runs/demo)")
+    p.add_argument("--device", default="auto", metavar="NAME", help="cpu, cuda or cuda:N; auto (default): a GPU if any")
+    p.add_argument("--cpu-threads", type=int, default=0, metavar="N", help="CPU threads (default 0: one per core)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 

@@ -35,10 +35,10 @@ def run(args: argparse.Namespace) -> int:
     from alexnet.data.loader import Loader
     from alexnet.errors import UserError
     from alexnet.devices import apply_process_settings
-    from alexnet.evaluate import (check_compatible, check_distinct, check_store, evaluate, load_member,
-                                  top5_is_informative)
+    from alexnet.evaluate import check_compatible, check_distinct, check_store, evaluate, top5_is_informative
     from alexnet.inference import progress_bar
     from alexnet.runtime import pick_device
+    from alexnet.trained import load_member
 
     if len(args.paths) < 2:
         raise UserError("give at least one checkpoint and then the prepared data set")

@@ -8,8 +8,7 @@ from alexnet import config as cfg
 from alexnet.commands import CommaList
 from alexnet.errors import UserError
 
-DATA_HELP = ("prepared data set (a folder made by 'alexnet prepare'); default: the built-in Fashion-MNIST "
-             "subset, prepared on first use into DIR/data")
+DATA_HELP = "prepared data (default: the built-in set, in DIR/data)"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -33,20 +32,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     r.add_argument("data", metavar="DATA", nargs="?", help=DATA_HELP)
     r.add_argument("--out", metavar="DIR", required=True, help="folder for the runs, the table and the figure")
-    r.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per activation (default 3)")
-    r.add_argument("--epochs", type=int, default=5, help="passes over the training set per run (default 5)")
-    r.add_argument("--error-level", type=float, default=0.25, help="training error to reach, a fraction (default 0.25)")
+    r.add_argument("--seeds", type=int, default=3, metavar="N", help="seeds 0..N-1 per activation (default 3)")
+    r.add_argument("--epochs", type=int, default=5, metavar="N", help="passes over the training set per run (default 5)")
+    r.add_argument("--error-level", type=float, default=0.25, metavar="X",
+                   help="training error to reach, a fraction (default 0.25)")
     r.add_argument("--net", choices=("four-layer", "alexnet"), default="four-layer",
-                   help="'four-layer': a 3-conv + 1-fc CNN as the paper's figure 1 (no LRN, dropout or augmentation); "
-                   "'alexnet': the small AlexNet of the base recipe with --activation relu/tanh (default four-layer)")
+                   help="figure 1's CNN or an AlexNet (default four-layer)")
     r.add_argument("--lr", action=CommaList, item=float, metavar="LR[,LR...]",
-                   help="one learning rate for both, or several: each activation then uses the one that reaches the "
-                   "level fastest on the first seed, as the paper chose them (default: 0.003,0.01,0.03,0.1 for "
-                   "four-layer; the base recipe's lr for alexnet)")
-    r.add_argument("--batch-size", type=int, default=128, help="images per step for the four-layer net (default 128)")
-    r.add_argument("--base-config", metavar="FILE",
-                   help="JSON or TOML recipe keys over the base recipe, for --net alexnet (base: the demo recipe on the "
-                   "built-in data, the paper's otherwise)")
+                   help="learning rates; several: the fastest per activation")
+    r.add_argument("--batch-size", type=int, default=128, metavar="N",
+                   help="images per step of the four-layer net (default 128)")
+    r.add_argument("--base-config", metavar="FILE", help="recipe keys over the base recipe, for --net alexnet")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
     r.set_defaults(func=run_relu_vs_tanh)
 
@@ -63,18 +59,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     a.add_argument("data", metavar="DATA", nargs="?", help=DATA_HELP)
     a.add_argument("--out", metavar="DIR", required=True, help="folder for the runs and the table")
-    a.add_argument("--seeds", type=int, default=2, help="seeds 0..N-1 per variant (default 2)")
-    a.add_argument("--epochs", type=int, help="epochs per run (default: the base recipe's)")
-    a.add_argument("--base-config", metavar="FILE",
-                   help="JSON or TOML recipe keys over the base recipe (the demo recipe on the built-in data, the "
-                   "paper's otherwise); a run's config.json works")
+    a.add_argument("--seeds", type=int, default=2, metavar="N", help="seeds 0..N-1 per variant (default 2)")
+    a.add_argument("--epochs", type=int, metavar="N", help="epochs per run (default: the base recipe's)")
+    a.add_argument("--base-config", metavar="FILE", help="recipe keys over the base recipe; a config.json works")
     a.add_argument("--set", metavar="KEY=VALUE", action="append", default=[],
-                   help="one recipe key over the base (after --base-config), e.g. --set width=0.125; repeatable")
+                   help="one recipe key, e.g. width=0.125; repeatable")
     from alexnet.experiments.ablations import DEFAULT_VARIANTS, VARIANTS
 
     a.add_argument("--variants", action=CommaList, choices=list(VARIANTS), default=list(DEFAULT_VARIANTS),
-                   metavar="NAME[,NAME...]", help=f"which variants (default: {','.join(DEFAULT_VARIANTS)}; also: "
-                   f"{', '.join(v for v in VARIANTS if v not in DEFAULT_VARIANTS)})")
+                   metavar="NAME[,NAME...]",
+                   help=f"default: all but {', '.join(v for v in VARIANTS if v not in DEFAULT_VARIANTS)}")
     a.add_argument("--quiet", action="store_true", help="no progress bars")
     a.set_defaults(func=run_ablations)
 

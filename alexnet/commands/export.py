@@ -48,9 +48,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run_export(args: argparse.Namespace) -> int:
     from alexnet.display import printable
     from alexnet.errors import UserError
-    from alexnet.export import load_payload, write_export
+    from alexnet.export import write_export
+    from alexnet.trained import load
 
-    payload = load_payload(args.checkpoint)
+    payload = load(args.checkpoint)
     try:
         meta = write_export(payload, args.out, args.format, source=args.checkpoint, overwrite=args.overwrite)
     except OSError as e:  # a full disk, a folder we may not write: name the export, not a temporary file in it
@@ -99,13 +100,13 @@ def run_import(args: argparse.Namespace) -> int:
 
     from alexnet import checkpoint
     from alexnet.atomic import file_in_the_way
+    from alexnet.data.images import MAX_IMAGE_SIZE
     from alexnet.errors import UserError
     from alexnet.torchvision_alexnet import import_checkpoint_payload
+    from alexnet.trained import TORCHVISION_FILE, build_network
 
     src, out = Path(args.weights), Path(args.out)
     if src.is_dir():
-        from alexnet.export import TORCHVISION_FILE
-
         hint = f" ({src / TORCHVISION_FILE}?)" if (src / TORCHVISION_FILE).is_file() else ""
         raise UserError(f"{src} is a folder; name the weights file (.pth) in it{hint}")
     if not src.is_file():
@@ -121,8 +122,8 @@ def run_import(args: argparse.Namespace) -> int:
     if out.exists() and out.stat().st_size and not _is_torch_file(out):
         raise UserError(f"{out} exists and is not a PyTorch file; --overwrite replaces only a checkpoint, so choose "
                         "another --out")
-    if not 1 <= args.image_size <= checkpoint.MAX_IMAGE_SIZE:
-        raise UserError(f"--image-size {args.image_size} must be between 1 and {checkpoint.MAX_IMAGE_SIZE}")
+    if not 1 <= args.image_size <= MAX_IMAGE_SIZE:
+        raise UserError(f"--image-size {args.image_size} must be between 1 and {MAX_IMAGE_SIZE}")
     if not 1 <= args.crop_size <= args.image_size:
         raise UserError(f"--crop-size {args.crop_size} must be between 1 and --image-size {args.image_size}")
     if args.crop_size < 63:
@@ -134,10 +135,8 @@ def run_import(args: argparse.Namespace) -> int:
                                             image_size=args.image_size, crop_size=args.crop_size)
     except (KeyError, ValueError) as e:
         raise UserError(f"{src} is not torchvision's AlexNet: {e.args[0]}") from None
-    from alexnet.model import build_model
-
     with torch.device("meta"):  # shapes only: no memory, no initialisation
-        expected = {k: v.shape for k, v in build_model(payload["model_args"]).state_dict().items()}
+        expected = {k: v.shape for k, v in build_network(payload["model_args"]).state_dict().items()}
     if any(expected[k] != v.shape for k, v in payload["model"].items()):
         raise UserError(f"{src} has torchvision's AlexNet keys but other shapes; only the standard layout "
                         "(64-192-384-256-256, fc 4096) can be imported")

@@ -29,21 +29,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from alexnet.errors import UserError
-    from alexnet.export import is_export_dir, predict_files_onnx, read_metadata
     from alexnet.display import printable
     from alexnet.inference import expand_image_paths, predict_files
     from alexnet.runtime import pick_device
 
     device = pick_device(args.device)
     images = expand_image_paths(args.images)
-    files = read_metadata(args.checkpoint).get("files", {}) if is_export_dir(args.checkpoint) else {}
-    if "onnx" in files and "safetensors" not in files:
-        if args.ten_crop:
-            raise UserError("an ONNX export runs the centre crop only; drop --ten-crop or export with --format safetensors")
-        results = predict_files_onnx(args.checkpoint, images, top=args.top)
-    else:
-        results = predict_files(args.checkpoint, images, device=device, ten_crop=args.ten_crop, top=args.top)
+    results = predict_files(args.checkpoint, images, device=device, ten_crop=args.ten_crop, top=args.top)
     failures, rows = 0, []
     for path, result in results:
         if isinstance(result, str):

@@ -25,35 +25,25 @@ def register(subparsers) -> None:
         ),
     )
     p.add_argument("source", metavar="SOURCE", help=f"folder holding the data set, or {BUILTIN}")
-    p.add_argument("out", metavar="OUT", help="folder to write the store to: new or empty, and not inside a folder that SOURCE's layout reads")
-    p.add_argument("--image-size", type=int, default=256, metavar="S", help=f"side of the stored square images, in pixels, 1 to {MAX_IMAGE_SIZE} (default and paper: 256)")
-    p.add_argument(
-        "--val-fraction",
-        type=float,
-        default=None,
-        help="fraction of each class held out for validation when SOURCE has no val/ folder, above 0 and below 1 "
-        "(default: 0.1 then; at least one image of every class that has two)",
-    )
-    p.add_argument("--seed", type=int, default=0, help="seed choosing the held-out images, 0 or more (default: 0)")
-    p.add_argument("--val-labels", metavar="FILE", default=None,
-                   help="labels of a flat val/ folder (ILSVRC-2012 layout): 'filename label' lines, or the devkit's "
-                   "ILSVRC2012_validation_ground_truth.txt with meta.mat beside it (default: the devkit in "
-                   "SOURCE/ILSVRC2012_devkit_t12/data/; no other place is searched)")
+    p.add_argument("out", metavar="OUT", help="new or empty folder, not one SOURCE's layout reads")
+    p.add_argument("--image-size", type=int, default=256, metavar="S",
+                   help=f"side of the stored images, up to {MAX_IMAGE_SIZE} (default: 256)")
+    p.add_argument("--val-fraction", type=float, default=None, metavar="X",
+                   help="share held out per class without val/ (default: 0.1)")
+    p.add_argument("--seed", type=int, default=0, metavar="N", help="seed choosing the held-out images (default: 0)")
+    p.add_argument("--val-labels", metavar="FILE", default=None, help="labels of a flat val/ folder (default: the devkit's)")
     p.add_argument("--val-labels-base", type=int, choices=(0, 1), default=None,
-                   help="the number of the first class when --val-labels gives classes as numbers into the sorted class list")
-    p.add_argument("--channels", choices=("auto", "1", "3"), default="auto", help="1 (gray) or 3 (RGB); auto (default): 1 when every image is grayscale")
-    p.add_argument("--workers", type=int, default=None, help="decoding processes (default: one per core; 0: decode in this process)")
-    p.add_argument("--max-image-pixels", type=int, default=DEFAULT_MAX_PIXELS, help=f"refuse images of more pixels (width x height) as possible decompression bombs (default: {DEFAULT_MAX_PIXELS})")
-    p.add_argument(
-        "--encoding",
-        choices=("auto", "raw", "jpeg"),
-        default="auto",
-        help="how the images are stored: raw uint8 arrays (fastest to read, S*S*C bytes each) or JPEG (about a sixth "
-        "of that at 256x256; decoded by threads while training); auto (default): raw when the raw store would take "
-        "under 4 GiB, else JPEG",
-    )
+                   help="number of the first class in --val-labels")
+    p.add_argument("--channels", choices=("auto", "1", "3"), default="auto",
+                   help="1 (gray) or 3; auto (default): 1 if all are gray")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="decoding processes (default: one per core; 0: none)")
+    p.add_argument("--max-image-pixels", type=int, default=DEFAULT_MAX_PIXELS, metavar="N",
+                   help=f"refuse larger images, as bombs (default: {DEFAULT_MAX_PIXELS})")
+    p.add_argument("--encoding", choices=("auto", "raw", "jpeg"), default="auto",
+                   help="raw uint8 or JPEG; auto (default): raw under 4 GiB")
     p.add_argument("--jpeg-quality", type=int, default=None, metavar="Q",
-                   help=f"JPEG quality of a JPEG store, 1-100 (default: {JPEG_QUALITY}); not with --encoding raw")
+                   help=f"quality of a JPEG store, 1-100 (default: {JPEG_QUALITY})")
     p.add_argument("--force", action="store_true", help="rebuild OUT even if it already holds a complete store")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)

@@ -15,8 +15,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "e.g. 'alexnet evaluate RUN DATA --json > RUN/eval.json') and any other PNG there.",
     )
     p.add_argument("run", metavar="RUN", help="run directory (the --out of 'alexnet train')")
-    p.add_argument("--out", metavar="FILE", help="HTML file to write, or a folder to write report.html into "
-                   "(default RUN/report.html); an existing file is replaced only if it is an HTML page")
+    p.add_argument("--out", metavar="FILE", help="HTML file or folder (default RUN/report.html)")
     p.set_defaults(func=run)
 
 

@@ -60,7 +60,7 @@ def _default_out(checkpoint: str, name: str) -> Path:
     current folder."""
     from alexnet.display import printable
     from alexnet.errors import UserError
-    from alexnet.export import is_export_dir
+    from alexnet.trained import is_export_dir
 
     path = Path(checkpoint)
     folder = path if path.is_dir() else path.parent
@@ -94,11 +94,11 @@ def _writing(out: Path):
 
 def run_filters(args: argparse.Namespace) -> int:
     from alexnet.errors import UserError
-    from alexnet.export import load_payload
     from alexnet.figures.plots import save_filters
+    from alexnet.trained import load
 
     out = _out(args, "filters.png")
-    payload = load_payload(args.checkpoint)
+    payload = load(args.checkpoint)
     weight = payload["model"].get("features.conv1.weight")
     if weight is None:
         raise UserError(f"{args.checkpoint} holds no conv1 weights (features.conv1.weight); is it an AlexNet checkpoint?")
@@ -117,10 +117,11 @@ def run_neighbours(args: argparse.Namespace) -> int:
 
     from alexnet.data import open_store
     from alexnet.errors import UserError
-    from alexnet.evaluate import check_compatible, check_store, load_member, probabilities
+    from alexnet.evaluate import check_compatible, check_store, probabilities
     from alexnet.figures.paper import features, nearest_training_images, plot_neighbours, spread_indices
     from alexnet.inference import progress_bar
     from alexnet.runtime import pick_device
+    from alexnet.trained import load_member
 
     for flag, value in (("--images", args.images), ("--neighbours", args.neighbours), ("--batch-size", args.batch_size)):
         if value < 1:

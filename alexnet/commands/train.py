@@ -4,28 +4,60 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import os
 import signal
 import sys
 import threading
 
 from alexnet import config as cfg
+from alexnet.commands import CommaList
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
         help="train on a prepared data set (the paper's recipe by default)",
+        usage="%(prog)s DATA --out RUN [--config FILE] [--resume] [flags below]",
         description="Train AlexNet on a store made by 'alexnet prepare'. Defaults are the paper's recipe; "
-        "every flag below overrides one choice. Under torchrun every process runs this same command.",
+        "every flag below overrides one choice (the README explains each). Under torchrun every process runs "
+        "this same command.",
     )
     p.add_argument("data", metavar="DATA", help="prepared data set (a folder made by 'alexnet prepare')")
-    p.add_argument("--out", metavar="RUN", required=True, help="run directory for config, metrics, checkpoints and plots")
-    p.add_argument("--config", metavar="FILE", help="JSON or TOML file of recipe keys (flags given here override it)")
-    p.add_argument("--resume", action="store_true", help="continue the run in RUN from its last checkpoint")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    cfg.add_arguments(p)
+    first = p.add_argument_group(cfg.HELP_GROUPS["run"])
+    first.add_argument("--out", metavar="RUN", required=True, help="run directory: config, metrics, checkpoints, plots")
+    first.add_argument("--config", metavar="FILE", help="JSON or TOML file of recipe keys; flags override it")
+    first.add_argument("--resume", action="store_true", help="continue the run in RUN from its last checkpoint")
+    groups = add_recipe_flags(p, {"run": first})
+    groups["checks"].add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
+
+
+_METAVARS = {int: "N", float: "X", str: "NAME"}
+
+
+def add_recipe_flags(parser: argparse.ArgumentParser, groups: dict | None = None) -> dict:
+    """One flag per recipe key, in its key's group of the help (:data:`alexnet.config.HELP_GROUPS`,
+    made here unless ``groups`` has it); returns the groups. The defaults stay None so that only
+    the flags given override the recipe."""
+    groups = dict(groups or {})
+    for key, title in cfg.HELP_GROUPS.items():
+        if key not in groups:
+            groups[key] = parser.add_argument_group(title)
+    for f in dataclasses.fields(cfg.TrainConfig):
+        kind, choices = cfg.key_type(f.name), f.metadata["choices"]
+        shown = ",".join(map(str, f.default)) if kind is tuple else str(f.default)
+        spec = dict(dest=f.name, default=None, help=f.metadata["help"] + (f" (default: {shown})" if shown else ""))
+        if kind is bool:
+            spec.update(action=argparse.BooleanOptionalAction)
+        elif kind is tuple:  # one word, items joined by commas; the config checks the items
+            spec.update(action=CommaList, metavar="A,B,...")
+        elif choices:
+            spec.update(type=str, choices=[str(c) for c in choices])
+        else:
+            spec.update(type=str, metavar=f.metadata["metavar"] or _METAVARS[kind])
+        groups[f.metadata["group"]].add_argument("--" + f.name.replace("_", "-"), **spec)
+    return groups
 
 
 @contextlib.contextmanager

@@ -254,6 +254,39 @@ class TrainAugment:
         return out.permute(0, 3, 1, 2)
 
 
+def device_batches(loader, augment: TrainAugment, generator: torch.Generator, device: torch.device,
+                   channels_last: bool, *, copy_stream: bool = True):
+    """The training input path: (images float32 (B, C, crop, crop), labels int64 (B,)) on ``device``
+    from the uint8 batches of ``loader`` (a :class:`~alexnet.data.loader.Loader`), augmented there.
+
+    The images are channels_last in memory (the augmentation works in NHWC; ``channels_last``
+    makes sure of it). On a GPU each batch is copied on a stream of its own (``copy_stream``), so
+    the next batch travels while the current step computes (on the step's stream it would wait for
+    the step, and the step for it). On a CPU the float output buffer is reused from step to step,
+    since every step is done with its input before the next batch is made."""
+    reuse = device.type == "cpu"
+    out = None
+    copies = torch.cuda.Stream(device) if device.type == "cuda" and copy_stream else None
+    for images, labels in loader:
+        if copies is None:
+            images = images.to(device, non_blocking=True)
+            labels = labels.to(device, non_blocking=True)
+        else:
+            with torch.cuda.stream(copies):  # overlaps the step that the consumer has just queued
+                images = images.to(device, non_blocking=True)
+                labels = labels.to(device, non_blocking=True)
+            step = torch.cuda.current_stream(device)
+            step.wait_stream(copies)  # this batch's augmentation starts once it has arrived
+            images.record_stream(step)  # made on the copy stream, used on the step's: not reused before
+            labels.record_stream(step)
+        if out is not None and out.shape[0] != images.shape[0]:
+            out = None
+        x = augment(images, generator, out=out)
+        if reuse:
+            out = x.permute(0, 2, 3, 1)  # the (B, crop, crop, C) storage behind x
+        yield (x.contiguous(memory_format=torch.channels_last) if channels_last else x), labels
+
+
 class EvalPreprocess:
     """Test-time crops of a uint8 batch (N, S, S, C): the centre patch, or section 4.1's ten patches.
 

@@ -24,16 +24,11 @@ from __future__ import annotations
 
 import os
 import zlib
-from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from alexnet.errors import UserError
-
-if TYPE_CHECKING:  # the pool imports this module's writer in its workers
-    from alexnet.data.pool import ChunkResult, Task
 
 QUALITY = 90
 MAGIC = b"AXJPEG01"
@@ -144,29 +139,6 @@ def part_index(folder: Path, part: int, expected: int) -> np.ndarray:
     rows = np.empty((expected, INDEX_COLUMNS), np.int64)
     rows[:, 0], rows[:, 1], rows[:, 2], rows[:, 3] = part, offsets, lengths, crcs
     return rows
-
-
-def encode_chunk(task: "Task") -> "ChunkResult":
-    """Decode one prepare chunk (an :class:`alexnet.data.pool.Task`), encode each image as JPEG,
-    write the chunk's part, and return the failures, notes and pixel sums of the images as they
-    decode from the JPEGs (what training will see). Runs in a worker process."""
-    from alexnet.data.pool import ChunkResult, decoded_images
-    from alexnet.data.statistics import pixel_sums
-
-    failures, notes = [], Counter()
-    decoded = np.zeros((len(task), task.size, task.size, task.channels), np.uint8)
-    good = np.ones(len(task), bool)
-    payloads: list[bytes] = []
-    for i, pixels in decoded_images(task, notes, failures):
-        good[i] = pixels is not None
-        payloads.append(b"" if pixels is None else encode(pixels, task.quality))
-        if pixels is not None:
-            decode_into(payloads[-1], decoded[i])
-    write_part(Path(task.out_file), payloads)
-    result = ChunkResult(task.split, task.chunk, task.start, failures, notes, None, None, int(good.sum()))
-    if task.with_stats:
-        result.sum_image, result.sum_outer = pixel_sums(decoded[good])
-    return result
 
 
 # --- reading (training) ----------------------------------------------------------------------

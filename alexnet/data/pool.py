@@ -21,12 +21,13 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
 from PIL import Image
 
-from alexnet.data import idx
+from alexnet.data import idx, jpeg
 from alexnet.data.images import BadImage, decode_array, decode_file
 from alexnet.data.statistics import pixel_sums
 from alexnet.display import printable
@@ -141,20 +142,28 @@ def decoded_images(task: Task, notes: Counter, failures: list) -> Iterator[tuple
 
 
 def decode_chunk(task: Task) -> ChunkResult:
-    """Decode one chunk into its rows of the output; runs in a worker process."""
+    """Decode one chunk into its rows of the output, or for a JPEG store encode each image into the
+    chunk's part file (:mod:`alexnet.data.jpeg`), whose pixel sums are then those of the images as
+    they decode from the JPEGs (what training will see); runs in a worker process."""
     if task.encoding == "jpeg":
-        from alexnet.data.jpeg import encode_chunk
-
-        return encode_chunk(task)
-    out = _output(task.out_file, os.stat(task.out_file).st_ino)  # the inode: a rebuilt file is a new map
+        rows, payloads = np.zeros((len(task), task.size, task.size, task.channels), np.uint8), []
+    else:  # the inode: a rebuilt file is a new map
+        rows, payloads = _output(task.out_file, os.stat(task.out_file).st_ino)[task.start : task.start + len(task)], None
     failures, notes = [], Counter()
     good = np.ones(len(task), bool)
     for i, pixels in decoded_images(task, notes, failures):
         good[i] = pixels is not None
-        out[task.start + i] = 0 if pixels is None else pixels
+        if payloads is None:
+            rows[i] = 0 if pixels is None else pixels
+            continue
+        payloads.append(b"" if pixels is None else jpeg.encode(pixels, task.quality))
+        if pixels is not None:
+            jpeg.decode_into(payloads[-1], rows[i])
+    if payloads is not None:
+        jpeg.write_part(Path(task.out_file), payloads)
     result = ChunkResult(task.split, task.chunk, task.start, failures, notes, None, None, int(good.sum()))
     if task.with_stats:
-        result.sum_image, result.sum_outer = pixel_sums(out[task.start : task.start + len(task)][good])
+        result.sum_image, result.sum_outer = pixel_sums(rows[good])
     return result
 
 

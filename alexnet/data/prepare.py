@@ -228,6 +228,44 @@ def prepare_store(
     ``val_labels`` / ``val_labels_base``: the file labelling a flat ``val/`` folder and the number of
     its first class (:mod:`alexnet.data.val_labels`); recorded in the manifest's ``val_labels``.
     """
+    _check_settings(image_size, max_pixels, seed, encoding, quality, channels)
+    quality_given = quality is not None
+    quality = jpeg.QUALITY if quality is None else int(quality)
+    channels = str(channels)
+    if workers is None:
+        workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    out = Path(out).expanduser()
+    _check_out(Path(source).expanduser(), out, force)
+    plan = read_source(source, val_fraction=val_fraction, seed=seed, val_labels=val_labels, val_labels_base=val_labels_base,
+                       image_size=image_size)
+    out.mkdir(parents=True, exist_ok=True)
+    if (out / MANIFEST).exists():
+        clear_store(out)
+        _clear_jpeg(out)
+    size = image_size
+    chosen = choose_encoding(encoding, plan, size, channels)
+    if chosen == "raw" and quality_given:  # only auto gets here: an explicit raw with a quality is refused above
+        log("note: --jpeg-quality is ignored: the store is raw (chosen by --encoding auto for a small set)")
+    encoding = chosen
+    if encoding == "jpeg":
+        jpeg._simplejpeg()  # a missing decoder is one clear line now, not a failure in every worker
+    chunk_size = chunk_size or (IDX_CHUNK if plan.kind == "idx" else JPEG_FILE_CHUNK if encoding == "jpeg" else FILE_CHUNK)
+    fingerprint = f"{plan.fingerprint(size)}:{max_pixels}" + (f":jpeg{quality}" if encoding == "jpeg" else "")
+    progress, resumed = _progress_to_continue(plan, out, size, channels, encoding, fingerprint, chunk_size, log)
+    c = progress.channels
+
+    if progress.state == "decoding":
+        _decode_all(plan, out, size, c, max_pixels, chunk_size, workers, progress, progress_bar, checkpoint_seconds, encoding, quality)
+        missing = sum(int((~d).sum()) for d in progress.done.values())
+        if missing:
+            raise RuntimeError(f"{missing} chunks were not decoded")
+    store, skipped = _finish(plan, out, size, c, progress, encoding, quality)
+    summary = _summary(store, skipped, out)
+    return PrepareResult(store, skipped, resumed, summary, list(plan.notes))
+
+
+def _check_settings(image_size: int, max_pixels: int, seed: int, encoding: str, quality: int | None, channels) -> None:
+    """Refuse settings out of range, in the words of the flags that give them."""
     if image_size < 1:
         raise UserError(f"--image-size must be a positive number of pixels, got {image_size}")
     if image_size > MAX_IMAGE_SIZE:
@@ -245,14 +283,13 @@ def prepare_store(
                         "drop --jpeg-quality, or use --encoding jpeg")
     if quality is not None and not 1 <= int(quality) <= 100:
         raise UserError(f"--jpeg-quality must be between 1 and 100, got {quality}")
-    quality_given = quality is not None
-    quality = jpeg.QUALITY if quality is None else int(quality)
     if str(channels) not in ("auto", "1", "3"):
         raise UserError(f"--channels must be auto, 1 or 3, got {channels}")
-    channels = str(channels)
-    if workers is None:
-        workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    out = Path(out).expanduser()
+
+
+def _check_out(source: Path, out: Path, force: bool) -> None:
+    """Refuse an OUT that is a file, a complete store (without ``force``), a folder of other files,
+    or a folder that ``source``'s layout reads."""
     if out.exists() and not out.is_dir():
         raise UserError(f"{out} is a file; give a folder for the store")
     if (out / MANIFEST).exists() and not force:
@@ -261,26 +298,15 @@ def prepare_store(
     if foreign:  # --force rebuilds a store, never writes one among other files
         raise UserError(f"{out} holds other files than a store ({', '.join(map(printable, foreign[:3]))}"
                         f"{', ...' if len(foreign) > 3 else ''}); prepare into a new or empty folder")
-    _refuse_out_in_source(Path(source).expanduser(), out)
-    plan = read_source(source, val_fraction=val_fraction, seed=seed, val_labels=val_labels, val_labels_base=val_labels_base,
-                       image_size=image_size)
-    out.mkdir(parents=True, exist_ok=True)
-    if (out / MANIFEST).exists():
-        clear_store(out)
-        _clear_jpeg(out)
-    size = image_size
-    chosen = choose_encoding(encoding, plan, size, channels)
-    if chosen == "raw" and quality_given:  # only auto gets here: an explicit raw with a quality is refused above
-        log("note: --jpeg-quality is ignored: the store is raw (chosen by --encoding auto for a small set)")
-    encoding = chosen
-    if encoding == "jpeg":
-        jpeg._simplejpeg()  # a missing decoder is one clear line now, not a failure in every worker
-    chunk_size = chunk_size or (IDX_CHUNK if plan.kind == "idx" else JPEG_FILE_CHUNK if encoding == "jpeg" else FILE_CHUNK)
-    fingerprint = f"{plan.fingerprint(size)}:{max_pixels}" + (f":jpeg{quality}" if encoding == "jpeg" else "")
-    chunks = {name: -(-len(split) // chunk_size) for name, split in plan.splits.items()}
+    _refuse_out_in_source(source, out)
 
+
+def _progress_to_continue(plan: Plan, out: Path, size: int, channels: str, encoding: str, fingerprint: str,
+                          chunk_size: int, log: Callable[[str], None]) -> tuple[Progress, int]:
+    """The progress record of an interrupted prepare of the same data and settings and the chunks it
+    has done; otherwise a new record over an emptied folder (a raw store's arrays allocated) and 0."""
+    chunks = {name: -(-len(split) // chunk_size) for name, split in plan.splits.items()}
     progress = Progress.load(out / PROGRESS)
-    resumed = 0
     if encoding == "jpeg":
         resumable = _can_resume_jpeg(progress, plan, out, fingerprint, chunk_size, channels)
     else:
@@ -292,33 +318,24 @@ def prepare_store(
     if resumable:
         resumed = int(sum(d.sum() for d in progress.done.values()))
         log(f"resuming an interrupted prepare of {out}: {resumed} of {sum(chunks.values())} chunks already done")
-    else:
-        leftovers = any((out / f).exists() for s in ("train", "val") for f in (images_file(s), jpeg.part_dir(s)))
-        if not changed and (progress is not None or leftovers):
-            log(f"starting {out} afresh (the previous, unfinished run was for other data or settings)")
-        clear_store(out)
-        _clear_jpeg(out)
-        c = _choose_channels(plan, channels)
-        progress = Progress(fingerprint, c, chunk_size, chunks, size)
+        return progress, resumed
+    leftovers = any((out / f).exists() for s in ("train", "val") for f in (images_file(s), jpeg.part_dir(s)))
+    if not changed and (progress is not None or leftovers):
+        log(f"starting {out} afresh (the previous, unfinished run was for other data or settings)")
+    clear_store(out)
+    _clear_jpeg(out)
+    c = _choose_channels(plan, channels)
+    progress = Progress(fingerprint, c, chunk_size, chunks, size)
+    if encoding == "jpeg":
+        _warn_if_short_of_disk(out, sum(len(split) for split in plan.splits.values()) * size * size * c, log)
+    for name, split in plan.splits.items():
         if encoding == "jpeg":
-            _warn_if_short_of_disk(out, sum(len(split) for split in plan.splits.values()) * size * size * c, log)
-        for name, split in plan.splits.items():
-            if encoding == "jpeg":
-                (out / jpeg.part_dir(name)).mkdir()
-                continue
-            np.lib.format.open_memmap(out / images_file(name), mode="w+", dtype=np.uint8, shape=(len(split), size, size, c))
-            _reserve_disk(out / images_file(name))
-        progress.save(out / PROGRESS)
-    c = progress.channels
-
-    if progress.state == "decoding":
-        _decode_all(plan, out, size, c, max_pixels, chunk_size, workers, progress, progress_bar, checkpoint_seconds, encoding, quality)
-        missing = sum(int((~d).sum()) for d in progress.done.values())
-        if missing:
-            raise RuntimeError(f"{missing} chunks were not decoded")
-    store, skipped = _finish(plan, out, size, c, progress, encoding, quality)
-    summary = _summary(store, skipped, out)
-    return PrepareResult(store, skipped, resumed, summary, list(plan.notes))
+            (out / jpeg.part_dir(name)).mkdir()
+            continue
+        np.lib.format.open_memmap(out / images_file(name), mode="w+", dtype=np.uint8, shape=(len(split), size, size, c))
+        _reserve_disk(out / images_file(name))
+    progress.save(out / PROGRESS)
+    return progress, 0
 
 
 def _decode_all(plan, out, size, c, max_pixels, chunk_size, workers, progress: Progress, progress_bar, checkpoint_seconds,
@@ -369,6 +386,37 @@ def _decode_all(plan, out, size, c, max_pixels, chunk_size, workers, progress: P
 
 def _finish(plan: Plan, out: Path, size: int, c: int, progress: Progress, encoding: str = "raw", quality: int = jpeg.QUALITY) -> tuple[Store, list[dict]]:
     """Check the classes, fill the skipped rows, write labels, statistics, report, then the manifest."""
+    bad, skipped = _skipped(plan, out, progress)
+    moves = _moves(plan, out, bad)
+    if progress.state == "decoding" and encoding == "raw":
+        for name, (n_good, holes_in, sources) in moves.items():
+            if len(holes_in):
+                images = np.load(out / images_file(name), mmap_mode="r+")
+                for k in range(0, len(holes_in), 256):  # a bounded number of rows in memory at a time
+                    images[holes_in[k : k + 256]] = images[sources[k : k + 256]]
+                images.flush()
+                del images
+        progress.state = "filled"  # rows below n_good are final; the sources above are never written again
+        progress.save(out / PROGRESS)
+    splits_info = {name: _write_split(plan, name, out, progress, moves[name], encoding) for name in plan.splits}
+    if "val" in splits_info:
+        unmeasured = [printable(plan.class_names[i]) for i, n in enumerate(splits_info["val"]["per_class"]) if n == 0]
+        if unmeasured:
+            plan.notes.append(f"{len(unmeasured)} of {len(plan.class_ids)} classes have no validation image "
+                              f"({', '.join(unmeasured[:5])}{', ...' if len(unmeasured) > 5 else ''}): "
+                              "the validation error says nothing about them")
+
+    mean_image, eigenvalues, eigenvectors, covariance = pixel_statistics(progress.sum_image, progress.sum_outer, progress.count)
+    atomic_savez(out / STATS, mean_image=mean_image, pca_eigenvalues=eigenvalues, pca_eigenvectors=eigenvectors, pixel_covariance=covariance)
+    manifest = _manifest(plan, size, c, encoding, quality, splits_info, len(skipped))
+    atomic_write_json(out / MANIFEST, manifest)  # last: from here on the store is complete
+    os.unlink(out / PROGRESS)
+    return open_store(out), skipped
+
+
+def _skipped(plan: Plan, out: Path, progress: Progress) -> tuple[dict[str, dict[int, str]], list[dict]]:
+    """The rows that could not be decoded ({split: {row: reason}}) and every file skipped with its
+    reason, the latter written into the store's report with the files ignored and the conversions."""
     bad = {name: {} for name in plan.splits}
     for split, i, reason in progress.failures:
         bad[split][i] = reason
@@ -380,7 +428,12 @@ def _finish(plan: Plan, out: Path, size: int, c: int, progress: Progress, encodi
     report = {"source": str(plan.source), "skipped": skipped, "ignored": plan.ignored,
               "conversions": dict(sorted(progress.notes.items()))}
     atomic_write_json(out / REPORT, report)
+    return bad, skipped
 
+
+def _moves(plan: Plan, out: Path, bad: dict[str, dict[int, str]]) -> dict[str, tuple]:
+    """Per split (rows kept, the skipped rows below that count, the kept rows above it that fill
+    them), once every class has a usable training image and the validation split one image."""
     keep = {}
     for name, split in plan.splits.items():
         mask = np.ones(len(split), bool)
@@ -397,7 +450,6 @@ def _finish(plan: Plan, out: Path, size: int, c: int, progress: Progress, encodi
         )
     if "val" in keep and not keep["val"].any():  # training validates every epoch: no store without val images
         raise UserError(f"none of the validation images could be read (reasons in {out / REPORT}); fix them, or add readable ones")
-
     moves = {}
     for name in plan.splits:
         holes = np.flatnonzero(~keep[name])
@@ -405,47 +457,34 @@ def _finish(plan: Plan, out: Path, size: int, c: int, progress: Progress, encodi
         holes_in = holes[holes < n_good]
         sources = np.flatnonzero(keep[name][n_good:]) + n_good
         moves[name] = (n_good, holes_in, sources)
-    if progress.state == "decoding" and encoding == "raw":
-        for name, (n_good, holes_in, sources) in moves.items():
-            if len(holes_in):
-                images = np.load(out / images_file(name), mmap_mode="r+")
-                for k in range(0, len(holes_in), 256):  # a bounded number of rows in memory at a time
-                    images[holes_in[k : k + 256]] = images[sources[k : k + 256]]
-                images.flush()
-                del images
-        progress.state = "filled"  # rows below n_good are final; the sources above are never written again
-        progress.save(out / PROGRESS)
+    return moves
 
-    splits_info = {}
-    for name, split in plan.splits.items():
-        n_good, holes_in, sources = moves[name]
-        if encoding == "jpeg":
-            folder = out / jpeg.part_dir(name)
-            step = progress.chunk_size
-            try:
-                index = np.concatenate([jpeg.part_index(folder, k, min(step, len(split) - k * step)) for k in range(len(progress.done[name]))])
-            except (OSError, ValueError) as e:
-                raise UserError(f"a part of the unfinished store {out} is missing or damaged ({e}); rerun with --force to start afresh") from None
-            index[holes_in] = index[sources]
-            atomic_save_npy(out / jpeg.index_file(name), index[:n_good])
-        else:
-            set_npy_rows(out / images_file(name), n_good)
-        labels = split.labels.copy()
-        labels[holes_in] = split.labels[sources]
-        labels = labels[:n_good]
-        atomic_save_npy(out / labels_file(name), labels)
-        splits_info[name] = {"count": n_good, "per_class": np.bincount(labels, minlength=len(plan.class_ids)).tolist()}
 
-    if "val" in splits_info:
-        unmeasured = [printable(plan.class_names[i]) for i, n in enumerate(splits_info["val"]["per_class"]) if n == 0]
-        if unmeasured:
-            plan.notes.append(f"{len(unmeasured)} of {len(plan.class_ids)} classes have no validation image "
-                              f"({', '.join(unmeasured[:5])}{', ...' if len(unmeasured) > 5 else ''}): "
-                              "the validation error says nothing about them")
+def _write_split(plan: Plan, name: str, out: Path, progress: Progress, move: tuple, encoding: str) -> dict:
+    """Cut split ``name`` to its kept rows (a JPEG store's index, a raw store's array) and write its
+    labels in the same order; returns its count and images per class."""
+    split = plan.splits[name]
+    n_good, holes_in, sources = move
+    if encoding == "jpeg":
+        folder = out / jpeg.part_dir(name)
+        step = progress.chunk_size
+        try:
+            index = np.concatenate([jpeg.part_index(folder, k, min(step, len(split) - k * step)) for k in range(len(progress.done[name]))])
+        except (OSError, ValueError) as e:
+            raise UserError(f"a part of the unfinished store {out} is missing or damaged ({e}); rerun with --force to start afresh") from None
+        index[holes_in] = index[sources]
+        atomic_save_npy(out / jpeg.index_file(name), index[:n_good])
+    else:
+        set_npy_rows(out / images_file(name), n_good)
+    labels = split.labels.copy()
+    labels[holes_in] = split.labels[sources]
+    labels = labels[:n_good]
+    atomic_save_npy(out / labels_file(name), labels)
+    return {"count": n_good, "per_class": np.bincount(labels, minlength=len(plan.class_ids)).tolist()}
 
-    mean_image, eigenvalues, eigenvectors, covariance = pixel_statistics(progress.sum_image, progress.sum_outer, progress.count)
-    atomic_savez(out / STATS, mean_image=mean_image, pca_eigenvalues=eigenvalues, pca_eigenvectors=eigenvectors, pixel_covariance=covariance)
 
+def _manifest(plan: Plan, size: int, c: int, encoding: str, quality: int, splits_info: dict, skipped: int) -> dict:
+    """What ``manifest.json`` says of the store: its format, source, images, splits and notes."""
     from alexnet import __version__
 
     manifest = {
@@ -461,7 +500,7 @@ def _finish(plan: Plan, out: Path, size: int, c: int, progress: Progress, encodi
         "classes": plan.class_names,
         "class_ids": plan.class_ids,
         "splits": splits_info,
-        "skipped": len(skipped),
+        "skipped": skipped,
         "preprocessing": (
             f"shorter side rescaled to {size} (Lanczos), central {size}x{size} kept; "
             "transparency composited on white; 16-bit scaled to 8-bit; EXIF orientation applied"
@@ -472,9 +511,7 @@ def _finish(plan: Plan, out: Path, size: int, c: int, progress: Progress, encodi
     if encoding == "jpeg":
         manifest["jpeg_quality"] = quality
         manifest["preprocessing"] += f"; stored as JPEG, quality {quality}, " + ("grayscale" if c == 1 else "4:2:0 chroma")
-    atomic_write_json(out / MANIFEST, manifest)  # last: from here on the store is complete
-    os.unlink(out / PROGRESS)
-    return open_store(out), skipped
+    return manifest
 
 
 def _relative(path: str, source: Path) -> str:

@@ -368,20 +368,26 @@ def _read_folders(source: Path, val_fraction: float | None, seed: int, val_label
         plan.kind = "ilsvrc"
         plan.splits["val"] = _ilsvrc_val(source, val_root, lister, plan, val_labels, val_labels_base)
     else:
-        unknown = sorted(set(val_classes) - set(class_ids))
-        if unknown:
-            raise UserError(f"{printable(str(val_root))} has class folders that train/ lacks: {printable(', '.join(unknown[:5]))}; make the two lists match")
-        _, val_files = lister.folders(val_root)
-        plan.skipped += [{"split": "val", "path": _relative(f, source), "reason": "outside any class folder"} for f in val_files]
-        paths, labels = [], []
-        for c in val_classes:
-            files = lister.files(val_root / c)
-            if not files:
-                _require_listable(val_root / c, "validation class folder")
-            paths += files
-            labels += [index[c]] * len(files)
-        plan.splits["val"] = SplitPlan("val", np.asarray(labels, np.int64), paths)
+        plan.splits["val"] = _val_class_folders(source, val_root, val_classes, index, lister, plan)
     return plan
+
+
+def _val_class_folders(source: Path, val_root: Path, val_classes: list[str], index: dict[str, int],
+                       lister: "_Lister", plan: Plan) -> SplitPlan:
+    """The validation split of a val/ folder of class folders (``index``: the training classes)."""
+    unknown = sorted(set(val_classes) - set(index))
+    if unknown:
+        raise UserError(f"{printable(str(val_root))} has class folders that train/ lacks: {printable(', '.join(unknown[:5]))}; make the two lists match")
+    _, val_files = lister.folders(val_root)
+    plan.skipped += [{"split": "val", "path": _relative(f, source), "reason": "outside any class folder"} for f in val_files]
+    paths, labels = [], []
+    for c in val_classes:
+        files = lister.files(val_root / c)
+        if not files:
+            _require_listable(val_root / c, "validation class folder")
+        paths += files
+        labels += [index[c]] * len(files)
+    return SplitPlan("val", np.asarray(labels, np.int64), paths)
 
 
 def _refuse_a_class_named_like_a_split(source: Path, top_dirs: list[str], has_train: bool, class_ids: list[str],

@@ -61,7 +61,8 @@ def run_result(run_dir: Path, store: Store, metrics: list[dict], *, batch_size: 
     """The numbers of one finished run: the last epoch's validation error (centre crop) and the
     error on an equal-sized, evenly spread part of the training set measured the same way (eval
     mode, centre crop), whose difference is the train-validation gap."""
-    from alexnet.evaluate import evaluate, load_member
+    from alexnet.evaluate import evaluate
+    from alexnet.trained import load_member
 
     last = metrics[-1]
     member = load_member(str(run_dir / "last.pt"), torch.device("cpu"))

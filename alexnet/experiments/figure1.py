@@ -31,7 +31,7 @@ from alexnet.errors import UserError
 from alexnet.experiments.four_layer import POINTS_PER_EPOCH, train_four_layer
 from alexnet.experiments.runs import (Log, count, experiment_folder, experiment_inputs, finite, mean_std, pct,
                                      read_json_table, train_or_resume)
-from alexnet.training.inputs import loader_threads
+from alexnet.data.loader import loader_threads
 
 FOUR_LAYER_LRS = (0.003, 0.01, 0.03, 0.1)
 OTHER_LEVELS = (0.5, 0.4, 0.3, 0.25, 0.2, 0.15, 0.1, 0.05)  # also read off the same curves
@@ -98,87 +98,32 @@ def _relu_vs_tanh(data, out, *, seeds, epochs, level, net, lrs, base, batch_size
     if net == "four-layer" and batch_size > train_images:
         raise UserError(f"--batch-size {batch_size} is more than the {train_images} training images of {data}; "
                         f"use at most {train_images}")
-    every = max(1, train_images // batch_size // POINTS_PER_EPOCH)
     # a cached run counts only for the same settings on the same data: a digest of the store's manifest,
     # the same for a copy of the store elsewhere (a moved experiment folder keeps its runs)
-    settings = dict(net=net, epochs=epochs, batch_size=batch_size, points_every_steps=every,
-                    store=store_identity(store))
+    settings = dict(net=net, epochs=epochs, batch_size=batch_size,
+                    points_every_steps=max(1, train_images // batch_size // POINTS_PER_EPOCH), store=store_identity(store))
 
     def one(activation: str, lr: float, seed: int) -> dict:
         name = f"{activation}-lr{_lr_name(lr)}-seed{seed}"
         if net == "alexnet":
-            from alexnet.training import NonFiniteError, read_metrics
-
             config = base.replace(activation=activation, lr=lr, seed=seed, epochs=epochs)
-            log(f"figure 1: {name} (small AlexNet) in {runs_dir / name}")
-            diverged = False
-            try:
-                metrics = train_or_resume(config, data, runs_dir / name, show_progress=show_progress, log=log)
-            except NonFiniteError as e:
-                log(f"figure 1: {name} diverged: {e}")
-                metrics, diverged = read_metrics(runs_dir / name), True
-            points = [dict(step=m["global_step"], epoch=float(m["epoch"]), train_error=m["train_top1_error"],
-                           train_loss=m["train_loss"]) for m in metrics]
-            return dict(activation=activation, lr=lr, seed=seed, points=points, diverged=diverged)
-        cached = runs_dir / f"{name}.json"
-        if cached.is_file():
-            saved = read_json_table(cached)
-            if saved.get("settings") == settings and saved.get("lr") == lr:
-                log(f"figure 1: {name} done before, kept ({cached})")
-                return saved
-        log(f"figure 1: {name} (four-layer CNN)")
-        result = train_four_layer(store, activation=activation, lr=lr, seed=seed, epochs=epochs,
-                                  batch_size=batch_size, points_every_steps=every,
-                                  workers=max(1, loader_threads(base.loader_workers, "raw", torch.device("cpu"))),
-                                  show_progress=show_progress)
-        result = dict(activation=activation, lr=lr, seed=seed, settings=settings, **result)
-        runs_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(cached, result)
-        return result
-
-    def score(run: dict) -> tuple:
-        reached = steps_to_level(run["points"], level)
-        final = run["points"][-1]["train_error"] if run["points"] and not run["diverged"] else math.inf
-        return (reached if reached is not None else math.inf, final)
+            return _alexnet_run(config, data, runs_dir / name, name, activation, lr, seed,
+                                show_progress=show_progress, log=log)
+        workers = max(1, loader_threads(base.loader_workers, "raw", torch.device("cpu")))
+        return _four_layer_run(store, runs_dir / f"{name}.json", name, settings, activation, lr, seed, workers,
+                               show_progress=show_progress, log=log)
 
     seed_list = list(range(seeds))
-    chosen, tuning, runs = {}, {}, []
-    for activation in ("relu", "tanh"):
-        trials = [one(activation, lr, seed_list[0]) for lr in lrs]
-        best = min(trials, key=score)
-        chosen[activation] = best["lr"]
-        tuning[activation] = [dict(lr=t["lr"], steps_to_level=steps_to_level(t["points"], level),
-                                   final_train_error=t["points"][-1]["train_error"] if t["points"] else None,
-                                   diverged=t["diverged"]) for t in trials]
-        if len(lrs) > 1:
-            log(f"figure 1: {activation}: lr {best['lr']:g} chosen of {', '.join(map(_lr_name, lrs))} (fastest on seed {seed_list[0]})")
-        runs += [best] + [one(activation, best["lr"], s) for s in seed_list[1:]]
-
-    steps_per_epoch = None if net == "alexnet" else runs[0]["steps_per_epoch"]
-    per_seed = []
-    for seed in seed_list:
-        r, t = _run(runs, "relu", seed), _run(runs, "tanh", seed)
-        sr, st = steps_to_level(r["points"], level), steps_to_level(t["points"], level)
-        per_seed.append(dict(seed=seed, relu_steps=sr, tanh_steps=st,
-                             relu_epochs=_epoch_at(r["points"], sr), tanh_epochs=_epoch_at(t["points"], st),
-                             speedup=(st / sr) if sr and st else None,
-                             speedup_at_least=(t["points"][-1]["step"] / sr) if sr and st is None and t["points"] else None))
+    chosen, tuning, runs = _runs_at_chosen_lrs(one, lrs, seed_list, level, log)
+    per_seed = _per_seed(runs, seed_list, level)
     ratios = [p["speedup"] for p in per_seed if p["speedup"] is not None]
-    by_level = []  # the same runs read at other error levels
-    for lv in sorted(set(OTHER_LEVELS) | {level}, reverse=True):
-        steps = [(steps_to_level(_run(runs, "relu", s)["points"], lv), steps_to_level(_run(runs, "tanh", s)["points"], lv))
-                 for s in seed_list]
-        both = [t / r for r, t in steps if r and t]
-        by_level.append(dict(level=lv, relu_reached=sum(r is not None for r, _ in steps),
-                             tanh_reached=sum(t is not None for _, t in steps),
-                             speedup_mean=float(np.mean(both)) if both else None,
-                             speedup_std=finite(mean_std(both)[1]) if both else None))
     summary = dict(
         experiment="relu-vs-tanh", net=net, data=str(data), builtin_data=builtin, epochs=epochs, seeds=seed_list,
         error_level=level, batch_size=batch_size if net == "four-layer" else base.batch_size_per_device,
-        steps_per_epoch=steps_per_epoch, lr=chosen, lr_candidates=lrs, lr_tuning=tuning, per_seed=per_seed,
+        steps_per_epoch=None if net == "alexnet" else runs[0]["steps_per_epoch"], lr=chosen, lr_candidates=lrs,
+        lr_tuning=tuning, per_seed=per_seed,
         speedup_mean=float(np.mean(ratios)) if ratios else None,
-        speedup_std=finite(mean_std(ratios)[1]) if ratios else None, by_level=by_level,
+        speedup_std=finite(mean_std(ratios)[1]) if ratios else None, by_level=_by_level(runs, seed_list, level),
         base_config=base.to_dict() if net == "alexnet" else None,
         curves=[dict(activation=r["activation"], seed=r["seed"], lr=r["lr"], diverged=r["diverged"], points=r["points"])
                 for r in runs],
@@ -191,6 +136,93 @@ def _relu_vs_tanh(data, out, *, seeds, epochs, level, net, lrs, base, batch_size
     log(f"figure 1: {speedup_sentence(summary)}")
     log(f"figure 1: wrote {out / 'relu_vs_tanh.md'}, {out / 'relu_vs_tanh.json'}, {out / 'relu_vs_tanh.png'}")
     return summary
+
+
+def _alexnet_run(config: TrainConfig, data, run_dir: Path, name: str, activation: str, lr: float, seed: int, *,
+                 show_progress: bool, log: Log) -> dict:
+    """One small AlexNet of ``config`` trained (or resumed) in ``run_dir``, one point per epoch; a
+    run that diverges keeps the epochs it finished."""
+    from alexnet.figures.report import read_metrics
+    from alexnet.training import NonFiniteError
+
+    log(f"figure 1: {name} (small AlexNet) in {run_dir}")
+    diverged = False
+    try:
+        metrics = train_or_resume(config, data, run_dir, show_progress=show_progress, log=log)
+    except NonFiniteError as e:
+        log(f"figure 1: {name} diverged: {e}")
+        metrics, diverged = read_metrics(run_dir), True
+    points = [dict(step=m["global_step"], epoch=float(m["epoch"]), train_error=m["train_top1_error"],
+                   train_loss=m["train_loss"]) for m in metrics]
+    return dict(activation=activation, lr=lr, seed=seed, points=points, diverged=diverged)
+
+
+def _four_layer_run(store, cached: Path, name: str, settings: dict, activation: str, lr: float, seed: int,
+                    workers: int, *, show_progress: bool, log: Log) -> dict:
+    """One four-layer CNN trained with ``settings``, or its result from ``cached`` when that was
+    trained with the same settings and lr."""
+    if cached.is_file():
+        saved = read_json_table(cached)
+        if saved.get("settings") == settings and saved.get("lr") == lr:
+            log(f"figure 1: {name} done before, kept ({cached})")
+            return saved
+    log(f"figure 1: {name} (four-layer CNN)")
+    result = train_four_layer(store, activation=activation, lr=lr, seed=seed, epochs=settings["epochs"],
+                              batch_size=settings["batch_size"], points_every_steps=settings["points_every_steps"],
+                              workers=workers, show_progress=show_progress)
+    result = dict(activation=activation, lr=lr, seed=seed, settings=settings, **result)
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(cached, result)
+    return result
+
+
+def _runs_at_chosen_lrs(one, lrs: list[float], seed_list: list[int], level: float, log: Log) -> tuple[dict, dict, list]:
+    """Per activation, the first seed trained at every lr and the fastest to ``level`` (else the
+    lowest final training error) kept for the other seeds: (lr chosen, the trials, the runs kept)."""
+    def score(run: dict) -> tuple:
+        reached = steps_to_level(run["points"], level)
+        final = run["points"][-1]["train_error"] if run["points"] and not run["diverged"] else math.inf
+        return (reached if reached is not None else math.inf, final)
+
+    chosen, tuning, runs = {}, {}, []
+    for activation in ("relu", "tanh"):
+        trials = [one(activation, lr, seed_list[0]) for lr in lrs]
+        best = min(trials, key=score)
+        chosen[activation] = best["lr"]
+        tuning[activation] = [dict(lr=t["lr"], steps_to_level=steps_to_level(t["points"], level),
+                                   final_train_error=t["points"][-1]["train_error"] if t["points"] else None,
+                                   diverged=t["diverged"]) for t in trials]
+        if len(lrs) > 1:
+            log(f"figure 1: {activation}: lr {best['lr']:g} chosen of {', '.join(map(_lr_name, lrs))} (fastest on seed {seed_list[0]})")
+        runs += [best] + [one(activation, best["lr"], s) for s in seed_list[1:]]
+    return chosen, tuning, runs
+
+
+def _per_seed(runs: list[dict], seed_list: list[int], level: float) -> list[dict]:
+    """Per seed, the steps (and epochs) each activation took to ``level`` and their ratio."""
+    per_seed = []
+    for seed in seed_list:
+        r, t = _run(runs, "relu", seed), _run(runs, "tanh", seed)
+        sr, st = steps_to_level(r["points"], level), steps_to_level(t["points"], level)
+        per_seed.append(dict(seed=seed, relu_steps=sr, tanh_steps=st,
+                             relu_epochs=_epoch_at(r["points"], sr), tanh_epochs=_epoch_at(t["points"], st),
+                             speedup=(st / sr) if sr and st else None,
+                             speedup_at_least=(t["points"][-1]["step"] / sr) if sr and st is None and t["points"] else None))
+    return per_seed
+
+
+def _by_level(runs: list[dict], seed_list: list[int], level: float) -> list[dict]:
+    """The same runs read at other training-error levels: how many reached each, and the ratio."""
+    by_level = []
+    for lv in sorted(set(OTHER_LEVELS) | {level}, reverse=True):
+        steps = [(steps_to_level(_run(runs, "relu", s)["points"], lv), steps_to_level(_run(runs, "tanh", s)["points"], lv))
+                 for s in seed_list]
+        both = [t / r for r, t in steps if r and t]
+        by_level.append(dict(level=lv, relu_reached=sum(r is not None for r, _ in steps),
+                             tanh_reached=sum(t is not None for _, t in steps),
+                             speedup_mean=float(np.mean(both)) if both else None,
+                             speedup_std=finite(mean_std(both)[1]) if both else None))
+    return by_level
 
 
 def _run(runs: list[dict], activation: str, seed: int) -> dict:

@@ -78,7 +78,7 @@ def train_or_resume(config: TrainConfig, data: str | Path, run_dir: Path, *, sho
     take (a variant without LRN has no block to fuse) are left out of it, with a note."""
     from alexnet.training import train
     from alexnet.training.recipe import model_args
-    from alexnet.training.step_kernels import fitting_step_kernels
+    from alexnet.speed.levers import fitting_step_kernels
 
     if config.step_kernels:
         kept, left_out = fitting_step_kernels(config, model_args(config, open_store(data)), pick_device(config.device))

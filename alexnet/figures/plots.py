@@ -29,7 +29,7 @@ def output_file(out: str | Path | None, default: str | Path, *, suffixes: tuple[
     a folder of the path should be is named. Nothing goes into an export folder, which holds its
     export alone.
     """
-    from alexnet.export import is_export_dir
+    from alexnet.trained import is_export_dir
 
     default = Path(default)
     if not out:

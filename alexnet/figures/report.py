@@ -27,12 +27,29 @@ import math
 from dataclasses import fields
 from pathlib import Path
 
-from alexnet.config import RUNTIME_KEYS, TrainConfig
-from alexnet.training.run_dir import read_metrics
 from alexnet.atomic import atomic_write_bytes
+from alexnet.config import RUNTIME_KEYS, TrainConfig
 from alexnet.display import printable
 from alexnet.errors import UserError
 
+
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    """The lines of a run's metrics.jsonl, the one reader of that file (for this page, and for the
+    run itself when it resumes): none when it has none yet; a last line cut short by a crash is
+    left out; a damaged line before it is an error."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    rows = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    lines = []
+    for number, line in enumerate(rows, 1):
+        try:
+            lines.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number == len(rows):
+                break
+            raise UserError(f"{path} line {number} is damaged; remove that line to continue") from None
+    return lines
 
 
 def paper_differences(values: dict) -> dict[str, tuple]:
@@ -142,7 +159,7 @@ def _checkpoint(run: Path) -> tuple[Path | None, dict | None, str]:
 
     A damaged best.pt (an empty file, a copy cut short) falls back to last.pt, and the page says
     so; when no checkpoint there can be read, the first one's error stops the report."""
-    from alexnet import checkpoint
+    from alexnet import trained
 
     problems: list[UserError] = []
     for name in ("best.pt", "last.pt"):
@@ -150,7 +167,7 @@ def _checkpoint(run: Path) -> tuple[Path | None, dict | None, str]:
         if not path.is_file():
             continue
         try:
-            return path, checkpoint.load(path), " ".join(f"{e}; {path.name} is shown instead." for e in problems)
+            return path, trained.load(path), " ".join(f"{e}; {path.name} is shown instead." for e in problems)
         except UserError as e:
             problems.append(e)
     if problems:
@@ -158,24 +175,37 @@ def _checkpoint(run: Path) -> tuple[Path | None, dict | None, str]:
     return None, None, ""
 
 
-def _run_log(run: Path, keep_lines: int = 300) -> list[str]:
-    """log.txt's lines (the last ``keep_lines``) without the epochs' lines: none when there is no log."""
-    path = run / "log.txt"
-    if not path.is_file():
-        return []
-    try:
-        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-    except OSError:
-        return []
-    events = [line for line in lines if not line[20:].startswith("epoch ")]
-    return events[-keep_lines:] if len(events) <= keep_lines else ["...", *events[-keep_lines:]]
-
-
 def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     """Write the report of ``run_dir`` to ``out`` (default ``run_dir/report.html``); returns its path."""
-    from alexnet.figures.plots import filter_image, output_file, plot_curves
+    from alexnet.figures.plots import output_file
 
     run = Path(run_dir)
+    config = _recipe_of(run)
+    out = output_file(out, run / "report.html", suffixes=(".html", ".htm"))
+    # Rows that are not a table of measures (a damaged line, another file's content) are left out.
+    metrics = [m for m in read_metrics(run) if isinstance(m, dict) and _is_number(m.get("epoch"))]
+    ckpt_path, payload, unreadable = _checkpoint(run)
+    sections = [f"<h1>AlexNet run: {html.escape(run.name or str(run))}</h1>",
+                f"<p class='muted'>{html.escape(str(run.resolve()))}</p>",
+                *_summary(config, metrics, ckpt_path, payload, unreadable), *_recipe(config),
+                *_metrics(run, metrics), *_kernels(payload), *_run_log(run), *_evaluations_section(run)]
+    page = (
+        "<!DOCTYPE html><html><head><meta charset='utf-8'>"
+        f"<title>AlexNet run {html.escape(run.name)}</title><style>"
+        "body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
+        "table{border-collapse:collapse;margin:0.5em 0}td,th{border:1px solid #ccc;padding:2px 8px;text-align:left}"
+        "tr.changed td{background:#fff3c4;font-weight:bold}.muted{color:#777}.warn{color:#a40}"
+        "img{max-width:100%;border:1px solid #eee}</style></head><body>"
+        + "\n".join(sections) + "</body></html>\n"
+    )
+    # Names that are not valid UTF-8 (class folders, file names) are shown with U+FFFD; the page is
+    # written whole or not at all, so a failed write keeps the previous report.
+    atomic_write_bytes(out, printable(page).encode("utf-8"))
+    return out
+
+
+def _recipe_of(run: Path) -> dict:
+    """The recipe in ``run``'s config.json, or a UserError saying why ``run`` is not a run directory."""
     if not run.is_dir():
         raise UserError(f"run directory {run} does not exist; give the --out folder of 'alexnet train'")
     config_file = run / "config.json"
@@ -187,15 +217,13 @@ def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
         raise UserError(f"{config_file} is damaged (not JSON)") from None
     if not isinstance(config, dict):
         raise UserError(f"{config_file} is damaged: it holds a JSON {type(config).__name__}, not a recipe (a table of keys)")
-    out = output_file(out, run / "report.html", suffixes=(".html", ".htm"))
-    # Rows that are not a table of measures (a damaged line, another file's content) are left out.
-    metrics = [m for m in read_metrics(run) if isinstance(m, dict) and _is_number(m.get("epoch"))]
-    ckpt_path, payload, unreadable = _checkpoint(run)
+    return config
 
-    sections = [f"<h1>AlexNet run: {html.escape(run.name or str(run))}</h1>",
-                f"<p class='muted'>{html.escape(str(run.resolve()))}</p>"]
 
-    # summary
+def _summary(config: dict, metrics: list[dict], ckpt_path: Path | None, payload: dict | None,
+             unreadable: str) -> list[str]:
+    """Epochs done, the last and best errors, the time, the data and the checkpoint shown; a warning
+    when a checkpoint could not be read, or when the loss still sits at chance."""
     facts = [["epochs done", f"{len(metrics)} of {config.get('epochs', '?')}"]]
     if metrics:
         last = metrics[-1]
@@ -215,7 +243,7 @@ def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
                            f"{data.get('channels')} channel(s)"],
                   ["parameters", f"{sum(t.numel() for t in payload['model'].values()):,}"],
                   ["checkpoint shown", ckpt_path.name + _progress(payload)]]
-    sections += ["<h2>Summary</h2>", _table(None, facts)]
+    sections = ["<h2>Summary</h2>", _table(None, facts)]
     if unreadable:
         sections.append("<p class='warn'>" + html.escape(unreadable) + "</p>")
     if metrics and "classes" in (payload or {}).get("data", {}) and _is_number(metrics[-1].get("train_loss")):
@@ -224,81 +252,93 @@ def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
             sections.append(f"<p class='warn'>The training loss is still at ln(classes) = {chance:.3f} (chance): the "
                             "paper's init (N(0, 0.01), biases 1) is known to stall like this; try init 'he', a smaller "
                             "input_scale or a lower lr.</p>")
+    return sections
 
-    # recipe
+
+def _recipe(config: dict) -> list[str]:
+    """Every key of the run's recipe beside the paper's value, those that differ highlighted."""
     changed = paper_differences(config)
     paper = TrainConfig()
-    rows, classes_ = [], []
+    rows, classes = [], []
     for f in fields(TrainConfig):
         if f.name not in config:
             continue
         note = "runtime" if f.name in RUNTIME_KEYS else ("differs" if f.name in changed else "")
         rows.append([f.name, _raw(config[f.name]), _raw(getattr(paper, f.name)), note])
-        classes_.append("changed" if f.name in changed else "")
+        classes.append("changed" if f.name in changed else "")
     extra = sorted(set(config) - {f.name for f in fields(TrainConfig)})
     rows += [[k, config[k], "", "unknown key"] for k in extra]
-    classes_ += ["changed"] * len(extra)
-    sections += ["<h2>Recipe</h2>",
-                 f"<p>{len(changed)} recipe value(s) differ from the paper's (highlighted).</p>",
-                 _table(["key", "this run", "paper", ""], rows, classes_)]
+    classes += ["changed"] * len(extra)
+    return ["<h2>Recipe</h2>", f"<p>{len(changed)} recipe value(s) differ from the paper's (highlighted).</p>",
+            _table(["key", "this run", "paper", ""], rows, classes)]
 
-    # metrics and curves
-    if metrics:
-        keys = [("epoch", "epoch"), ("train_loss", "train loss"), ("train_top1_error", "train top-1 %"),
-                ("val_top1_error", "val top-1 %"), ("val_top5_error", "val top-5 %"), ("lr", "lr"),
-                ("images_per_s", "images/s"), ("epoch_seconds", "seconds")]
-        table_rows = [[(f"{100 * m[k]:.2f}" if k.endswith("error") and _is_number(m.get(k)) else m.get(k, ""))
-                       for k, _ in keys] for m in metrics]
-        curves = run / "curves.png"
-        if _is_png(curves):
-            image = curves.read_bytes()
-        else:
-            import tempfile
 
-            with tempfile.TemporaryDirectory() as tmp:
-                image = plot_curves(metrics, Path(tmp) / "curves.png").read_bytes()
-        sections += ["<h2>Training curves</h2>", _png(image, "training curves"),
-                     "<h2>Metrics per epoch</h2>", _table([h for _, h in keys], table_rows)]
+def _metrics(run: Path, metrics: list[dict]) -> list[str]:
+    """The curves (curves.png, or drawn again when it is missing) and one table row per epoch."""
+    from alexnet.figures.plots import plot_curves
+
+    if not metrics:
+        return ["<h2>Metrics</h2>", "<p>No epoch has finished yet.</p>"]
+    keys = [("epoch", "epoch"), ("train_loss", "train loss"), ("train_top1_error", "train top-1 %"),
+            ("val_top1_error", "val top-1 %"), ("val_top5_error", "val top-5 %"), ("lr", "lr"),
+            ("images_per_s", "images/s"), ("epoch_seconds", "seconds")]
+    table_rows = [[(f"{100 * m[k]:.2f}" if k.endswith("error") and _is_number(m.get(k)) else m.get(k, ""))
+                   for k, _ in keys] for m in metrics]
+    curves = run / "curves.png"
+    if _is_png(curves):
+        image = curves.read_bytes()
     else:
-        sections += ["<h2>Metrics</h2>", "<p>No epoch has finished yet.</p>"]
+        import tempfile
 
-    # figure 3
-    if payload is not None and "features.conv1.weight" in payload["model"]:
-        from PIL import Image
+        with tempfile.TemporaryDirectory() as tmp:
+            image = plot_curves(metrics, Path(tmp) / "curves.png").read_bytes()
+    return ["<h2>Training curves</h2>", _png(image, "training curves"),
+            "<h2>Metrics per epoch</h2>", _table([h for _, h in keys], table_rows)]
 
-        weight = payload["model"]["features.conv1.weight"]
-        towers = int(payload.get("model_args", {}).get("towers", 1))
-        buffer = io.BytesIO()
-        Image.fromarray(filter_image(weight, towers=towers)).save(buffer, "PNG")
-        sections += ["<h2>conv1 kernels (figure 3)</h2>",
-                     f"<p>{weight.shape[0]} kernels of {weight.shape[2]}x{weight.shape[3]}x{weight.shape[1]}, "
-                     f"one block per tower ({towers}).</p>", _png(buffer.getvalue(), "conv1 kernels")]
 
-    # what the run printed besides its epochs (starts, notes, warnings, how each start ended)
-    events = _run_log(run)
-    if events:
-        sections += ["<h2>Run log</h2>", "<p class='muted'>log.txt without its epoch lines (the metrics table "
-                     "holds those)</p>", "<pre>" + html.escape("\n".join(events)) + "</pre>"]
+def _kernels(payload: dict | None) -> list[str]:
+    """conv1's kernels as the paper's figure 3, one block per tower (nothing without a checkpoint)."""
+    if payload is None or "features.conv1.weight" not in payload["model"]:
+        return []
+    from PIL import Image
 
-    # evaluation results and other figures
+    from alexnet.figures.plots import filter_image
+
+    weight = payload["model"]["features.conv1.weight"]
+    towers = int(payload.get("model_args", {}).get("towers", 1))
+    buffer = io.BytesIO()
+    Image.fromarray(filter_image(weight, towers=towers)).save(buffer, "PNG")
+    return ["<h2>conv1 kernels (figure 3)</h2>",
+            f"<p>{weight.shape[0]} kernels of {weight.shape[2]}x{weight.shape[3]}x{weight.shape[1]}, "
+            f"one block per tower ({towers}).</p>", _png(buffer.getvalue(), "conv1 kernels")]
+
+
+def _run_log(run: Path, keep_lines: int = 300) -> list[str]:
+    """What the run printed besides its epochs (starts, notes, warnings, how each start ended): the
+    last ``keep_lines`` such lines of log.txt; nothing when there is no log."""
+    path = run / "log.txt"
+    if not path.is_file():
+        return []
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return []
+    events = [line for line in lines if not line[20:].startswith("epoch ")]
+    if not events:
+        return []
+    shown = events if len(events) <= keep_lines else ["...", *events[-keep_lines:]]
+    return ["<h2>Run log</h2>", "<p class='muted'>log.txt without its epoch lines (the metrics table "
+            "holds those)</p>", "<pre>" + html.escape("\n".join(shown)) + "</pre>"]
+
+
+def _evaluations_section(run: Path) -> list[str]:
+    """The evaluation results found in ``run``, then every other PNG there."""
+    sections = []
     evaluations = _evaluations(run)
     if evaluations:
         rows = [r for name, value in evaluations for r in _evaluation_rows(name, value)]
         sections += ["<h2>Evaluation results</h2>", _table(["file", "measure", "value"], rows)]
-    others = [p for p in sorted(run.glob("*.png")) if p.name not in ("curves.png",) and _is_png(p)]
-    for p in others:
-        sections += [f"<h2>{html.escape(p.name)}</h2>", _png(p.read_bytes(), p.name)]
-
-    page = (
-        "<!DOCTYPE html><html><head><meta charset='utf-8'>"
-        f"<title>AlexNet run {html.escape(run.name)}</title><style>"
-        "body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
-        "table{border-collapse:collapse;margin:0.5em 0}td,th{border:1px solid #ccc;padding:2px 8px;text-align:left}"
-        "tr.changed td{background:#fff3c4;font-weight:bold}.muted{color:#777}.warn{color:#a40}"
-        "img{max-width:100%;border:1px solid #eee}</style></head><body>"
-        + "\n".join(sections) + "</body></html>\n"
-    )
-    # Names that are not valid UTF-8 (class folders, file names) are shown with U+FFFD; the page is
-    # written whole or not at all, so a failed write keeps the previous report.
-    atomic_write_bytes(out, printable(page).encode("utf-8"))
-    return out
+    for p in sorted(run.glob("*.png")):
+        if p.name != "curves.png" and _is_png(p):
+            sections += [f"<h2>{html.escape(p.name)}</h2>", _png(p.read_bytes(), p.name)]
+    return sections

@@ -132,7 +132,7 @@ class CLibrary:
                  flags: tuple[str, ...] = ()) -> None:
         self.name, self.source, self.declare, self.fallback, self.flags = name, source, declare, fallback, flags
         self._lock = threading.Lock()
-        self._library: ctypes.CDLL | None = None
+        self.loaded: ctypes.CDLL | None = None
         self._error: str | None = None
 
     def _compile(self) -> ctypes.CDLL:
@@ -141,12 +141,12 @@ class CLibrary:
         return lib
 
     def get(self) -> ctypes.CDLL | None:
-        if self._library is not None or self._error is not None:
-            return self._library
+        if self.loaded is not None or self._error is not None:
+            return self.loaded
         with self._lock:
-            if self._library is None and self._error is None:
+            if self.loaded is None and self._error is None:
                 try:
-                    self._library = self._compile()
+                    self.loaded = self._compile()
                 except (OSError, RuntimeError, subprocess.SubprocessError, AttributeError) as e:
                     self._error = f"{type(e).__name__}: {e}"
                     warnings.warn(
@@ -155,7 +155,7 @@ class CLibrary:
                         RuntimeWarning,
                         stacklevel=3,
                     )
-        return self._library
+        return self.loaded
 
     def available(self) -> bool:
         return self.get() is not None
@@ -168,4 +168,4 @@ class CLibrary:
     def reset(self) -> None:
         """Forget the loaded library or the error (tests)."""
         with self._lock:
-            self._library, self._error = None, None
+            self.loaded, self._error = None, None

@@ -226,7 +226,7 @@ def library() -> ctypes.CDLL | None:
 @constant_result  # torch.compile evaluates it once instead of tracing it
 def available() -> bool:
     """Whether the kernels can run here; the first call builds them (about a second)."""
-    return LIBRARY.available()
+    return LIBRARY.loaded is not None or LIBRARY.available()
 
 
 def unavailable_reason() -> str | None:
@@ -238,19 +238,24 @@ def _run(x: torch.Tensor, grad: torch.Tensor | None, size: int, alpha: float, be
     """Forward (grad None) or backward of float32 x in one of the two layouts the C code reads."""
     if x.dim() < 2 or groups < 1 or x.shape[1] % groups:  # the C code would read the blocks wrongly
         raise ValueError(f"LRN needs an input of shape (N, C, ...) with C divisible by groups={groups}, got {tuple(x.shape)}")
-    lib = library()
+    lib = LIBRARY.loaded or library()
     if lib is None:
         raise RuntimeError(f"the LRN CPU kernels are unavailable: {LIBRARY.unavailable_reason()}")
-    fmt = memory_format_of(x)
-    x = x.float().contiguous(memory_format=fmt)
+    x = x.float()
+    # channels_last (NHWC) or channels_last_3d that is not also contiguous: the channels interleaved
+    interleaved = not x.is_contiguous() and (x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
+                                             or x.dim() == 5 and x.is_contiguous(memory_format=torch.channels_last_3d))
+    if not interleaved:
+        x = x.contiguous()
+    y = torch.empty_like(x)  # x's strides
     if grad is not None:
-        grad = grad.float().contiguous(memory_format=fmt)
-    y = torch.empty_like(x, memory_format=fmt)
+        grad = grad.float()
+        if grad.stride() != x.stride():
+            grad = torch.empty_like(x).copy_(grad)
     if x.numel() == 0:
         return y
     n, c = x.shape[0], x.shape[1]
     spatial = x.numel() // (n * c)
-    interleaved = fmt is not torch.contiguous_format
     outer = n * spatial if interleaved else n * groups
     failed = lib.lrn_cpu(
         x.data_ptr(), None if grad is None else grad.data_ptr(), y.data_ptr(), int(interleaved),

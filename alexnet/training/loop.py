@@ -1,24 +1,24 @@
 """Learning (section 5): the loop, one code path for one process or many (torchrun).
 
-Per epoch: the epoch's seeded order of the training images, and for each batch augmentation
-on the model's device, forward, cross-entropy, backward and PaperSGD (:func:`train_one_epoch`);
-then the validation error on the centre crop (:func:`validate`), a step of the schedule, a
-line of metrics and the checkpoints (:func:`end_epoch`). What each part owns:
+Per epoch: the epoch's seeded order of the training images, and for each batch augmentation on
+the model's device and one :class:`~alexnet.training.step.Step` (forward, cross-entropy, backward,
+PaperSGD), then the bookkeeping (:func:`train_one_epoch`); then the validation error on the centre
+crop (:func:`validate`), a step of the schedule, a line of metrics and the checkpoints
+(:func:`end_epoch`). What each part owns:
 
+    step.py          one training step: autocast, forward, loss, backward, non-finite policy, update
     recipe.py        the network, PaperSGD, the schedule and the augmentation from the config
-    step_kernels.py  the step's faster kernels, swapped in when the config asks
-    graph_step.py    the whole step replayed as one CUDA graph (--cuda-graph)
     layout.py        how the ranks hold the network: placement, DDP, shards, reductions, seeds
     state.py         the run state a checkpoint holds, and its restoration
     resume.py        whether a resume continues the same run
-    inputs.py        uint8 batches from the store to augmented batches on the device
-    guards.py        non-finite values and the ln(classes) stall
     run_dir.py       the files of the run directory and its lock
+
+The speed levers (``--step-kernels``, ``--cuda-graph``: :mod:`alexnet.speed`) are imported only by
+a run that asks for them.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 from dataclasses import dataclass
@@ -26,29 +26,25 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from alexnet import __version__
 from alexnet.config import TrainConfig
 from alexnet.data import Store, open_store
-from alexnet.data.loader import Loader
+from alexnet.data.augment import device_batches
+from alexnet.data.loader import AUTO_LOADER_THREADS, Loader, loader_threads
 from alexnet.errors import UserError
 from alexnet.evaluate import Member, evaluate, top5_is_informative
-from alexnet.faults import kill_point
-from alexnet.kernels.bf16_weights import Bf16Weights, reading_copies
+from alexnet.faults import armed
 from alexnet.runtime import Runtime, resolve_runtime
-from alexnet.training.graph_step import CudaGraphs, GraphedStep, check_cuda_graph, whole_step
-from alexnet.training.guards import NonFiniteGuard, StallWatch, sync_interval
-from alexnet.training.inputs import AUTO_LOADER_THREADS, device_batches, loader_threads
 from alexnet.training.layout import DataParallel, join
 from alexnet.training.recipe import (RunInputs, apply_epoch_settings, build_augment, build_model, build_optimizer,
                                      check_data, data_info, epoch_settings, model_args, read_parent, run_inputs,
                                      schedule_notes, store_identity)
 from alexnet.training.resume import check_resume
 from alexnet.training.run_dir import RunDir
-from alexnet.training.state import EpochSums, Position, RunState
-from alexnet.training.step_kernels import check_step_kernels, use_bf16_weights, use_step_kernels
+from alexnet.training.state import Position, RunState
+from alexnet.training.step import StallWatch, Step, sync_interval
 
 Log = Callable[[str], None]
 
@@ -65,13 +61,9 @@ class Run:
     header: dict  # model_args, data and config: what every checkpoint says about the network
     log: Log
     show_progress: bool
+    step: Step  # one training step, from a batch to the update
     stall: StallWatch | None = None  # set when the epoch length is known
     stop_requested: Callable[[], bool] | None = None  # asked at each synced step (e.g. SIGTERM arrived)
-    bf16_weights: Bf16Weights | None = None  # step kernel bf16-weights: the forward reads the update's copies
-
-    def forward_weights(self) -> contextlib.AbstractContextManager:
-        """Where the training step's forward pass runs: on the update's bfloat16 weights, or as it is."""
-        return reading_copies(self.bf16_weights)
 
     def save_last(self) -> None:
         """Checkpoint the run state into last.pt (collective)."""
@@ -107,8 +99,10 @@ def train(config: TrainConfig, data: str | Path, run_dir: str | Path, *, resume:
     # machine: its paths, devices and threads, and TensorBoard (which rank 0 alone writes)
     layout.check_same_run(store, {k: v for k, v in config.to_dict().items() if k not in PER_PROCESS_KEYS})
     check_data(config, store, layout.groups.replicas)
-    check_step_kernels(config, model_args(config, store), layout.device)
-    check_cuda_graph(config, layout.device, layout.proc.world_size)
+    if asks_for_speed(config):
+        from alexnet.speed import levers
+
+        levers.check(config, model_args(config, store), layout.device, layout.proc.world_size)
     parent = read_parent(config.init_from, config) if config.init_from and not resume else None
     inputs = run_inputs(config, store, parent) if parent is not None else None  # refused here, before the folder
     if config.tensorboard and layout.is_main:
@@ -158,20 +152,14 @@ def _train(config: TrainConfig, store: Store, layout: DataParallel, files: RunDi
         log(f"{threads} loader threads decode this JPEG store (--loader-workers N to choose)")
     augment, centre = build_augment(config, store, run.rt.device, run.header["data"]["mean_image"])
     val_member = Member(run.state.model, centre, list(store.classes))
-    step_model = layout.step_model(run.state.model, config.compile, config.compile_mode)
     steps = min(len(train_loader), config.max_steps_per_epoch or len(train_loader))
     run.stall = StallWatch(store.num_classes, patience_steps=min(2 * steps, 2000))
-    graphed = (GraphedStep(lambda x, labels: whole_step(step_model, run.state.optimizer, run.rt, run.forward_weights,
-                                                        x, labels), CudaGraphs(layout.device))
-               if config.cuda_graph else None)
     first, started = run.state.pos.epoch, time.perf_counter()
     for epoch in range(run.state.pos.epoch, config.epochs):
         apply_epoch_settings(epoch_settings(config, epoch), run.state.optimizer, augment)  # colour noise, frozen layers
         train_loader.set_epoch(epoch, start_step=run.state.pos.step_in_epoch)
-        batches = device_batches(train_loader, augment, run.state.generator, run.rt)
-        if graphed is not None:
-            graphed.recapture()  # the epoch's learning rate and frozen layers
-        seconds, images = train_one_epoch(run, step_model, batches, epoch, steps, graphed)
+        batches = device_batches(train_loader, augment, run.state.generator, run.rt.device, run.rt.channels_last)
+        seconds, images = train_one_epoch(run, batches, epoch, steps)
         val = validate(val_member, val_loader, run)
         left = _time_left(config.epochs - epoch - 1, (time.perf_counter() - started) / (epoch + 1 - first))
         metrics.append(end_epoch(run, epoch, seconds, images, val, metrics, left))
@@ -179,6 +167,11 @@ def _train(config: TrainConfig, store: Store, layout: DataParallel, files: RunDi
             raise Stopped(f"the end of epoch {epoch + 1}", files.last)
     files.record(f"finished: {config.epochs} epoch{'s' * (config.epochs != 1)}")
     return metrics
+
+
+def asks_for_speed(config: TrainConfig) -> bool:
+    """Whether a run takes any of the speed levers of :mod:`alexnet.speed` (imported only then)."""
+    return bool(config.step_kernels or config.cuda_graph)
 
 
 PER_PROCESS_KEYS = ("init_from", "device", "cpu_threads", "loader_workers", "tensorboard")
@@ -214,9 +207,11 @@ def start(config: TrainConfig, store: Store, layout: DataParallel, files: RunDir
     single = build_model(config, store, new_run=saved is None, log=log, parent=parent)
     log(_network_line(single, config, store, rt, layout))
     model = layout.place(single, rt.memory_format)
-    use_step_kernels(model, config, log)
+    if asks_for_speed(config):
+        from alexnet.speed import levers
+
+        levers.use_step_kernels(model, config, log)
     optimizer, schedule = build_optimizer(config, model)
-    bf16_weights = use_bf16_weights(model, optimizer, config)
     generator = torch.Generator(rt.device)
     layout.seed(config.seed, generator)
     state = RunState(model, optimizer, schedule, generator, Position())
@@ -233,7 +228,12 @@ def start(config: TrainConfig, store: Store, layout: DataParallel, files: RunDir
             log(f"learning rate {config.lr:g} from --lr replaces the checkpoint's {saved['lrs'][0]:g} from here on")
     inputs = run_inputs(config, store, saved=saved) if saved is not None else inputs or run_inputs(config, store)
     header = dict(model_args=model_args(config, store), data=data_info(store, inputs), config=config.to_dict())
-    return Run(config, layout, rt, files, state, header, log, show_progress, bf16_weights=bf16_weights)
+    run = Run(config, layout, rt, files, state, header, log, show_progress, step=None)
+    run.step = Step(layout.step_model(model, config.compile, config.compile_mode), optimizer, rt, config.on_nonfinite,
+                    layout.any_rank, keeps=lambda: _what_is_kept(run))
+    if asks_for_speed(config):
+        levers.speed_up(run.step, model, config)
+    return run
 
 
 def _network_line(model: nn.Module, config: TrainConfig, store: Store, rt: Runtime, layout: DataParallel) -> str:
@@ -249,75 +249,77 @@ def _network_line(model: nn.Module, config: TrainConfig, store: Store, rt: Runti
     return f"network: {size} parameters, {crops} crops, {store.num_classes} classes; {where}"
 
 
-def train_one_epoch(run: Run, step_model: nn.Module, batches, epoch: int, steps: int,
-                    graphed: GraphedStep | None = None) -> tuple[float, int]:
-    """Section 5's update over one epoch (from where the run stands in it); returns its seconds and
-    images. ``graphed``: the whole step as a CUDA graph (forward to update in one call)."""
-    config, state, pos = run.config, run.state, run.state.pos
-    state.model.train()
-    guard = NonFiniteGuard(config.on_nonfinite, run.layout.any_rank, run.rt.device)
+def train_one_epoch(run: Run, batches, epoch: int, steps: int) -> tuple[float, int]:
+    """Section 5's update over one epoch, from where the run stands in it: each batch is one
+    :class:`~alexnet.training.step.Step`; returns the epoch's seconds and images."""
+    config, pos, step = run.config, run.state.pos, run.step
+    run.state.model.train()
+    step.start_epoch()  # the epoch's learning rate and frozen layers are set
     sync_every = sync_interval(config.nonfinite_check_every_steps, run.rt.device, config.on_nonfinite)
-    sums, bar = EpochSums(run.rt.device), _progress(run, steps, pos.step_in_epoch, f"epoch {epoch + 1}/{config.epochs}")
-    losses, started, images = [], time.perf_counter(), 0
-    for x, labels in batches:
+    every, kill, shown = config.checkpoint_every_steps, armed("step"), EpochProgress(run, epoch, steps)
+    for images, labels in batches:
         if pos.step_in_epoch >= steps:
             break
-        if graphed is not None:  # the update is in the graph ('skip' is refused with it)
-            loss, logits = graphed(x, labels)
-        else:
-            with run.rt.autocast(), run.forward_weights():
-                logits = step_model(x)
-            loss = F.cross_entropy(logits.float(), labels)
-            state.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-        kill_point("step")
         pos.step_in_epoch, pos.global_step = pos.step_in_epoch + 1, pos.global_step + 1
-        every = config.checkpoint_every_steps
         save_now = bool(every) and pos.global_step % every == 0 and pos.step_in_epoch < steps
         synced = pos.step_in_epoch % sync_every == 0 or pos.step_in_epoch == steps or save_now
-        where = f"epoch {epoch + 1}, step {pos.step_in_epoch} (global step {pos.global_step})"
-        if config.on_nonfinite == "skip":  # the verdict comes before the update (every step is synced)
-            guard.observe(loss, state.model)
-            stepped = not guard.verdict(where, _what_is_kept(run))
-            if stepped:
-                state.optimizer.step()
-        else:  # 'stop': after it, so that the one-pass update checks the gradients as it reads them
-            if graphed is None:
-                state.optimizer.step()
-            checked = getattr(state.optimizer, "checked_nonfinite", None)
-            guard.observe(loss, state.model, checked() if checked is not None else None)
-            if synced:
-                guard.verdict(where, _what_is_kept(run))  # raises before any checkpoint holds a bad step
-            stepped = True
-        if stepped:
-            sums.add(loss, logits, labels)
-        else:
+
+        def where() -> str:
+            return f"epoch {epoch + 1}, step {pos.step_in_epoch} (global step {pos.global_step})"
+
+        if not step(images, labels, read=synced, where=where):
             pos.skipped_steps += 1
-            _write(bar, run, f"warning: non-finite loss or gradient at epoch {epoch + 1} "
-                                 f"step {pos.step_in_epoch}; step skipped")
-        images += len(labels) * run.layout.groups.replicas
-        if synced:
-            losses.append(float(loss.detach()))
-            if pos.step_in_epoch % 10 == 0 or pos.step_in_epoch == steps:
-                _watch_stall(run, sum(losses) / len(losses), bar)
-                losses = []
-        if bar is not None:
-            bar.update(1)
-            if synced:
-                rate = images / max(time.perf_counter() - started, 1e-9)
-                bar.set_postfix(loss=f"{float(loss.detach()):.3f}", img_s=f"{rate:.0f}", refresh=False)
+            shown.say(f"warning: non-finite loss or gradient at epoch {epoch + 1} step {pos.step_in_epoch}; "
+                      "step skipped")
+        if kill is not None:
+            kill()
+        shown.stepped(len(labels) * run.layout.groups.replicas, synced)
         stop = synced and pos.step_in_epoch < steps and run.asked_to_stop()  # the epoch's end asks it itself
         if save_now or stop:
-            sums.fold_into(pos)
+            step.sums.fold_into(pos)
             run.save_last()
         if stop:
-            if bar is not None:
-                bar.close()
-            raise Stopped(where, run.files.last)
-    if bar is not None:
-        bar.close()
-    sums.fold_into(pos)
-    return time.perf_counter() - started, images
+            shown.close()
+            raise Stopped(where(), run.files.last)
+    shown.close()
+    step.sums.fold_into(pos)
+    return shown.seconds(), shown.images
+
+
+class EpochProgress:
+    """An epoch as a person sees it: the progress bar (when shown) with the loss and images/s,
+    lines written above it, and the ln(classes) stall watch on the mean loss of the read steps."""
+
+    def __init__(self, run: Run, epoch: int, steps: int) -> None:
+        self.run, self.steps = run, steps
+        self.bar = _progress(run, steps, run.state.pos.step_in_epoch, f"epoch {epoch + 1}/{run.config.epochs}")
+        self.losses: list[float] = []
+        self.images, self.started = 0, time.perf_counter()
+
+    def stepped(self, images: int, synced: bool) -> None:
+        """After a step of ``images`` images (over every replica); ``synced``: its loss may be read."""
+        self.images += images
+        pos = self.run.state.pos
+        if synced:
+            self.losses.append(float(self.run.step.loss))
+            if pos.step_in_epoch % 10 == 0 or pos.step_in_epoch == self.steps:
+                _watch_stall(self.run, sum(self.losses) / len(self.losses), self.bar)
+                self.losses = []
+        if self.bar is not None:
+            self.bar.update(1)
+            if synced:
+                self.bar.set_postfix(loss=f"{float(self.run.step.loss):.3f}", img_s=f"{self.images / self.seconds():.0f}",
+                                     refresh=False)
+
+    def say(self, message: str) -> None:
+        _write(self.bar, self.run, message)
+
+    def seconds(self) -> float:
+        return max(time.perf_counter() - self.started, 1e-9)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def validate(member: Member, loader: Loader, run: Run) -> dict:

@@ -18,9 +18,10 @@ from alexnet.config import TrainConfig
 from alexnet.data.augment import EvalPreprocess, TrainAugment
 from alexnet.data.store import MANIFEST, Store
 from alexnet.errors import UserError
-from alexnet.model import build_model as build_network, init_weights_
+from alexnet.model import init_weights_
 from alexnet.optim import MilestoneSchedule, PaperSGD, PlateauSchedule, parameter_groups
 from alexnet.torchvision_alexnet import FOLDED_STD, folded_std
+from alexnet.trained import build_network
 
 
 def check_data(config: TrainConfig, store: Store, replicas: int) -> None:
@@ -42,7 +43,7 @@ def model_args(config: TrainConfig, store: Store) -> dict:
     """Keyword arguments of AlexNet for this recipe and data set (saved in checkpoints; they
     always name ``dropout_style``, which tells them from those of earlier versions); for
     ``arch`` "torchvision", those of :class:`~alexnet.torchvision_alexnet.TorchvisionAlexNet`
-    with ``arch`` named (:func:`alexnet.model.build_model` reads either)."""
+    with ``arch`` named (:func:`alexnet.trained.build_network` reads either)."""
     if config.arch == "torchvision":
         return dict(arch="torchvision", num_classes=store.num_classes, dropout=config.dropout,
                     in_channels=store.channels)
@@ -134,10 +135,10 @@ def read_parent(path: str, config: TrainConfig | None = None) -> dict:
     not what its layers compute) and one whose inputs were scaled or centred otherwise than
     ``config``'s (its conv1 would see inputs of another scale).
     """
-    from alexnet.export import load_payload
+    from alexnet.trained import load
 
     try:
-        parent = load_payload(path)
+        parent = load(path)
     except UserError as e:
         raise UserError(f"--init-from: {e}") from None
     arch, ours = parent["model_args"].get("arch", "alexnet"), config.arch if config is not None else "alexnet"
@@ -201,14 +202,10 @@ def build_optimizer(config: TrainConfig, model: nn.Module) -> tuple[PaperSGD, Pl
     """PaperSGD over the recipe's parameter groups, and the learning-rate schedule."""
     own_layers = tuple(dict.fromkeys(config.freeze + (("conv1",) if config.freeze_conv1_last_epochs else ())))
     kind = PaperSGD
-    if "fused-sgd" in config.step_kernels:  # the same update in one pass (alexnet/training/step_kernels.py)
-        from functools import partial
+    if "fused-sgd" in config.step_kernels:  # the same update in one pass (alexnet/speed/fused_sgd.py)
+        from alexnet.speed.levers import fused_paper_sgd
 
-        from alexnet.kernels.sgd_triton import FusedPaperSGD
-
-        # under 'stop' the gradients' check rides in the update (the verdict may come after it)
-        kind = partial(FusedPaperSGD, flat_grads=True, check_finite=config.on_nonfinite == "stop",
-                       bf16_copy="bf16-weights" in config.step_kernels)
+        kind = fused_paper_sgd(config)
     optimizer = kind(parameter_groups(model, config.lr, config.weight_decay, config.param_groups, own_layers),
                      lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     if config.schedule == "plateau":

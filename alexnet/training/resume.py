@@ -16,7 +16,7 @@ from dataclasses import fields
 
 import torch
 
-from alexnet import checkpoint
+from alexnet import trained
 from alexnet.config import RUNTIME_KEYS, TrainConfig, from_dict
 from alexnet.errors import UserError
 from alexnet.training.layout import LayoutInfo
@@ -28,7 +28,7 @@ CONTINUING_KEYS = ("epochs", "lr", "batch_size_per_device")
 
 def check_resumable(saved: dict, source: str) -> None:
     """That ``saved`` holds a whole run state, each part of the right kind, before anything uses it."""
-    checkpoint.validate(saved, source, for_inference=True)
+    trained.validate(saved, source, for_inference=True)
     for key in ("velocity", "lrs", "schedule", "rng", "progress"):
         if key not in saved:
             raise UserError(f"{source} has no '{key}' section: it holds weights only, not a run to resume "

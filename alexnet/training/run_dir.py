@@ -28,25 +28,8 @@ from alexnet.atomic import atomic_write_bytes, sweep_dead_temporaries
 from alexnet.config import TrainConfig
 from alexnet.errors import UserError
 from alexnet.faults import kill_point
+from alexnet.figures.report import read_metrics
 from alexnet.runlock import LOCK_FILE
-
-
-def read_metrics(run_dir: str | Path) -> list[dict]:
-    """The lines of a run's metrics.jsonl, the one reader of that file: none when it has none yet;
-    a last line cut short by a crash is left out; a damaged line before it is an error."""
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    rows = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
-    lines = []
-    for number, line in enumerate(rows, 1):
-        try:
-            lines.append(json.loads(line))
-        except json.JSONDecodeError:
-            if number == len(rows):
-                break
-            raise UserError(f"{path} line {number} is damaged; remove that line to continue") from None
-    return lines
 
 
 def saved_recipe(run_dir: str | Path) -> dict | None:

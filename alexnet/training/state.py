@@ -40,29 +40,6 @@ class Position:
                         stall_warned=self.stall_warned)
 
 
-class EpochSums:
-    """The training loss and hits of an epoch, summed on the device (no host sync per step)."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.loss = torch.zeros((), device=device, dtype=torch.float64)
-        self.correct = torch.zeros((), device=device, dtype=torch.float64)
-        self.seen = 0
-
-    def add(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
-        self.loss += loss.detach().double() * len(labels)
-        self.correct += (logits.detach().argmax(1) == labels).sum()
-        self.seen += len(labels)
-
-    def fold_into(self, pos: Position) -> None:
-        """Move the sums into ``pos`` (one host sync) and start again from zero."""
-        pos.loss_sum += self.loss.item()
-        pos.correct += self.correct.item()
-        pos.seen += self.seen
-        self.loss.zero_()
-        self.correct.zero_()
-        self.seen = 0
-
-
 @dataclass
 class RunState:
     model: nn.Module  # this rank's part, on its device

@@ -2,7 +2,7 @@
 
 Under bf16 autocast each convolution and linear layer casts its float32 weight to bfloat16 at every
 forward: 4 bytes read and 2 written per weight, 61 million weights a step in the paper's network.
-:class:`alexnet.kernels.sgd_triton.FusedPaperSGD` (``bf16_copy=True``) writes those bfloat16 weights
+:class:`alexnet.speed.fused_sgd.FusedPaperSGD` (``bf16_copy=True``) writes those bfloat16 weights
 in the pass that updates the float32 ones. Here, while :meth:`Bf16Weights.active` holds, each layer's
 ``weight`` reads as that copy, joined to the float32 parameter by :class:`UseCopy`, whose backward
 hands the gradient to the parameter in float32, as the backward of autocast's cast does. The sums

@@ -19,7 +19,7 @@ that run differ (``benchmarks/bench_levers.py`` times them at the paper's shapes
 
 ``GroupedConv2d.from_conv(conv, impl)`` is a drop-in for one of the model's convolutions (an
 ``nn.Conv2d`` subclass sharing the same weight and bias); :func:`use_grouped_conv` swaps the chosen
-way into an AlexNet's grouped layers, including a conv2 that :func:`alexnet.kernels.block_triton.fuse_blocks`
+way into an AlexNet's grouped layers, including a conv2 that :func:`alexnet.speed.fused_blocks.fuse_blocks`
 has fused with its tail (:class:`FusedGroupedConvBlock`).
 """
 
@@ -34,7 +34,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from alexnet.kernels.layout import is_channels_last
-from alexnet.kernels.swap import rebuilt_as
+from alexnet.speed.swap import rebuilt_as
 
 GROUPED_CONV_IMPLS = ("grouped", "halves", "block_diagonal")
 GROUPED_LAYERS = ("conv2", "conv4", "conv5")  # the layers of AlexNet that are per tower
@@ -134,11 +134,11 @@ class GroupedConv2d(nn.Conv2d):
 
 @functools.cache
 def _fused_grouped_class() -> type:
-    """:class:`FusedGroupedConvBlock`, built on first use: block_triton imports triton (about a second)."""
-    from alexnet.kernels.block_triton import FusedConvBlock
+    """:class:`FusedGroupedConvBlock`, built on first use: fused_blocks imports triton (about a second)."""
+    from alexnet.speed.fused_blocks import FusedConvBlock
 
     class FusedGroupedConvBlock(FusedConvBlock):
-        """A :class:`~alexnet.kernels.block_triton.FusedConvBlock` (conv + fused bias, ReLU, LRN,
+        """A :class:`~alexnet.speed.fused_blocks.FusedConvBlock` (conv + fused bias, ReLU, LRN,
         pool) whose convolution is computed as ``grouped_impl`` says."""
 
         grouped_impl: str = "grouped"
@@ -180,8 +180,8 @@ def grouped_impl_of(layer: nn.Module) -> str:
 
 
 def _is_fused_block(layer: nn.Module) -> bool:
-    block_triton = sys.modules.get("alexnet.kernels.block_triton")  # no fused block exists before its import
-    return block_triton is not None and isinstance(layer, block_triton.FusedConvBlock)
+    fused_blocks = sys.modules.get("alexnet.speed.fused_blocks")  # no fused block exists before its import
+    return fused_blocks is not None and isinstance(layer, fused_blocks.FusedConvBlock)
 
 
 def use_grouped_conv(model: nn.Module, impl: str | Mapping[str, str]) -> nn.Module:
@@ -190,7 +190,7 @@ def use_grouped_conv(model: nn.Module, impl: str | Mapping[str, str]) -> nn.Modu
     ``impl`` is one of :data:`GROUPED_CONV_IMPLS` for all three layers, or a mapping from layer
     name to one of them (``{"conv2": "halves", "conv4": "block_diagonal"}``; layers it does not
     name are left as they are). Each such layer becomes a :class:`GroupedConv2d`, or, where
-    :func:`alexnet.kernels.block_triton.fuse_blocks` already fused it with its tail, a
+    :func:`alexnet.speed.fused_blocks.fuse_blocks` already fused it with its tail, a
     :class:`FusedGroupedConvBlock` that keeps the fused tail. The parameters stay the same objects
     under the same names, so state dicts, checkpoints and an optimizer built before the swap are
     unaffected. Layers that already compute their ``impl`` are left as they are: a model with one

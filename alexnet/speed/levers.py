@@ -1,24 +1,32 @@
-"""The training step's faster kernels (``step_kernels``): the same arithmetic, summed in another order.
+"""The training step's speed levers: the same arithmetic, run faster (summed in another order).
+
+``--step-kernels`` (``step_kernels``):
 
     conv1-s2d               conv1 as a 3x3 stride-1 convolution of the space-to-depth folded input,
-                            which tensor cores run (alexnet/kernels/conv1_s2d.py)
+                            which tensor cores run (conv1_s2d.py)
     fused-blocks            bias + ReLU + LRN + max-pool 3/2 of conv1 and conv2 as one Triton kernel
-                            forward and two backward (alexnet/kernels/block_triton.py)
+                            forward and two backward (fused_blocks.py)
     fused-sgd               PaperSGD in one pass over flat buffers, one Triton kernel per parameter
-                            group (alexnet/kernels/sgd_triton.py)
+                            group (fused_sgd.py)
     bf16-weights            the same pass also writes the weights in bfloat16, and the forward pass
-                            reads them instead of casting (alexnet/kernels/bf16_weights.py)
+                            reads them instead of casting (bf16_weights.py)
     grouped-halves          conv2, conv4 and conv5 as one dense convolution per tower
     grouped-block-diagonal  the same as one dense convolution with a block-diagonal weight
-                            (alexnet/kernels/grouped_conv.py)
+                            (grouped.py)
 
-``all`` names the first three (bf16-weights, for bf16 runs only, goes by its name). Each is a swap of modules whose parameters stay the same objects
-under the same names, or of the optimizer's class (same parameter groups, same state dict), so
-checkpoints, resumes, evaluation and exports never see them, and a resumed run may turn them on or
-off. None is on by default: ``benchmarks/bench_levers.py`` measures what each one pays on a GPU.
+``all`` names the first three (bf16-weights, for bf16 runs only, goes by its name). ``--cuda-graph``
+(``cuda_graph``) replays the whole step as one CUDA graph (cuda_graph.py).
 
-:func:`check_step_kernels` refuses, before a run directory is touched, a kernel this device or
-this network cannot take; :func:`use_step_kernels` swaps them into the placed network.
+Each kernel is a swap of modules whose parameters stay the same objects under the same names, or
+of the optimizer's class (same parameter groups, same state dict), so checkpoints, resumes,
+evaluation and exports never see them, and a resumed run may turn them on or off. None is on by
+default: ``benchmarks/bench_levers.py`` measures what each one pays on a GPU. The training loop
+imports this package only for a run that asks for a lever.
+
+:func:`check` refuses, before a run directory is touched, a lever this device, this network or
+this number of processes cannot take; :func:`use_step_kernels` swaps the kernels into the placed
+network, :func:`fused_paper_sgd` is the one-pass update, and :func:`speed_up` gives the training
+step its bfloat16 weight copies and its CUDA graph.
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ from torch import nn
 
 from alexnet.config import TrainConfig
 from alexnet.errors import UserError
+from alexnet.speed.cuda_graph import CudaGraphs, GraphedStep, check_cuda_graph
 
 TRITON_KERNELS = ("fused-blocks", "fused-sgd", "bf16-weights")
 GROUPED = {"grouped-halves": "halves", "grouped-block-diagonal": "block_diagonal"}
@@ -39,11 +48,18 @@ GROUPED = {"grouped-halves": "halves", "grouped-block-diagonal": "block_diagonal
 def triton_runs_on(device: torch.device) -> bool:
     """Whether Triton kernels run on ``device``: compiled on a CUDA GPU, or in Triton's interpreter
     on the CPU (``TRITON_INTERPRET=1``, slow: for tests)."""
-    from alexnet.kernels import block_triton
+    from alexnet.speed import fused_blocks
 
-    if not block_triton.available():
+    if not fused_blocks.available():
         return False
     return device.type == "cuda" or (device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1")
+
+
+def check(config: TrainConfig, model_args: dict, device: torch.device, processes: int) -> None:
+    """Refuse in one line, before a run directory is touched, a lever that this device, this
+    network (``model_args``) or this number of processes cannot take."""
+    check_step_kernels(config, model_args, device)
+    check_cuda_graph(config, device, processes)
 
 
 def check_step_kernels(config: TrainConfig, model_args: dict, device: torch.device) -> None:
@@ -57,9 +73,9 @@ def check_step_kernels(config: TrainConfig, model_args: dict, device: torch.devi
                         f"trains {model_args['arch']}'s layout (--arch {model_args['arch']}); leave them out")
     triton_names = [n for n in names if n in TRITON_KERNELS]
     if triton_names and not triton_runs_on(device):
-        from alexnet.kernels import block_triton
+        from alexnet.speed import fused_blocks
 
-        why = ("the triton package is not installed (pip install 'alexnet[triton]')" if not block_triton.available()
+        why = ("the triton package is not installed (pip install 'alexnet[triton]')" if not fused_blocks.available()
                else f"they run on CUDA GPUs, and this run is on {device.type}")
         raise UserError(f"--step-kernels {','.join(triton_names)}: these are Triton kernels and {why}; "
                         "leave them out (--step-kernels none turns every one off on a resume)")
@@ -106,7 +122,7 @@ def fitting_step_kernels(config: TrainConfig, model_args: dict, device: torch.de
 
 def fusable_blocks(model: nn.Module) -> tuple[list[int], list[str]]:
     """The blocks (1, 2) of ``model`` that fuse, and why the others do not."""
-    from alexnet.kernels.block_triton import _fusable
+    from alexnet.speed.fused_blocks import _fusable
 
     blocks, reasons = [], []
     for block in (1, 2):
@@ -124,11 +140,11 @@ def use_step_kernels(model: nn.Module, config: TrainConfig, log: Callable[[str],
     if names:
         log(f"step kernels: {', '.join(names)}")
     if "conv1-s2d" in names:
-        from alexnet.kernels.conv1_s2d import use_space_to_depth_conv1
+        from alexnet.speed.conv1_s2d import use_space_to_depth_conv1
 
         use_space_to_depth_conv1(model)
     if "fused-blocks" in names:
-        from alexnet.kernels.block_triton import fuse_blocks
+        from alexnet.speed.fused_blocks import fuse_blocks
 
         blocks, reasons = fusable_blocks(model)
         fuse_blocks(model, tuple(blocks))
@@ -136,17 +152,33 @@ def use_step_kernels(model: nn.Module, config: TrainConfig, log: Callable[[str],
             log(f"note: fused-blocks fuses block {blocks[0]} only: {'; '.join(reasons)}")
     impl = next((GROUPED[n] for n in names if n in GROUPED), None)
     if impl is not None:  # after fuse_blocks, which would rebuild conv2 as a grouped convolution
-        from alexnet.kernels.grouped_conv import use_grouped_conv
+        from alexnet.speed.grouped import use_grouped_conv
 
         use_grouped_conv(model, impl)
     return model
 
 
-def use_bf16_weights(model: nn.Module, optimizer, config: TrainConfig):
-    """With ``bf16-weights`` in ``config.step_kernels``: the :class:`Bf16Weights` whose ``active()``
-    has ``model``'s forward pass read the bfloat16 weights ``optimizer`` writes; else None."""
-    if "bf16-weights" not in config.step_kernels:
-        return None
-    from alexnet.kernels.bf16_weights import Bf16Weights
+def fused_paper_sgd(config: TrainConfig) -> Callable:
+    """The one-pass PaperSGD (``fused-sgd``) for ``config``: under ``on_nonfinite`` "stop" it checks
+    the gradients as it reads them (the verdict may come after the update), and with
+    ``bf16-weights`` it also writes the bfloat16 copies of the weights."""
+    from functools import partial
 
-    return Bf16Weights(model, optimizer)
+    from alexnet.speed.fused_sgd import FusedPaperSGD
+
+    return partial(FusedPaperSGD, flat_grads=True, check_finite=config.on_nonfinite == "stop",
+                   bf16_copy="bf16-weights" in config.step_kernels)
+
+
+def speed_up(step, model: nn.Module, config: TrainConfig) -> None:
+    """Give ``step`` (a :class:`~alexnet.training.step.Step` over ``model``, placed) the levers of
+    ``config`` that change how a step runs: ``bf16-weights`` (the forward pass reads the bfloat16
+    weights the one-pass update writes) and ``cuda_graph`` (the whole step captured each epoch and
+    replayed)."""
+    if "bf16-weights" in config.step_kernels:
+        from alexnet.speed.bf16_weights import Bf16Weights
+
+        step.weights = Bf16Weights(model, step.optimizer).active
+    if config.cuda_graph:
+        step.graph = GraphedStep(lambda images, labels: step.whole(images, labels, for_graph=True),
+                                 CudaGraphs(step.rt.device))

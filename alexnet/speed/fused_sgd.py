@@ -44,7 +44,7 @@ def available() -> bool:
 
 
 if triton is not None:
-    from alexnet.kernels.block_triton import round_to_bf16
+    from alexnet.speed.fused_blocks import round_to_bf16
 
     @triton.jit
     def _paper_sgd(

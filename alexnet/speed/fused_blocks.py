@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from alexnet.kernels.layout import memory_format_of
-from alexnet.kernels.swap import rebuilt_as
+from alexnet.speed.swap import rebuilt_as
 
 try:
     import triton
@@ -327,12 +327,12 @@ class FusedConvBlock(nn.Conv2d):
     An ``nn.Conv2d`` holding the convolution's own weight and bias (same objects, same names), so
     swapping it in leaves state dicts, checkpoints and optimizers as they were. The LRN's
     constants are kept as plain attributes; ``space_to_depth`` runs the convolution as
-    :mod:`alexnet.kernels.conv1_s2d` does.
+    :mod:`alexnet.speed.conv1_s2d` does.
     """
 
     @classmethod
     def from_layers(cls, conv: nn.Conv2d, lrn: nn.Module) -> "FusedConvBlock":
-        from alexnet.kernels.conv1_s2d import SpaceToDepthConv1
+        from alexnet.speed.conv1_s2d import SpaceToDepthConv1
         from alexnet.lrn import effective_alpha
 
         new = rebuilt_as(cls, conv)
@@ -344,7 +344,7 @@ class FusedConvBlock(nn.Conv2d):
 
     def conv_without_bias(self, x: torch.Tensor) -> torch.Tensor:
         if self.space_to_depth:
-            from alexnet.kernels.conv1_s2d import space_to_depth_conv2d
+            from alexnet.speed.conv1_s2d import space_to_depth_conv2d
 
             return space_to_depth_conv2d(x, self.weight, None, self.stride[0], self.padding[0], self.stride_pad)
         return F.conv2d(x, self.weight, None, self.stride, self.padding, self.dilation, self.groups)
@@ -386,7 +386,7 @@ def fuse_blocks(model: nn.Module, blocks: tuple[int, ...] = (1, 2)) -> nn.Module
 
     Each ``convN`` becomes a :class:`FusedConvBlock` and ``actN``, ``lrnN``, ``poolN`` become
     ``nn.Identity``; parameters and their names do not change. A conv1 already swapped for
-    :class:`alexnet.kernels.conv1_s2d.SpaceToDepthConv1` keeps its space-to-depth. Raises
+    :class:`alexnet.speed.conv1_s2d.SpaceToDepthConv1` keeps its space-to-depth. Raises
     ValueError for a model whose blocks are not conv, ReLU, LRN, max-pool 3/2 (e.g. ``lrn=False``,
     ``lrn_before_relu=True``, ``activation="tanh"`` or the non-overlapping pool).
     """

@@ -22,23 +22,20 @@ than one process, ``--on-nonfinite skip`` (its verdict must come between the bac
 the update), ``--compile`` (torch.compile's ``reduce-overhead`` mode makes graphs of its own) and
 the towers on two ranks.
 
-The capture itself is :class:`CudaGraphs`; tests on a CPU give :class:`GraphedStep` a stand-in that
+The step captured is :meth:`alexnet.training.step.Step.whole` (``for_graph``: autocast keeps no
+casts of the weights, the gradients are zeroed in place). The capture itself is
+:class:`CudaGraphs`; tests on a CPU give :class:`GraphedStep` a stand-in that
 replays by calling the step again on the static tensors, which checks all of the above but the GPU.
 """
 
 from __future__ import annotations
 
-import contextlib
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
-from torch import nn
-from torch.optim import Optimizer
 
 from alexnet.config import TrainConfig
 from alexnet.errors import UserError
-from alexnet.runtime import Runtime
 
 Step = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 WARMUP_STEPS = 3
@@ -59,21 +56,6 @@ def check_cuda_graph(config: TrainConfig, device: torch.device, processes: int) 
         why = "--compile makes graphs of its own with --compile-mode reduce-overhead"
     if why is not None:
         raise UserError(f"--cuda-graph: {why}; leave --cuda-graph out")
-
-
-def whole_step(model: nn.Module, optimizer: Optimizer, rt: Runtime,
-               forward_weights: Callable[[], contextlib.AbstractContextManager],
-               images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Forward (under ``rt``'s autocast, keeping no casts between operations, and in
-    ``forward_weights()``), the loss in float32, backward into gradients zeroed in place, and the
-    update: the training step as a graph captures it. Returns the loss and the logits."""
-    with rt.autocast(cache=False), forward_weights():
-        logits = model(images)
-    loss = F.cross_entropy(logits.float(), labels)
-    optimizer.zero_grad(set_to_none=False)
-    loss.backward()
-    optimizer.step()
-    return loss.detach(), logits.detach()
 
 
 class CudaGraphs:

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from alexnet.kernels.swap import rebuilt_as
+from alexnet.speed.swap import rebuilt_as
 
 
 def _ceil_to(value: int, multiple: int) -> int:
