@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
 
-.PHONY: install install-dev demo test bench clean
+.PHONY: install install-dev demo test test-fast bench clean
 
 install: $(VENV)/.installed
 
@@ -30,6 +30,10 @@ demo: install
 
 test: install-dev
 	$(PY) -m pytest -q
+
+# For everyday work: the tests not marked slow (pyproject.toml says which are); `make test` runs them all.
+test-fast: install-dev
+	$(PY) -m pytest -q -m "not slow"
 
 # The CPU benchmarks; benchmarks/gpu_checks.sh runs every GPU check and benchmark on a CUDA machine.
 CPU_BENCHMARKS := bench_lrn bench_step bench_loader bench_store

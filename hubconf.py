@@ -46,14 +46,13 @@ def alexnet(num_classes: int = 1000, **kwargs):
 def torchvision_alexnet(num_classes: int | None = None, weights: str | None = None, **kwargs):
     """torchvision's single-tower AlexNet layout (61,100,840 parameters at 1000 classes) under this
     package's layer names. ``weights``: a file holding torchvision's AlexNet state dict (such as
-    ``alexnet-owt-*.pth``), loaded as is: the network then expects torchvision's input,
+    ``alexnet-owt-*.pth``, or the same saved as safetensors), loaded as is: the network then expects torchvision's input,
     ``(x / 255 - mean) / std`` per channel with ImageNet's mean and std. ``num_classes``: 1000,
     or with ``weights`` the outputs of the file's last layer (another number is refused)."""
     import inspect
 
-    from alexnet.checkpoint import read_torch_file
     from alexnet.errors import UserError
-    from alexnet.torchvision_alexnet import TorchvisionAlexNet, from_torchvision_state_dict
+    from alexnet.torchvision_alexnet import TorchvisionAlexNet, from_torchvision_state_dict, read_weights
 
     if kwargs.pop("pretrained", False):
         raise ValueError(NO_DOWNLOADS)
@@ -64,7 +63,7 @@ def torchvision_alexnet(num_classes: int | None = None, weights: str | None = No
                          f"{', '.join(sorted(known))} (the paper's network and its switches: the 'alexnet' entry)")
     if weights is None:
         return TorchvisionAlexNet(_classes(1000 if num_classes is None else num_classes), **kwargs)
-    state = read_torch_file(weights, expect="torchvision's AlexNet weights (a .pth state dict)", legacy=True)
+    state = read_weights(weights)
     if isinstance(state, dict) and "model_args" in state:
         raise UserError(f"{weights} is a checkpoint of this package, not torchvision's weights; load it with the "
                         "'trained' entry: torch.hub.load(..., 'trained', path=...)")

@@ -7,13 +7,22 @@ a temporary file in the same folder (a rename across file systems would not be a
 fsynced, then renamed over the target with ``os.replace``; the folder is fsynced last so that the
 rename itself survives a power cut. A failure at any point removes the temporary file and leaves
 the previous file as it was.
+
+A folder of several files (an export, a rebuilt store) is replaced as a whole instead: built
+beside the old one under another name, then swapped in (:func:`replace_folder`), so that a
+reader, or a rerun after a crash, finds the old folder or the whole new one.
 """
 
 from __future__ import annotations
 
+import ctypes
+import errno
+import glob
 import json
 import os
 import secrets
+import shutil
+import sys
 from pathlib import Path
 from typing import BinaryIO, Callable
 
@@ -41,20 +50,87 @@ def file_in_the_way(path: str | os.PathLike) -> Path | None:
     return None
 
 
-def sweep_dead_temporaries(folder: Path) -> list[str]:
-    """Delete the temporary files in ``folder`` of atomic writes whose process has died (a crash,
-    SIGKILL); those of live processes are left alone. Returns the names deleted."""
+def sweep_dead_temporaries(folder: Path, of: str = "*") -> list[str]:
+    """Delete the temporary files and folders in ``folder`` (of the entry named ``of``, default
+    any) of atomic writes whose process has died (a crash, SIGKILL); those of live processes are
+    left alone. Returns the names deleted."""
     swept = []
-    for tmp in Path(folder).glob(".*.tmp"):
+    for tmp in Path(folder).glob(f".{of if of == '*' else glob.escape(of)}.*.tmp"):
         parts = tmp.name.split(".")  # "", name..., pid, token, "tmp"
         if len(parts) < 5 or not parts[-3].isdigit() or pid_alive(int(parts[-3])):
             continue
         try:
-            tmp.unlink()
+            if tmp.is_dir() and not tmp.is_symlink():
+                shutil.rmtree(tmp)
+            else:
+                tmp.unlink()
             swept.append(tmp.name)
         except OSError:
             pass
     return swept
+
+
+def temporary_folder(target: Path) -> Path:
+    """A new, empty folder beside ``target`` to build its replacement in (see :func:`replace_folder`)."""
+    tmp = _temporary(target)
+    tmp.mkdir()
+    return tmp
+
+
+def can_replace_folder(target: Path) -> bool:
+    """Whether a folder built beside ``target`` can be renamed onto it: not a mount point (which no
+    rename replaces), nor the current folder of this process or one above it (which would be left
+    naming the deleted old folder)."""
+    try:
+        if not target.exists():
+            return True
+        here, there = os.path.realpath(os.getcwd()), os.path.realpath(target)
+        inside = here == there or here.startswith(there.rstrip(os.sep) + os.sep)
+        return not inside and os.stat(target).st_dev == os.stat(target.parent).st_dev
+    except OSError:
+        return False
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap the paths ``a`` and ``b`` in one step (Linux's renameat2 RENAME_EXCHANGE); False
+    where the system or the file system cannot."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):  # a C library without it
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    at_cwd, exchange = -100, 2
+    if renameat2(at_cwd, os.fsencode(a), at_cwd, os.fsencode(b), exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), str(b))
+
+
+def replace_folder(new: Path, target: Path) -> None:
+    """Put the complete folder ``new`` at ``target`` and delete the folder that was there.
+
+    Where the kernel swaps two paths in one step, a reader of ``target`` finds the old folder or
+    the new one, never neither; elsewhere the old one is first renamed aside (for a moment there
+    is no ``target``; a crash then leaves it as ``.NAME.PID.TOKEN.tmp`` beside the new one)."""
+    kill_point("folder-swap")
+    aside = None
+    if target.is_dir() and any(target.iterdir()):
+        aside = _temporary(target)
+        if _exchange(new, target):
+            os.rename(new, aside)  # ``new`` names the old folder now
+        else:
+            os.rename(target, aside)
+            os.rename(new, target)
+    else:
+        os.replace(new, target)  # onto nothing, or onto an empty folder
+    fsync_dir(target.parent)
+    if aside is not None:
+        kill_point("folder-swap")
+        shutil.rmtree(aside, ignore_errors=True)
 
 
 def fsync_dir(path: Path) -> None:

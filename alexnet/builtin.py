@@ -5,11 +5,12 @@ classes of clothing, 28x28 grayscale; MIT licence, Zalando Research) shipped wit
 Prepared like ImageNet in section 2 (shorter side to S, centre crop, per-pixel mean image, PCA of
 pixel values) with S = 32 instead of 256.
 
-The recipe is the paper's with the changes that a 28-pixel data set and a 5-minute CPU budget
-need, and nothing else (:data:`BUILTIN_CHANGES`): two towers, LRN with the paper's constants,
-overlapping 3/2 pooling, ReLU, dropout 0.5, random crops (28 of 32, the paper's 224 of 256 in
-proportion), reflections, PCA lighting, mean subtraction and PaperSGD with momentum 0.9, weight
-decay 0.0005 and lr 0.01 all stay.
+The recipe is the small-data one that ``alexnet train`` fits to any data set of this size
+(:mod:`alexnet.small_data`): the paper's with the changes that a 28-pixel data set and a 5-minute
+CPU budget need, and nothing else: two towers, LRN with the paper's constants, overlapping 3/2
+pooling, ReLU, dropout 0.5, random crops (28 of 32, the paper's 224 of 256 in proportion),
+reflections, PCA lighting, mean subtraction and PaperSGD with momentum 0.9, weight decay 0.0005
+and lr 0.01 all stay.
 """
 
 from __future__ import annotations
@@ -20,26 +21,13 @@ from typing import Callable
 from alexnet.config import TrainConfig
 from alexnet.data import Store, builtin_fashion_mnist, open_store
 from alexnet.errors import UserError
+from alexnet.small_data import small_data_recipe
 
 BUILTIN_IMAGE_SIZE = 32
-BUILTIN_RECIPE = TrainConfig(
-    stem="small",
-    width=0.125,
-    init="he",
-    crop_size=28,
-    input_scale=1 / 64,
-    batch_size_per_device=32,
-    epochs=16,
-    schedule="milestones",
-    milestones_epochs=(10, 14),
-    loader_workers=1,
-)
-BUILTIN_CHANGES = (
-    "conv1 3x3 stride 1 and an eighth of the paper's kernels and units (28 px images, CPU budget)",
-    "fan-in scaled init and pixels scaled by 1/64 (the paper's init stalls at ln(10) here)",
-    "batch 32 (12,000 images give only 94 steps of 128 per epoch)",
-    "16 epochs, lr divided by 10 after epochs 10 and 14 (instead of 90 epochs on a plateau schedule)",
-)
+# The small-data recipe that ``alexnet train`` fits to this data set (alexnet/small_data.py): conv1
+# 3x3 stride 1 and an eighth of the paper's kernels and units, 28 px crops, fan-in init, pixels / 64,
+# batch 32 at lr 0.01, 16 epochs with the lr / 10 after epochs 10 and 14; one loader thread.
+BUILTIN_RECIPE = TrainConfig().replace(**small_data_recipe(12000, BUILTIN_IMAGE_SIZE), loader_workers=1)
 
 
 def base_recipe(builtin: bool) -> TrainConfig:

@@ -9,10 +9,11 @@ The resolved config is saved as ``config.json`` in every run directory.
 log): it sets each of those keys unless the same flags or file name the key themselves; the keys
 given win. The resolved values, not the shorthand, are what a run uses and saves.
 
-Configs saved before ``dropout_style`` existed (a ``config.json`` or a checkpoint's recipe: every
-key of that version, none of the new ones) are read as the runs they were: inverted dropout, the
-colour noise's ``"fb"`` scale, and ``lrn_convention "caffe"`` (which then meant alpha / n with
-k = 2) as ``"cuda-convnet"`` (:func:`upgrade_saved`).
+Configs saved by earlier versions (a ``config.json`` or a checkpoint's recipe: every key of that
+version, none of the newer ones) are read as the runs they were (:func:`upgrade_saved`): before
+``dropout_style`` existed, inverted dropout, the colour noise's ``"fb"`` scale, and
+``lrn_convention "caffe"`` (which then meant alpha / n with k = 2) as ``"cuda-convnet"``; before
+fc8's bias started at 0, fc8's bias of 1 and ``param_groups "paper"`` decaying the biases too.
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ class TrainConfig:
     arch: str = _f("network", "alexnet", "torchvision: fine-tune its weights", ("alexnet", "torchvision"))
     towers: int = _f("network", 2, "columns: 2 (the paper's two GPUs) or 1", (1, 2))
     lrn: bool = _f("network", True, "LRN after conv1, conv2 (section 3.3)")
-    recipe: str = _f("run", "paper", "original: the released code's recipe", ("paper", "original"))
+    recipe: str = _f("run", "paper", "paper, small or original", ("paper", "small", "original"))
     lrn_convention: str = _f("details", "paper", "alpha/n: cuda-convnet k=2, caffe k=1", ("paper", "cuda-convnet", "caffe"))
     lrn_before_relu: bool = _f("details", False, "conv1's LRN before its ReLU")
     cnorm2: bool = _f("details", False, "released code's 5x5 norm after conv2")
@@ -76,7 +77,7 @@ class TrainConfig:
     conv6_channels: int = _f("details", 0, "kernels of a sixth conv layer (0: none)")
     stem: str = _f("network", "paper", "small: conv1 3x3 stride 1 (28-64 px)", ("paper", "small"))
     init: str = _f("details", "paper", "std 0.01; original: 0.03 in conv3-5", ("paper", "original", "he"))
-    fc8_bias_zero: bool = _f("details", False, "fc8's bias starts at 0 (released)")
+    fc8_bias_zero: bool = _f("details", True, "fc8's bias starts at 0 (off: 1)")
     init_from: str = _f("finetune", "", "checkpoint whose layers start this run (not a resume)", metavar="PATH")
     freeze: tuple[str, ...] = _f("finetune", (), "layers never updated, e.g. conv1,conv2")
 
@@ -88,6 +89,8 @@ class TrainConfig:
     pca_scale: str = _f("data", "sqrt", "PCA noise P(a sqrt(l)) or P(a l/255)", ("sqrt", "fb"))
     lighting_shrink: bool = _f("data", False, "input / (1 + std) while noise is on")
     lighting_off_last_epochs: int = _f("data", 0, "no colour noise in the last N epochs")
+    mean_centre_patch: bool = _f("data", False, "subtract the mean's centre patch")
+    crop_chunk_images: int = _f("data", 1, "images sharing one crop and reflection")
     subtract_mean: bool = _f("data", True, "subtract the training set's mean image")
     mean_image: str = _f("finetune", "store", "mean image of the store or the parent", ("store", "parent"))
     input_scale: float = _f("data", 1.0, "multiply the centred pixels by this")
@@ -99,8 +102,9 @@ class TrainConfig:
     lr: float = _f("run", 0.01, "initial learning rate eps (section 5)")
     momentum: float = _f("learning", 0.9, "momentum of the update rule")
     weight_decay: float = _f("learning", 5e-4, "weight decay of the update rule")
-    param_groups: str = _f("learning", "paper", "paper: one lr; others: biases at 2x",
-                           ("paper", "cuda-convnet", "caffe", "original"))
+    param_groups: str = _f("learning", "paper", "paper: one lr, no decay on biases",
+                           ("paper", "uniform", "cuda-convnet", "caffe", "original"))
+    conv1_lr_tenth_last_epochs: int = _f("learning", 0, "conv1's lr / 10 in the last N epochs")
     freeze_conv1_last_epochs: int = _f("learning", 0, "conv1 not updated in the last N epochs")
     schedule: str = _f("learning", "plateau", "when to divide the lr", ("plateau", "milestones"))
     plateau_patience_epochs: int = _f("learning", 5, "epochs without progress before a division")
@@ -199,6 +203,8 @@ def _check_ranges(config: "TrainConfig") -> None:
         ("pca_lighting_std", config.pca_lighting_std >= 0, ">= 0"),
         ("lighting_off_last_epochs", config.lighting_off_last_epochs >= 0, ">= 0"),
         ("freeze_conv1_last_epochs", config.freeze_conv1_last_epochs >= 0, ">= 0"),
+        ("conv1_lr_tenth_last_epochs", config.conv1_lr_tenth_last_epochs >= 0, ">= 0"),
+        ("crop_chunk_images", config.crop_chunk_images >= 1, "at least 1 (1: every image its own draws)"),
         ("fc_units", config.fc_units >= 0, ">= 0 (0: 4096 x width)"),
         ("conv6_channels", config.conv6_channels >= 0, ">= 0 (0: no sixth layer)"),
         ("channels", len(config.channels) in (0, 5) and all(c >= 1 for c in config.channels),
@@ -266,22 +272,34 @@ def _expand_step_kernels(names: tuple[str, ...]) -> tuple[str, ...]:
                         "convolutions; choose one")
     return tuple(n for n in STEP_KERNELS if n in wanted)
 
-# The authors' released recipe (layers-145.cfg, layer-params-145.cfg, convdata.py; the run's log in
-# layer-params-145.cfg: colour noise set to 0 at epoch 67 and conv1's rate to 0 at epoch 72 of a run
-# stopped at epoch 91, i.e. the last 24 and 19 epochs). Dropout and the colour scale are the
-# defaults already; they are named so that the recipe reads the same over any base.
+# The authors' released recipe, by the file each value comes from. The run's log at the end of
+# layer-params-145.cfg is read with "epoch N: set ..." as the end of epoch N (the change holds from
+# epoch N + 1) and "epoch 91: killed" as a run of 91 epochs: the weights' lr divided after epochs 25,
+# 51 and 79 (counted from the start, as every milestone), conv1's weights at a tenth of it after 67
+# and frozen after 72, colour noise off after 67 (counted back from the end: the last 24, 19 and 24
+# epochs, so a run of another length ends as the released one did). Dropout, the colour scale and
+# fc8's bias are the defaults already; they are named so that the recipe reads the same over any base.
 ORIGINAL_RECIPE = dict(
-    lrn_convention="cuda-convnet",
+    # layers-145.cfg: conv1's LRN on its output before the ReLU, cnorm2, initW 0.03 in conv3-5, no initB in fc1000
     lrn_before_relu=True,
     cnorm2=True,
     init="original",
     fc8_bias_zero=True,
+    dropout_style="paper",  # its hs layers (keep 0.5): unscaled while training
+    # layer-params-145.cfg: the LRN constants, epsB 0.02 fixed with wball 0, and the run's log
+    lrn_convention="cuda-convnet",
     param_groups="cuda-convnet",
-    dropout_style="paper",
+    epochs=91,
+    schedule="milestones",
+    milestones_epochs=(25, 51, 79),
+    conv1_lr_tenth_last_epochs=24,
+    freeze_conv1_last_epochs=19,
+    lighting_off_last_epochs=24,
+    # convdata.py: the input
     pca_scale="sqrt",
     lighting_shrink=True,
-    lighting_off_last_epochs=24,
-    freeze_conv1_last_epochs=19,
+    mean_centre_patch=True,
+    crop_chunk_images=32,
 )
 
 # Every key of the recipe as it was saved before dropout_style existed; a saved recipe with all of
@@ -293,13 +311,26 @@ _SAVED_V1_KEYS = frozenset((
     "plateau_patience_epochs", "plateau_threshold", "max_lr_reductions", "milestones_epochs", "lr_factor", "seed"))
 
 
+# Keys saved since fc8's bias starts at 0 and the paper's biases go undecayed; a saved recipe (one
+# with every key of _SAVED_V1_KEYS) without them is older, and these values keep its meaning.
+_SAVED_V2_READING = dict(conv1_lr_tenth_last_epochs=0, mean_centre_patch=False, crop_chunk_images=1)
+
+
 def upgrade_saved(values: dict) -> dict:
-    """A recipe saved before ``dropout_style`` existed, with the keys that keep its meaning:
-    inverted dropout, the ``"fb"`` colour scale, and ``"caffe"`` LRN (then alpha / n with k = 2)
-    as ``"cuda-convnet"``. Any other dict is returned as it is."""
-    if "dropout_style" in values or not _SAVED_V1_KEYS <= set(values):
+    """A saved recipe of an earlier version, with the keys that keep its meaning; any other dict
+    (a recipe of this version, or a file that names some keys) is returned as it is.
+
+    Saved before ``dropout_style`` existed: inverted dropout, the ``"fb"`` colour scale, and
+    ``"caffe"`` LRN (then alpha / n with k = 2) as ``"cuda-convnet"``. Saved before the keys of
+    ``_SAVED_V2_READING`` existed: fc8's bias of 1 unless ``fc8_bias_zero`` says otherwise,
+    ``param_groups "paper"`` (then every parameter decayed) as ``"uniform"``, and those keys off,
+    so that ``recipe "original"`` does not set them."""
+    if not _SAVED_V1_KEYS <= set(values) or any(key in values for key in _SAVED_V2_READING):
         return values
-    return dict(upgrade_network(values), pca_scale="fb")
+    if "dropout_style" not in values:
+        values = dict(upgrade_network(values), pca_scale="fb")
+    groups = "uniform" if values["param_groups"] == "paper" else values["param_groups"]
+    return {"fc8_bias_zero": False, **values, **_SAVED_V2_READING, "param_groups": groups}
 
 
 def upgrade_network(values: dict) -> dict:
@@ -442,6 +473,16 @@ def from_dict(values: dict, base: TrainConfig | None = None) -> TrainConfig:
     return dataclasses.replace(base or TrainConfig(), **coerced)
 
 
+def _refuse_duplicate_keys(pairs: list[tuple[str, object]]) -> dict:
+    """A JSON object as a dict; KeyError naming a key given twice."""
+    seen = {}
+    for key, value in pairs:
+        if key in seen:
+            raise KeyError(key)
+        seen[key] = value
+    return seen
+
+
 def load_file(path: str | Path) -> dict:
     """Read a JSON or TOML config file into a dict (a saved run's config.json works too)."""
     path = Path(path)
@@ -462,9 +503,11 @@ def load_file(path: str | Path) -> dict:
             raise UserError(f"config file {path} is not valid TOML: {e}") from None
     else:
         try:
-            values = json.loads(text)
+            values = json.loads(text, object_pairs_hook=_refuse_duplicate_keys)
         except json.JSONDecodeError as e:
             raise UserError(f"config file {path} is not valid JSON: {e}") from None
+        except KeyError as e:  # JSON itself takes the last of two values silently
+            raise UserError(f"config file {path} gives {e.args[0]!r} twice; keep one") from None
     if not isinstance(values, dict):
         raise UserError(f"config file {path} must hold a table of recipe keys, not a {type(values).__name__}")
     return values
@@ -476,15 +519,16 @@ def key_type(name: str) -> type:
     return _base_type(_hints()[name])[0]
 
 
-def from_args(args: argparse.Namespace, base: TrainConfig | None = None) -> TrainConfig:
-    """The config: ``base``, then the ``--config`` file if given, then the flags given.
+def from_args(args: argparse.Namespace, base: TrainConfig | None = None, fitted: dict | None = None) -> TrainConfig:
+    """The config: ``base``, then the keys of ``fitted`` (a recipe fitted to the data, e.g. the
+    small-data one), then the ``--config`` file if given, then the flags given.
 
     A ``recipe`` named by the file or the flags fills only the keys that neither gives; an
     ``init_from`` checkpoint is recorded as an absolute path."""
     config = base or TrainConfig()
-    values = load_file(args.config) if getattr(args, "config", None) else {}
+    values = upgrade_saved(load_file(args.config)) if getattr(args, "config", None) else {}
     given = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name, None) is not None}
-    config = from_dict({**values, **given}, config)
+    config = from_dict({**(fitted or {}), **values, **given}, config)
     if config.init_from:
         config = config.replace(init_from=str(Path(config.init_from).expanduser().resolve()))
     return config

@@ -2,7 +2,8 @@
 
 It prepares the built-in data set (:mod:`alexnet.builtin`: 12,000 training and 2,000 test
 images of Fashion-MNIST at 32x32), trains the paper's network with every feature on and the
-few changes a 28-pixel data set needs (:data:`alexnet.builtin.BUILTIN_CHANGES`), then tests it
+few changes a 28-pixel data set needs (the small-data recipe, :mod:`alexnet.small_data`, which
+``alexnet train`` fits to any data set this small), then tests it
 with the centre crop and with ten crops. The test accuracy is that of the last epoch's weights
 (no choice of epoch on the test images). Running it again continues the finished run and only
 re-evaluates.
@@ -14,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from alexnet.builtin import BUILTIN_CHANGES, BUILTIN_RECIPE, prepare_builtin
+from alexnet.builtin import BUILTIN_RECIPE, prepare_builtin
 from alexnet.config import TrainConfig
 
 
@@ -37,9 +38,6 @@ def run_demo(out: str | Path = "runs/demo", *, log: Callable[[str], None] = prin
     store = prepare_builtin(data, show_progress=show_progress, log=log)
     log(f"demo: {len(store.split('train'))} training and {len(store.split('val'))} test images, "
         f"{store.num_classes} classes, {store.image_size}x{store.image_size}x{store.channels}")
-    log("demo: the paper's recipe with these changes for a small data set:")
-    for change in BUILTIN_CHANGES:
-        log(f"  - {change}")
     run = out / "run"
 
     def train_log(line: str) -> None:  # a finished run is evaluated again; the demo has no --epochs to go on with
@@ -58,4 +56,6 @@ def run_demo(out: str | Path = "runs/demo", *, log: Callable[[str], None] = prin
     minutes = (time.perf_counter() - started) / 60
     log(f"demo: curves in {run / 'curves.png'}, conv1 kernels in {run / 'filters.png'} ({minutes:.1f} minutes)")
     log(f"demo: test accuracy {centre:.2%} (centre crop), {ten:.2%} (ten crops); run directory {run}")
+    log(f"next: your own photos (PHOTOS/<class>/*.jpg): alexnet prepare PHOTOS data/mine, then alexnet train "
+        f"data/mine --out runs/mine; or alexnet predict {run / 'last.pt'} IMAGE, alexnet report {run}")
     return dict(centre_accuracy=centre, ten_crop_accuracy=ten, run_dir=str(run), minutes=minutes)

@@ -9,7 +9,15 @@ HTML page or drawing it in a figure fails. :func:`printable` replaces each such 
 
 from __future__ import annotations
 
+import sys
+
 REPLACEMENT = "\ufffd"
+
+
+def on_terminal() -> bool:
+    """Whether progress bars are worth drawing: standard error is a terminal. Written to a log file,
+    every redraw would be kept (hundreds of kilobytes a run); the epoch lines say enough there."""
+    return sys.stderr.isatty()
 
 
 def printable(text: str) -> str:

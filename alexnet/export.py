@@ -9,9 +9,14 @@ An export is a folder:
     model.onnx               the whole test-time path as one graph (``--format onnx``)
     torchvision_alexnet.pth  a state dict under torchvision's keys (``--format torchvision``)
 
+The folder is built whole beside ``--out`` and then swapped in (:func:`alexnet.atomic.replace_folder`):
+an export being replaced (``--overwrite``) stays as it was until the new one is complete, whatever
+stops the export (a full disk, SIGTERM, SIGKILL); a killed export's folder is swept by the next.
+
 ``alexnet.json`` holds ``model_args`` (what :func:`alexnet.trained.build_network` builds),
 ``classes``, ``image_size`` (the side S of the stored images), ``channels``, ``crop_size``,
-``subtract_mean``, ``input_scale``, where the mean image is, and the ONNX graph's inputs and opset.
+``subtract_mean``, ``input_scale``, where the mean image is, the ONNX graph's inputs and opset, and
+a digest of each other file (``digests``): a file copied in from another export is refused when read.
 
 The ONNX graph takes what ``alexnet prepare`` and ``alexnet predict`` make of an image: a uint8
 batch ``images`` of shape (N, S, S, C) (NHWC; the image's shorter side resized to S, the central
@@ -39,18 +44,21 @@ import copy
 import io
 import json
 import logging
+import os
+import shutil
 from pathlib import Path
 from typing import Sequence
 
 import torch
 from torch import nn
 
-from alexnet.atomic import atomic_write_bytes, stale_temporaries
+from alexnet.atomic import (atomic_write_bytes, can_replace_folder, replace_folder, stale_temporaries,
+                            sweep_dead_temporaries, temporary_folder)
 from alexnet.errors import UserError
 from alexnet.lrn import LocalResponseNorm, effective_alpha, lrn_reference
 from alexnet.torchvision_alexnet import FOLDED_STD, folded_std
 from alexnet.trained import (EXPORT_FILES, EXPORT_FORMAT, EXPORT_VERSION, MEAN_FILE, META_FILE, ONNX_FILE, ONNX_INPUT,
-                             ONNX_OUTPUT, TORCHVISION_FILE, WEIGHTS_FILE, build_trained, is_export_dir)
+                             ONNX_OUTPUT, TORCHVISION_FILE, WEIGHTS_FILE, build_trained, file_digest, is_export_dir)
 
 FORMATS = tuple(EXPORT_FILES)
 ONNX_OPSET = 18
@@ -161,13 +169,27 @@ def write_export(payload: dict, out: str | Path, formats: Sequence[str], *, sour
                                "this export's mean image and input_scale, not torchvision's normalisation"}
     # Checked again just before writing: another export may have finished there meanwhile.
     old = _check_out_dir(out, overwrite, source)
-    out.mkdir(parents=True, exist_ok=True)
-    # The description goes first: until the new one is written the folder reads as unfinished.
-    for path in sorted(old, key=lambda p: p.name != META_FILE):
-        path.unlink()
-    for name, data in contents.items():
-        atomic_write_bytes(out / name, data)
-    atomic_write_bytes(out / META_FILE, (json.dumps(meta, indent=1) + "\n").encode())
+    meta["digests"] = {name: file_digest(data) for name, data in contents.items()}  # checked when read back
+    contents[META_FILE] = (json.dumps(meta, indent=1) + "\n").encode()  # last: it makes the folder an export
+    target = out.resolve() if out.exists() else Path(os.path.abspath(out))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    swap = bool(old or not target.exists()) and can_replace_folder(target)
+    if swap:  # built beside, swapped in whole
+        sweep_dead_temporaries(target.parent, target.name)
+        folder = temporary_folder(target)
+    else:  # an empty folder (nothing to keep), or one no rename replaces: its old files go, the description first
+        folder = target
+        for path in sorted(old, key=lambda p: p.name != META_FILE):
+            path.unlink()
+    try:
+        for name, data in contents.items():
+            atomic_write_bytes(folder / name, data, fault_point="export-write")
+        if swap:
+            replace_folder(folder, target)
+    except BaseException:
+        if swap:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
     return meta
 
 

@@ -5,7 +5,9 @@
 polite stop). Unset (always, outside tests) this costs one dictionary lookup; in the training step,
 where that would be paid every step, :func:`armed` is asked once per epoch instead.
 Points: ``step`` (after a step's update), ``evaluate`` (inside validation),
-``checkpoint-write`` (half of a checkpoint's bytes written), ``metrics-append``, ``prepare-chunk``.
+``checkpoint-write`` (half of a checkpoint's bytes written), ``metrics-append``, ``prepare-chunk``,
+``export-write`` (half of an export file's bytes written), ``folder-swap`` (before a folder built
+beside its target is swapped in, and after, before the old one is deleted).
 """
 
 from __future__ import annotations

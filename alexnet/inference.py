@@ -9,13 +9,14 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 import torch
 
+from alexnet.display import on_terminal
 from alexnet.errors import UserError
 from alexnet.evaluate import probabilities, top5_table
 from alexnet.trained import ONNX_INPUT, ONNX_OUTPUT, is_export_dir, load_member, onnx_session, read_metadata
 
 
 def progress_bar(iterable: Iterable, total: int, desc: str, enabled: bool = True) -> Iterable:
-    if not enabled:
+    if not (enabled and on_terminal()):
         return iterable
     from tqdm import tqdm
 

@@ -389,11 +389,12 @@ def feature_map_size(input_size: int, stem: str = "paper", overlapping_pool: boo
 # Section 5: "We initialized the weights in each layer from a zero-mean Gaussian distribution
 # with standard deviation 0.01. We initialized the neuron biases in the second, fourth, and
 # fifth convolutional layers, as well as in the fully-connected hidden layers, with the
-# constant 1. ... the remaining layers with the constant 0." The text says "fully-connected
-# hidden layers"; the usual reading, followed here, sets fc8's bias to 1 as well, which shifts
-# every logit equally and so changes neither the softmax nor any gradient.
+# constant 1. ... the remaining layers with the constant 0." fc8 is not a hidden layer: its bias
+# is 0, as in the released layers-145.cfg (no initB in fc1000). A bias of 1 there, the usual
+# reading, shifts every logit equally (the softmax and the gradients stay as they are) but not
+# the checkpoint; the recipe's ``fc8_bias_zero`` off sets it.
 # conv6 (section 6, not in section 5's list) follows its released config: bias 1, like conv4 and conv5.
-PAPER_BIAS_ONE = ("conv2", "conv4", "conv5", "conv6", "fc6", "fc7", "fc8")
+PAPER_BIAS_ONE = ("conv2", "conv4", "conv5", "conv6", "fc6", "fc7")
 ORIGINAL_STD_003 = ("conv3", "conv4", "conv5", "conv6")
 
 
@@ -401,9 +402,9 @@ def init_weights_(model: nn.Module, scheme: str = "paper") -> nn.Module:
     """Initialise in place a network with this package's layer names (:class:`AlexNet`, or
     :class:`~alexnet.torchvision_alexnet.TorchvisionAlexNet`, whose layers are named the same).
 
-    * ``"paper"``: weights N(0, 0.01); biases 1 in conv2, conv4, conv5, fc6-fc8, 0 in conv1, conv3.
-    * ``"original"``: as ``"paper"`` but std 0.03 in conv3-conv5 (and conv6) (the released configs;
-      their fc8 bias of 0 is the separate ``fc8_bias_zero`` choice of the recipe).
+    * ``"paper"``: weights N(0, 0.01); biases 1 in conv2, conv4, conv5, fc6, fc7, 0 in conv1,
+      conv3, fc8.
+    * ``"original"``: as ``"paper"`` but std 0.03 in conv3-conv5 (and conv6) (the released configs).
     * ``"he"``: weights N(0, 2/fan_in) (fan-in scaled) and biases 0.1 in conv1-fc7; fc8 weights
       N(0, 0.01) and bias 0, so the loss starts at ln(classes). Not the paper's; it avoids the
       long stall at loss ln(classes) on small data sets.

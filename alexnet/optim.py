@@ -47,7 +47,9 @@ class PaperSGD(Optimizer):
     Per parameter group: ``lr`` (eps), ``momentum`` (0.9), ``weight_decay`` (0.0005).
     The velocity is kept in ``state[p]["velocity"]`` and starts at zero. A group with
     ``frozen=True`` is not updated at all (its weights and velocities stay as they are), as
-    cuda-convnet skips a layer whose rate is 0; see :func:`parameter_groups`.
+    cuda-convnet skips a layer whose rate is 0; a group's ``lr_scale`` (1 if absent) multiplies
+    its ``lr`` in the update, a per-layer rate that the schedule's divisions leave as it is (the
+    released run's conv1 at a tenth of the others' rate); see :func:`parameter_groups`.
     """
 
     def __init__(
@@ -112,7 +114,7 @@ class PaperSGD(Optimizer):
                     state["velocity"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 velocities.append(state["velocity"])
             grads = [p.grad for p in params]
-            lr, m, wd = group["lr"], group["momentum"], group["weight_decay"]
+            lr, m, wd = group["lr"] * group.get("lr_scale", 1.0), group["momentum"], group["weight_decay"]
             # v <- m v - wd lr w - lr g ; w <- w + v   (one fused pass per group)
             torch._foreach_mul_(velocities, m)
             if wd != 0:
@@ -122,14 +124,17 @@ class PaperSGD(Optimizer):
         return loss
 
 
-GROUP_SCHEMES = ("paper", "cuda-convnet", "caffe", "original")
+GROUP_SCHEMES = ("paper", "uniform", "cuda-convnet", "caffe", "original")
 
 
 def parameter_groups(model: nn.Module, lr: float, weight_decay: float, scheme: str = "paper",
                      own_layers: tuple[str, ...] = ()) -> list[dict]:
     """Parameter groups for :class:`PaperSGD`.
 
-    * ``"paper"``: every parameter with the same lr and weight decay (section 5).
+    * ``"paper"``: every parameter at the same lr (section 5); the weights with weight decay, the
+      biases without: section 5 writes the decay for the weights w, and the authors' configs put
+      none on biases (``wball=0``).
+    * ``"uniform"``: every parameter with the same lr and weight decay, biases included.
     * ``"cuda-convnet"``: the released configs (layer-params-145.cfg): weights at ``lr`` with
       weight decay; biases at ``2 * lr`` with no weight decay, and that rate stays fixed while
       the schedule divides the weights' (the configs end with epsW 0.00001 and epsB 0.02, the
@@ -151,7 +156,7 @@ def parameter_groups(model: nn.Module, lr: float, weight_decay: float, scheme: s
     if unknown:
         raise ValueError(f"no layer named {', '.join(unknown)} in this network (layers: "
                          f"{', '.join(dict.fromkeys(layer_of.values()))})")
-    split_biases = scheme != "paper"
+    split_biases = scheme != "uniform"
     groups: list[dict] = []
     for layer in (*own_layers, None):
         for kind in (("weights", "biases") if split_biases else ("all",)):
@@ -162,7 +167,9 @@ def parameter_groups(model: nn.Module, lr: float, weight_decay: float, scheme: s
                 continue
             group = dict(params=params, lr=lr, weight_decay=weight_decay, layer=layer, kind=kind)
             if kind == "biases":
-                group.update(lr=2 * lr, weight_decay=0.0, fixed_lr=scheme == "cuda-convnet")
+                group.update(weight_decay=0.0)
+                if scheme != "paper":
+                    group.update(lr=2 * lr, fixed_lr=scheme == "cuda-convnet")
             groups.append(group)
     return groups
 

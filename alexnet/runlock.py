@@ -14,6 +14,11 @@ in one metrics.jsonl. :func:`run_lock` makes the second one stop before it write
   opened the old file meanwhile notices that the path now names another file and starts
   over). A file found on entry therefore comes from a process that died holding it: its lock is
   free, it is taken over, and the caller gets a note naming the dead owner.
+* The owner also holds ``flock(LOCK_EX)`` on the folder itself, and readers of a store (a
+  training run, an evaluation) ``flock(LOCK_SH)`` on it (:func:`shared_lock`; nothing is written
+  into the store for it): any number read together, and an owner (``prepare --force``, which
+  replaces the store) is refused while one reads. A lock on the folder follows the folder, so a
+  store swapped in whole by its rebuild is free to read at once.
 * Where ``flock`` is unavailable (no ``fcntl`` module, or a file system that refuses it), the file
   is created exclusively instead (``O_EXCL``) and an owner is taken as alive when its pid runs
   on this host. That is weaker (a pid can be reused; another machine's pid cannot be checked),
@@ -186,6 +191,52 @@ def _exclusive_file(directory: Path, path: Path, me: Owner, advice: str) -> str 
     raise UserError(f"could not take {path}: other processes keep replacing it; {advice}")
 
 
+def _folder_fd(directory: Path) -> int | None:
+    """An fd of the folder ``directory`` to flock, or None where that cannot be had."""
+    try:
+        return os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return None
+
+
+def _lock_folder(directory: Path, mode: int) -> int | None:
+    """Hold flock ``mode`` on the folder ``directory``: its fd, or None where folders cannot be
+    locked; OSError (EWOULDBLOCK) while another process holds a lock that excludes it."""
+    fd = _folder_fd(directory) if fcntl is not None else None
+    if fd is None:
+        return None
+    try:
+        fcntl.flock(fd, mode | fcntl.LOCK_NB)
+    except OSError as e:
+        readers = False
+        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES) and mode == fcntl.LOCK_EX:
+            try:  # a shared lock is had while only readers hold theirs
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                readers = True
+            except OSError:
+                pass
+        os.close(fd)
+        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            e.readers = readers
+            raise
+        return None  # this file system does not lock folders
+    return fd
+
+
+def shared_lock(directory: str | os.PathLike) -> int | None:
+    """Hold a shared lock on the folder ``directory`` (a store) while it is read: the fd to close
+    when done, or None where folders cannot be locked. Readers share it; an owner
+    (:func:`run_lock`: ``prepare --force``) is refused meanwhile, and a reader that comes while
+    one writes gets a one-line UserError naming it."""
+    directory = Path(directory)
+    try:
+        return _lock_folder(directory, fcntl.LOCK_SH if fcntl is not None else 0)
+    except OSError:
+        path = directory / LOCK_FILE
+        owner = _parse(path.read_text(errors="replace")) if path.is_file() else None
+        raise _in_use(directory, owner, "wait for it to finish, then run this again") from None
+
+
 @contextlib.contextmanager
 def run_lock(
     directory: str | os.PathLike,
@@ -218,6 +269,17 @@ def run_lock(
         fd, note = held
     else:
         note = _exclusive_file(directory, path, me, advice)
+    try:
+        folder = _lock_folder(directory, fcntl.LOCK_EX) if fcntl is not None else None
+    except OSError as e:  # the lock file is ours: only readers (or an owner of older days) hold the folder
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        if fd is not None:
+            os.close(fd)
+        if getattr(e, "readers", False):
+            raise UserError(f"{directory} is being read by another process (a training run or an evaluation); "
+                            f"{advice}") from None
+        raise _in_use(directory, None, advice) from None
     lock = RunLock(directory, path, note)
     if note:
         say(note)
@@ -225,9 +287,13 @@ def run_lock(
         yield lock
     finally:
         with contextlib.suppress(FileNotFoundError):
-            path.unlink()  # still holding the flock: nobody can be inside between our unlink and close
-        if fd is not None:
-            os.close(fd)
+            # still holding the flock: nobody can be inside between our unlink and close; the folder
+            # may have been swapped for a rebuilt one meanwhile, whose lock file is not ours
+            if fd is None or os.path.samestat(os.fstat(fd), os.stat(path)):
+                path.unlink()
+        for held_fd in (fd, folder):
+            if held_fd is not None:
+                os.close(held_fd)
         if created:
             with contextlib.suppress(OSError):
                 directory.rmdir()  # only if empty: a refused or failed first run leaves no folder behind

@@ -41,6 +41,9 @@ class TensorBoardWriter:
     def __init__(self, run_dir: str | Path, purge_step: int | None = None) -> None:
         SummaryWriter = summary_writer_class()
         self.log_dir = Path(run_dir) / SUBDIR
+        if self.log_dir.exists() and not self.log_dir.is_dir():
+            raise UserError(f"{self.log_dir} is a file, where --tensorboard writes its folder of events; move or "
+                            "delete it, or train without --tensorboard")
         self._writer = SummaryWriter(str(self.log_dir), purge_step=purge_step)
 
     def log_epoch(self, line: dict, conv1_weight: torch.Tensor | None = None, towers: int = 1) -> None:

@@ -28,6 +28,7 @@ keeps the mean as a constant mean image (x 255), the scale 1/255, and folds the 
 from __future__ import annotations
 
 import math
+import os
 from collections import OrderedDict
 
 import torch
@@ -183,6 +184,37 @@ def unfold_input_std(state: dict, std: tuple[float, ...]) -> dict:
     w = state["features.conv1.weight"]
     state["features.conv1.weight"] = w * torch.tensor(std, dtype=w.dtype).view(1, -1, 1, 1)
     return state
+
+
+def _is_safetensors(path) -> bool:
+    """Whether ``path`` starts as a safetensors file: an 8-byte little-endian header length, then
+    that many bytes of JSON."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(9)
+        size = os.path.getsize(path)
+    except OSError:
+        return False
+    return len(head) == 9 and head[8:] == b"{" and 2 <= int.from_bytes(head[:8], "little") <= size - 8
+
+
+def read_weights(path) -> dict:
+    """torchvision's AlexNet weights as saved: a ``torch.save`` state dict (``alexnet-owt-*.pth``,
+    read without running code by :func:`alexnet.checkpoint.read_torch_file`) or a safetensors file
+    (``safetensors.torch.save_file(model.state_dict(), ...)``); a one-line UserError otherwise."""
+    from alexnet.checkpoint import read_torch_file
+
+    expect = "torchvision's AlexNet weights (a .pth state dict, or .safetensors)"
+    if not _is_safetensors(path):
+        return read_torch_file(path, expect=expect, legacy=True)
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    try:
+        with open(path, "rb") as f:
+            return load(f.read())
+    except (SafetensorError, OSError, ValueError) as e:
+        raise UserError(f"{path} is not a readable safetensors file ({str(e).splitlines()[0]}); it is not {expect}") from None
 
 
 def import_checkpoint_payload(torchvision_state: dict, classes: list[str], *, image_size: int = TORCHVISION_RESIZE,

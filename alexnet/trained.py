@@ -19,6 +19,7 @@ and the recipe must agree with the network. :func:`build_network` makes the netw
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import json
 import math
@@ -72,6 +73,27 @@ def build_trained(payload: dict) -> nn.Module:
 
 # --------------------------------------------------------------------------------------------
 # Reading
+
+
+def file_digest(data: bytes | Path) -> str:
+    """The digest of an export's file (its bytes, or the file at a path, read in pieces) that
+    ``alexnet.json`` records (``digests``)."""
+    if isinstance(data, bytes):
+        return hashlib.sha256(data).hexdigest()[:16]
+    digest = hashlib.sha256()
+    with open(data, "rb") as f:
+        while piece := f.read(1 << 24):
+            digest.update(piece)
+    return digest.hexdigest()[:16]
+
+
+def _check_belongs(path: Path, meta: dict, name: str) -> None:
+    """That the file ``name`` of the export folder ``path`` is the one its ``alexnet.json`` was
+    written with (exports written before ``digests`` existed are taken as they are)."""
+    digest = meta.get("digests", {}).get(name) if isinstance(meta.get("digests"), dict) else None
+    if digest is not None and file_digest(path / name) != digest:
+        raise UserError(f"{path / name} does not belong with {META_FILE} beside it (it is not the file exported "
+                        "with it: copied from another export, or changed since); export the checkpoint again")
 
 
 def is_export_dir(path: str | Path) -> bool:
@@ -167,13 +189,16 @@ def _read_export(path: Path) -> dict:
                         "(alexnet predict also runs an ONNX export)")
     try:
         mean = _read_safetensors(path / meta["mean_image"]["file"])[meta["mean_image"]["key"]]
+        _check_belongs(path, meta, meta["mean_image"]["file"])
         config = {**meta.get("training_config", {}), **{k: meta[k] for k in ("crop_size", "subtract_mean", "input_scale")}}
         data = dict(classes=list(meta["classes"]), image_size=int(meta["image_size"]), channels=int(meta["channels"]),
                     mean_image=mean, **({FOLDED_STD: meta[FOLDED_STD]} if FOLDED_STD in meta else {}))
         model_args = dict(meta["model_args"])
     except (KeyError, TypeError) as e:
         raise UserError(f"{path / META_FILE} lacks {e}; export the checkpoint again") from None
-    return dict(model_args=model_args, data=data, config=config, model=_read_safetensors(path / files["safetensors"]))
+    weights = _read_safetensors(path / files["safetensors"])
+    _check_belongs(path, meta, files["safetensors"])
+    return dict(model_args=model_args, data=data, config=config, model=weights)
 
 
 def onnx_session(path: str | Path):
@@ -189,9 +214,46 @@ def onnx_session(path: str | Path):
     file = path / meta["files"]["onnx"]
     try:
         model = str(file) if _utf8(file) else file.read_bytes()  # as safetensors, for a path that is not UTF-8
-        return onnxruntime.InferenceSession(model, providers=["CPUExecutionProvider"]), meta
+        session = onnxruntime.InferenceSession(model, providers=["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime raises its own kinds for missing or damaged files
         raise UserError(f"{file} cannot be loaded by onnxruntime ({str(e).splitlines()[0]}); export again") from None
+    _check_onnx_against(session, meta, file)
+    _check_belongs(path, meta, meta["files"]["onnx"])
+    return session, meta
+
+
+def _check_onnx_against(session, meta: dict, file: Path) -> None:
+    """The ONNX graph of an export must be the one its ``alexnet.json`` describes (a model.onnx copied
+    from another export would name the wrong classes, or fail on the images it is given): its input
+    (N, S, S, C) uint8 images, its output one probability per class, and the classes it was
+    exported with."""
+    try:
+        size, channels, classes = int(meta["image_size"]), int(meta["channels"]), list(meta["classes"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise UserError(f"{file.parent / META_FILE} lacks {e}; export the checkpoint again") from None
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    found, wanted = [], []
+    if [i.name for i in inputs] != [ONNX_INPUT] or list(inputs[0].shape[1:]) != [size, size, channels]:
+        found.append(f"takes {', '.join(f'{i.name} {i.shape}' for i in inputs)}")
+        wanted.append(f"'{ONNX_INPUT}' of (N, {size}, {size}, {channels}) images")
+    if len(outputs) != 1 or list(outputs[0].shape[1:]) != [len(classes)]:
+        found.append(f"gives {', '.join(f'{o.name} {o.shape}' for o in outputs)}")
+        wanted.append(f"{len(classes)} class probabilities")
+    described = session.get_modelmeta().custom_metadata_map.get("alexnet")
+    try:
+        theirs = json.loads(described).get("classes") if described else None
+    except (json.JSONDecodeError, AttributeError):
+        theirs = None
+    if theirs is not None and theirs != classes:
+        found.append(f"was exported for the classes {_few(theirs)}")
+        wanted.append(f"{_few(classes)}")
+    if found:
+        raise UserError(f"{file} does not belong with {META_FILE} beside it: it {'; '.join(found)}, where "
+                        f"{META_FILE} says {'; '.join(wanted)} (copied from another export?); export again")
+
+
+def _few(names: list) -> str:
+    return ", ".join(map(str, names[:3])) + (", ..." if len(names) > 3 else "")
 
 
 def preprocess_for(payload: dict, device: torch.device) -> EvalPreprocess:

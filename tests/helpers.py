@@ -69,9 +69,10 @@ def write_image_folder(root: Path, classes: int = 3, per_class: int = 16, size: 
     return root
 
 
-def make_store(root: Path, classes: int = 3, per_class: int = 16, seed: int = 0, size: int = 36, image_size: int = 32) -> Path:
+def make_store(root: Path, classes: int = 3, per_class: int = 16, seed: int = 0, size: int = 36, image_size: int = 32,
+               val_per_class: int | None = None) -> Path:
     """``write_image_folder`` into ``root/src``, prepared at ``image_size`` into ``root/store``; returns the store."""
-    write_image_folder(root / "src", classes, per_class, size=size, seed=seed)
+    write_image_folder(root / "src", classes, per_class, size=size, seed=seed, val_per_class=val_per_class)
     prepare_store(root / "src", root / "store", image_size=image_size, progress_bar=False, log=lambda s: None)
     return root / "store"
 
@@ -344,3 +345,18 @@ def lrn_numpy(x, size: int, alpha: float, beta: float, k: float, groups: int = 1
             s = (x[:, g * per + lo : g * per + hi + 1] ** 2).sum(axis=1)
             out[:, g * per + i] = x[:, g * per + i] / (k + alpha * s) ** beta
     return out
+
+
+def torchvision_forward(sd: dict, x: torch.Tensor) -> torch.Tensor:
+    """torchvision's AlexNet in eval mode, written out with torch.nn.functional and reading ``sd`` by
+    torchvision's names: a reference written apart from the package's layout and key translation."""
+    F = torch.nn.functional
+    x = F.max_pool2d(F.relu(F.conv2d(x, sd["features.0.weight"], sd["features.0.bias"], stride=4, padding=2)), 3, 2)
+    x = F.max_pool2d(F.relu(F.conv2d(x, sd["features.3.weight"], sd["features.3.bias"], padding=2)), 3, 2)
+    x = F.relu(F.conv2d(x, sd["features.6.weight"], sd["features.6.bias"], padding=1))
+    x = F.relu(F.conv2d(x, sd["features.8.weight"], sd["features.8.bias"], padding=1))
+    x = F.max_pool2d(F.relu(F.conv2d(x, sd["features.10.weight"], sd["features.10.bias"], padding=1)), 3, 2)
+    x = torch.flatten(F.adaptive_avg_pool2d(x, (6, 6)), 1)
+    x = F.relu(F.linear(x, sd["classifier.1.weight"], sd["classifier.1.bias"]))  # dropout: identity in eval
+    x = F.relu(F.linear(x, sd["classifier.4.weight"], sd["classifier.4.bias"]))
+    return F.linear(x, sd["classifier.6.weight"], sd["classifier.6.bias"])

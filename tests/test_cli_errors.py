@@ -20,18 +20,17 @@ from alexnet import checkpoint
 from alexnet.cli import build_parser, main
 from alexnet.export import write_export
 from alexnet.model import AlexNet
-from helpers import make_store
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = dict(num_classes=3, stem="small", input_size=28, width=0.125, in_channels=3)
 
 
 @pytest.fixture(scope="module")
-def paths(tmp_path_factory) -> dict[str, str]:
+def paths(tmp_path_factory, shared_store) -> dict[str, str]:
     """Named things a user can give: a real store and checkpoint, and every kind of wrong path."""
     root = tmp_path_factory.mktemp("cli")
-    store = make_store(root / "a", classes=3, per_class=4, image_size=32)
-    other = make_store(root / "b", classes=3, per_class=4, image_size=16)  # another image size
+    store = shared_store(per_class=4)
+    other = shared_store(per_class=4, image_size=16)  # another image size
     classes = json.loads((store / "manifest.json").read_text())["classes"]
     ckpt = root / "c.pt"
     checkpoint.save(ckpt, dict(model_args=dict(SMALL), model=AlexNet(**SMALL).state_dict(),
@@ -273,6 +272,7 @@ def test_top5_is_not_shown_for_five_classes_or_fewer(paths, capsys):
     assert "top5_error" not in json.loads(capsys.readouterr().out)
 
 
+@pytest.mark.slow
 def test_training_shows_top5_only_with_more_than_five_classes(paths, tmp_path, capsys):
     small = ["--crop-size", "28", "--stem", "small", "--width", "0.125", "--batch-size-per-device", "4",
              "--epochs", "1", "--max-steps-per-epoch", "1", "--quiet"]
@@ -312,17 +312,6 @@ def test_evaluate_reports_no_error_rate_when_outputs_are_nan(paths, tmp_path, ca
     assert "error" not in captured.out and "%" not in captured.out
     lines = [x for x in captured.err.splitlines() if x.strip() and not x.startswith("evaluate:")]  # no progress bar
     assert len(lines) == 1 and re.search(r"\d+ of \d+ val images gave NaN or infinite network outputs", lines[0])
-
-
-def test_every_reader_of_a_trained_network_takes_an_export_folder(paths, tmp_path, capsys):
-    """trained.load reads a safetensors export as it reads a run folder: show, export, --init-from alike."""
-    from alexnet import trained
-
-    assert main(["show", "filters", paths["EXPORT"], "--out", str(tmp_path / "f.png")]) == 0
-    assert (tmp_path / "f.png").is_file()
-    from_export, from_checkpoint = trained.load(paths["EXPORT"]), trained.load(paths["CKPT"])
-    assert all(torch.equal(from_export["model"][k], v) for k, v in from_checkpoint["model"].items())
-    assert torch.equal(from_export["data"]["mean_image"], from_checkpoint["data"]["mean_image"])
 
 
 def test_a_list_flag_takes_one_word_so_the_positionals_after_it_stay_positional():

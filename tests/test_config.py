@@ -275,6 +275,7 @@ def test_bad_flag_value_is_a_user_error():
         cfg.from_args(_parser().parse_args(["--epochs", "0"]))
 
 
+@pytest.mark.slow  # a second Python process that imports torch
 def test_python_dash_m_runs_the_cli():
     import subprocess
     import sys

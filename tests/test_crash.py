@@ -12,9 +12,8 @@ import pytest
 import torch
 
 from alexnet import checkpoint
-from alexnet.data.prepare import prepare_store
 
-from helpers import write_image_folder
+pytestmark = pytest.mark.slow  # each test runs the CLI in new processes, most of them killed at named points
 
 FLAGS = ["--stem", "small", "--width", "0.125", "--crop-size", "28", "--batch-size-per-device", "8",
          "--epochs", "3", "--loader-workers", "1", "--checkpoint-every-steps", "2", "--quiet", "--deterministic"]
@@ -29,10 +28,8 @@ def run_cli(*args: str, kill_at: str | None = None, signal: str = "SIGKILL") -> 
 
 
 @pytest.fixture(scope="module")
-def store_dir(tmp_path_factory) -> Path:
-    tmp = tmp_path_factory.mktemp("crash")
-    prepare_store(write_image_folder(tmp / "src", per_class=12), tmp / "store", image_size=32, progress_bar=False, log=lambda s: None)
-    return tmp / "store"
+def store_dir(shared_store) -> Path:
+    return shared_store(per_class=12, size=40)
 
 
 def test_kill_and_resume_is_bit_identical(store_dir, tmp_path):

@@ -58,6 +58,42 @@ def test_train_augment_against_numpy(data, channels, pca_scale, shrink):
     np.testing.assert_allclose(again.numpy(), want, rtol=0, atol=1e-3)
 
 
+def released_reference(images, mean, eigenvalues, eigenvectors, top, left, flip, alpha, chunk):
+    """convdata.py's training crops written out chunk by chunk: the crop position and reflection of each chunk
+    of ``chunk`` images (the draws of its first image), minus the mean image's centre patch whatever the crop and
+    reflection (``data_mean_crop``), plus each image's own colour noise, all divided by 1 + 0.1."""
+    border = (S - CROP) // 2
+    centre = mean[border : border + CROP, border : border + CROP].astype(np.float64)
+    out = np.empty((len(images), images.shape[3], CROP, CROP))
+    for c in range(0, len(images), chunk):
+        end = min(c + chunk, len(images))
+        t, l = int(top[c]), int(left[c])
+        pic = images[c:end, t : t + CROP, l : l + CROP].astype(np.float64)
+        if flip[c]:
+            pic = pic[:, :, ::-1]
+        noise = (alpha[c:end].astype(np.float64) * np.sqrt(eigenvalues.astype(np.float64))) @ eigenvectors.T
+        out[c:end] = ((pic - centre + noise[:, None, None, :]) / 1.1).transpose(0, 3, 1, 2)
+    return out
+
+
+@pytest.mark.parametrize("chunk", [1, 24, 64])
+def test_released_crops_per_chunk_and_the_centre_mean_against_numpy(data, chunk):
+    images, mean, eigenvalues, eigenvectors = data
+    augment = TrainAugment(mean, eigenvalues, eigenvectors, crop_size=CROP, lighting_shrink=True,
+                           mean_centre_patch=True, crop_chunk_images=chunk)
+    out = augment(torch.from_numpy(images), torch.Generator().manual_seed(5))
+    top, left, flip, alpha = (t.numpy() for t in augment.draw(len(images), torch.Generator().manual_seed(5)))
+    np.testing.assert_allclose(out.numpy(), released_reference(images, mean, eigenvalues, eigenvectors, top, left,
+                                                               flip, alpha, chunk), rtol=0, atol=1e-3)
+    # the draws: one position and reflection per chunk (a shorter last one), then every image's colour noise
+    g, chunks, reach = torch.Generator().manual_seed(5), -(-len(images) // chunk), S - CROP + 1
+    per_chunk = [torch.randint(0, reach, (chunks,), generator=g), torch.randint(0, reach, (chunks,), generator=g),
+                 torch.rand(chunks, generator=g) < 0.5]
+    for drawn, want in zip((top, left, flip), per_chunk):
+        np.testing.assert_array_equal(drawn, np.repeat(want.numpy(), chunk)[: len(images)])
+    np.testing.assert_array_equal(alpha, (torch.randn(len(images), C, generator=g) * 0.1).numpy())
+
+
 def test_every_crop_offset_is_reached_equally(data):
     images, mean, eigenvalues, eigenvectors = data
     # pixel value = 16 * row + column, so the first output pixel names the crop's offset

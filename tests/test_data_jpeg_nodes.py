@@ -18,6 +18,8 @@ from PIL import Image
 
 from alexnet.data import open_store, prepare_store
 
+pytestmark = pytest.mark.slow  # two torchrun launchers and their ranks
+
 pytest.importorskip("simplejpeg")
 
 RANK_SCRIPT = textwrap.dedent(
@@ -58,7 +60,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("torchrun") is None and not (Path(sys.executable).parent / "torchrun").exists(),
                     reason="torchrun is not installed")
 def test_two_nodes_see_every_image_once(tmp_path):

@@ -298,6 +298,7 @@ def test_builtin_fashion_mnist():
     assert sum(f.stat().st_size for f in folder.iterdir()) < 6.5e6
 
 
+@pytest.mark.slow
 def test_builtin_fashion_mnist_prepares(tmp_path):
     store = run(builtin_fashion_mnist(), tmp_path / "store", image_size=32, workers=2).store
     assert len(store.split("train")) == 12000 and len(store.split("val")) == 2000

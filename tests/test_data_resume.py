@@ -30,6 +30,7 @@ def processes_mentioning(text: str) -> list[int]:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc and fork")
+@pytest.mark.slow  # a prepare in its own process, killed with SIGKILL
 def test_sigkill_mid_run_then_resume(tmp_path):
     src = make_tree(tmp_path / "src", classes=("a", "b", "c"), per_class=12, val_per_class=4)
     out = tmp_path / "store"

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import struct
 import zlib
 
@@ -532,12 +533,14 @@ def test_unreadable_val_images_are_refused(tmp_path):
 # --- small images ----------------------------------------------------------------------------
 
 
-def test_small_images_get_a_note_with_the_small_image_flags(tmp_path):
-    src = make_tree(tmp_path / "src")  # 16..39 px a side
+def test_small_images_get_a_note_with_the_size_to_store_them_at(tmp_path):
+    src = make_tree(tmp_path / "src")  # 16..39 px a side: median shorter side about 27 px
     notes = run(src, tmp_path / "a", image_size=256).notes
-    small = [n for n in notes if "small" in n]
-    assert len(small) == 1 and "--stem small" in small[0] and "--image-size" in small[0]
-    assert not any("--stem small" in n for n in run(src, tmp_path / "b", image_size=16).notes)
+    small = [n for n in notes if "are small" in n]
+    assert len(small) == 1, notes
+    side, size = map(int, re.search(r"shorter side (\d+) px.*--image-size (\d+) --force", small[0]).groups())
+    assert size % 8 == 0 and side <= size < side + 8  # their own size, rounded up to a multiple of 8
+    assert not any("are small" in n for n in run(src, tmp_path / "b", image_size=16).notes)
 
 
 def test_large_images_get_no_note(tmp_path):
@@ -545,4 +548,4 @@ def test_large_images_get_no_note(tmp_path):
     for cls in ("cat", "dog"):
         for i in range(4):
             image(tmp_path / "src" / cls / f"{i}.png", rng, size=80)
-    assert not any("--stem small" in n for n in run(tmp_path / "src", tmp_path / "store", image_size=256).notes)
+    assert not any("are small" in n for n in run(tmp_path / "src", tmp_path / "store", image_size=256).notes)

@@ -69,6 +69,7 @@ def _helpers(d) -> None:
     barrier()
 
 
+@pytest.mark.slow
 def test_two_processes_sum_and_broadcast():
     run_ranks(_helpers, 2)
 
@@ -89,5 +90,6 @@ def _layout(d) -> None:
     assert all_reduce_sum(torch.ones(1), group=plain.data_parallel_group).item() == 4.0
 
 
+@pytest.mark.slow
 def test_four_ranks_form_two_replicas_of_two_towers():
     run_ranks(_layout, 4)

@@ -20,14 +20,15 @@ from alexnet.experiments import figure1, runs
 from alexnet.experiments.ablations import DEFAULT_VARIANTS
 from alexnet.experiments.figure1 import steps_to_level
 from alexnet.experiments.four_layer import FourLayerNet
-from helpers import QUIET, TINY, make_store, write_image_folder
+from helpers import QUIET, TINY, write_image_folder
 
 
 @pytest.fixture(scope="module")
-def store_dir(tmp_path_factory) -> Path:
-    return make_store(tmp_path_factory.mktemp("data"))
+def store_dir(shared_store) -> Path:
+    return shared_store()
 
 
+@pytest.mark.slow
 def test_ablation_table_has_every_variant_with_numpy_means_and_stds(store_dir, tmp_path):
     base = tmp_path / "base.json"
     base.write_text(json.dumps({k: v for k, v in TINY.to_dict().items() if k != "epochs"}))
@@ -65,6 +66,7 @@ def test_ablation_table_has_every_variant_with_numpy_means_and_stds(store_dir, t
     assert configs["no-overlap"]["overlapping_pool"] is False and configs["full"]["width"] == 0.125
 
 
+@pytest.mark.slow
 def test_interrupted_ablation_skips_finished_runs_and_resumes_the_partial_one(store_dir, tmp_path, monkeypatch):
     base = TINY.replace(epochs=2)
     real = ablation_runs.train_or_resume
@@ -127,6 +129,7 @@ def test_steps_to_level_and_same_initial_weights():
     assert conv.weight.std().item() == pytest.approx(25 ** -0.5, rel=0.35)
 
 
+@pytest.mark.slow
 def test_relu_vs_tanh_four_layer(store_dir, tmp_path):
     out = tmp_path / "fig1"
     assert main(["experiment", "relu-vs-tanh", str(store_dir), "--out", str(out), "--seeds", "2", "--epochs", "2",
@@ -152,6 +155,7 @@ def test_relu_vs_tanh_four_layer(store_dir, tmp_path):
     assert sum("done before, kept" in line for line in lines) == 6
 
 
+@pytest.mark.slow
 def test_relu_vs_tanh_small_alexnet(store_dir, tmp_path):
     s = figure1.relu_vs_tanh(store_dir, tmp_path, seeds=1, epochs=2, net="alexnet", base=TINY, **QUIET)
     assert s["lr"] == {"relu": TINY.lr, "tanh": TINY.lr}
@@ -173,7 +177,7 @@ def _result(out: Path, variant: str = "full") -> str:
 
 
 @pytest.mark.slow
-def test_rerun_with_another_lr_or_other_data_is_refused_and_keeps_the_table_true(store_dir, tmp_path):
+def test_rerun_with_another_lr_or_other_data_is_refused_and_keeps_the_table_true(store_dir, shared_store, tmp_path):
     out = tmp_path / "abl"
     ablation_runs.ablations(store_dir, out, base=TINY, seeds=1, variants=["full"], **QUIET)
     before = _result(out)
@@ -186,7 +190,7 @@ def test_rerun_with_another_lr_or_other_data_is_refused_and_keeps_the_table_true
     with pytest.raises(UserError, match=r"another recipe.*lr 0\.01 -> 0\.05"):
         ablation_runs.ablations(store_dir, out, base=TINY.replace(lr=0.05), seeds=1, variants=["full"], **QUIET)
     # the same recipe on another store is not a "finished before" result of this one
-    other = make_store(tmp_path / "other", classes=4)
+    other = shared_store(classes=4)
     with pytest.raises(UserError, match="another store"):
         ablation_runs.ablations(other, out, base=TINY, seeds=1, variants=["full"], **QUIET)
     assert _result(out) == before
@@ -209,6 +213,7 @@ def test_a_second_experiment_on_the_same_folder_stops_before_it_trains(store_dir
     assert not out.exists()  # nothing was written: the lock's folder is gone with it
 
 
+@pytest.mark.slow
 def test_four_layer_runs_are_kept_only_for_the_same_store(tmp_path):
     def prepare(classes):
         src = tmp_path / f"src{classes}"

@@ -198,6 +198,7 @@ class LRNCases(nn.Module):
 
 
 @needs_onnx
+@pytest.mark.slow
 def test_onnx_lrn_matches_the_formula():
     """ONNX's LRN divides alpha by size: the exported constant must undo that (checked at activations where it matters)."""
     from alexnet.export import onnx_model, plain_torch_copy
@@ -246,6 +247,7 @@ def test_onnx_matches_pytorch_on_real_images(tmp_path, name):
 
 
 @needs_onnx
+@pytest.mark.slow
 def test_onnx_exports_the_within_map_normalisation_of_cnorm2(tmp_path):
     """cnorm2 (the released code's 5x5 within-map normalisation after conv2's LRN) through onnxruntime."""
     import onnx
@@ -273,6 +275,7 @@ def test_onnx_exports_the_within_map_normalisation_of_cnorm2(tmp_path):
 
 
 @needs_onnx
+@pytest.mark.slow
 def test_onnx_exports_the_test_time_function_of_either_dropout_style(tmp_path):
     """A dropout that scales at test time (the paper's 'multiply by 0.5') exports as what eval() computes."""
     from alexnet.export import InferencePath, onnx_model, plain_torch_copy
@@ -316,6 +319,7 @@ def _png(path: Path, image: np.ndarray) -> str:
 
 
 @needs_onnx
+@pytest.mark.slow
 def test_cli_export_then_predict_from_checkpoint_safetensors_and_onnx(tmp_path, capsys):
     args, size, crop = VARIANTS["small-stem"]
     ckpt = tmp_path / "model.pt"

@@ -14,6 +14,7 @@ from PIL import Image
 
 from alexnet.cli import main
 from alexnet.data import open_store
+from alexnet.figures.plots import TOWER_LABEL_PX
 from alexnet.figures.paper import features, nearest_neighbours, nearest_training_images, spread_indices
 from alexnet.trained import load_member
 from alexnet.training import train
@@ -21,10 +22,9 @@ from helpers import TINY, make_store
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("fig")
-    store = make_store(root)
-    run = root / "run"
+def trained(tmp_path_factory, shared_store) -> tuple[Path, Path]:
+    store = shared_store()
+    run = tmp_path_factory.mktemp("fig") / "run"
     train(TINY.replace(epochs=2), store, run, show_progress=False, log=lambda s: None)
     return store, run
 
@@ -68,9 +68,9 @@ def test_show_filters_and_neighbours_write_pngs(trained, tmp_path, capsys):
     store_dir, run = trained
     assert main(["show", "filters", str(run / "best.pt"), "--out", str(tmp_path / "f.png")]) == 0
     # 12 kernels of 3x3 (width 0.125): two towers of one row of 6, enlarged 16x with 2 px gaps,
-    # 3 rows' height between the towers
+    # each under its label line
     cell = 3 * 16 + 2
-    assert Image.open(tmp_path / "f.png").size == (6 * cell + 2, 2 * cell + 3 * cell + 2)
+    assert Image.open(tmp_path / "f.png").size == (6 * cell + 2, 2 * (TOWER_LABEL_PX + cell) + 2)
     assert main(["show", "neighbours", str(run), str(store_dir), "--images", "3", "--max-train", "20",
                  "--out", str(tmp_path / "n.png"), "--quiet"]) == 0
     assert Image.open(tmp_path / "n.png").size == (round(100 * (1.3 * 7 + 3.2)), round(100 * (1.45 * 3 + 0.3)))

@@ -15,15 +15,15 @@ from alexnet.commands.train import add_recipe_flags
 from alexnet.data import open_store
 from alexnet.errors import UserError
 from alexnet.model import AlexNet
-from helpers import QUIET, TINY, make_store
+from helpers import QUIET, TINY
 
 TRUNK = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7")
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
+def store(shared_store):
     """The new task: three classes."""
-    return make_store(tmp_path_factory.mktemp("three"), classes=3)
+    return shared_store()
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +66,7 @@ def test_trunk_is_bit_identical_at_step_0_and_fc8_is_new(store, parent):
     assert not torch.equal(fresh.features.conv1.weight, theirs["features.conv1.weight"]) and len(said) == 1
 
 
+@pytest.mark.slow
 def test_it_trains_records_the_parent_and_freezes_what_it_is_told(store, parent, tmp_path):
     from alexnet.training import train
 
@@ -113,6 +114,7 @@ def test_a_parent_that_does_not_fit_is_one_line(store, parent, tmp_path):
                     log=lambda m: None)
 
 
+@pytest.mark.slow
 def test_a_parent_is_read_as_any_network_source_and_refused_when_it_would_compute_something_else(
         store, parent, tmp_path, capsys):
     """An export folder works as a parent; torchvision's layout, another input scale or another

@@ -51,6 +51,7 @@ def mutate(data: bytes, mutations) -> bytes:
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(mutations=st.lists(mutation, min_size=1, max_size=6), channels=st.sampled_from([1, 3]))
+@pytest.mark.slow
 def test_mutated_files_decode_or_are_reported(tmp_path, fmt, mutations, channels):
     path = tmp_path / f"fuzz.{fmt.lower()}"
     path.write_bytes(mutate(SEEDS[fmt], mutations))

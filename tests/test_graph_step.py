@@ -23,7 +23,7 @@ from alexnet.errors import UserError
 from alexnet.optim import PaperSGD
 from alexnet.training import train
 from alexnet.speed.cuda_graph import Captured, GraphedStep, check_cuda_graph
-from helpers import QUIET, make_store
+from helpers import QUIET
 
 
 class ReplayByCalling:
@@ -117,14 +117,15 @@ def test_what_a_graph_cannot_follow_is_refused_in_one_line(changes, processes, d
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory) -> Path:
-    return make_store(tmp_path_factory.mktemp("graph") / "store", classes=3, per_class=16, size=36, image_size=32)
+def store(shared_store) -> Path:
+    return shared_store()
 
 
 SMALL = TrainConfig(stem="small", width=0.125, crop_size=28, batch_size_per_device=8, epochs=3, max_steps_per_epoch=5,
                     loader_workers=1, schedule="milestones", milestones_epochs=(1, 2), dropout=0.0)
 
 
+@pytest.mark.slow
 def test_a_run_with_the_graph_takes_the_steps_of_a_run_without(store, tmp_path, monkeypatch):
     """Three epochs of four steps, the lr divided after each: three captures (one per epoch), each
     after three warm-up steps, and the same losses, errors and weights as without the graph."""

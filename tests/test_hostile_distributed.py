@@ -23,7 +23,7 @@ import torch.distributed as dist
 
 from alexnet.distributed import explain_collective_error, init_from_env, rank_prefix, read_env
 from alexnet.errors import UserError
-from helpers import free_port, run_ranks, write_image_folder
+from helpers import free_port, run_ranks
 
 ROOT = Path(__file__).resolve().parents[1]
 RANK_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_USE_AGENT_STORE")
@@ -105,6 +105,7 @@ def _set(monkeypatch, rank: int, world_size: int, port: int) -> None:
     monkeypatch.setenv("MASTER_PORT", str(port))
 
 
+@pytest.mark.slow  # waits out a one-second join timeout
 def test_a_lone_rank_0_gives_up_naming_the_missing_ranks(clean_env):
     """Before, rank 0 of 3 started alone waited 30 minutes (torch's default), silent, deaf to SIGTERM."""
     _set(clean_env, 0, 3, free_port())
@@ -114,6 +115,7 @@ def test_a_lone_rank_0_gives_up_naming_the_missing_ranks(clean_env):
     assert not dist.is_initialized()
 
 
+@pytest.mark.slow  # waits out a one-second join timeout
 def test_a_rank_without_rank_0_gives_up(clean_env):
     _set(clean_env, 1, 2, free_port())
     with pytest.raises(UserError, match=r"rank 1 of 2 waited 1 s at .* for rank 0 to start"):
@@ -178,16 +180,9 @@ def _listening(port: int) -> bool:
 
 
 @pytest.fixture(scope="module")
-def two_stores(tmp_path_factory) -> tuple[Path, Path]:
-    from alexnet.data.prepare import prepare_store
-
-    tmp = tmp_path_factory.mktemp("stores")
-    stores = []
-    for name, classes in (("a", 2), ("b", 3)):
-        src = write_image_folder(tmp / f"src-{name}", classes=classes, per_class=4, size=16, val_per_class=1)
-        prepare_store(src, tmp / name, image_size=16, progress_bar=False, log=lambda s: None)
-        stores.append(tmp / name)
-    return stores[0], stores[1]
+def two_stores(shared_store) -> tuple[Path, Path]:
+    a, b = (shared_store(classes=classes, per_class=4, size=16, image_size=16, val_per_class=1) for classes in (2, 3))
+    return a, b
 
 
 def _layout(d):

@@ -160,6 +160,7 @@ def test_demo_refuses_a_device_it_cannot_use_before_preparing_data(tmp_path, cap
     assert sorted(p.name for p in store.iterdir() if p.is_dir()) == []
 
 
+@pytest.mark.slow
 def test_builtin_data_is_recognised_and_another_data_set_in_its_place_refused(tmp_path):
     lines = []
     store = prepare_builtin(tmp_path / "builtin", show_progress=False, log=lines.append)

@@ -11,8 +11,6 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import make_store
-
 from alexnet import checkpoint, trained
 from alexnet.cli import main
 from alexnet.model import AlexNet
@@ -49,8 +47,8 @@ def _fails(argv: list[str], capsys, match: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory) -> Path:
-    return make_store(tmp_path_factory.mktemp("store"))
+def store(shared_store) -> Path:
+    return shared_store()
 
 
 # --- nothing the user had is written over ----------------------------------------------------------
@@ -120,6 +118,7 @@ def test_export_overwrite_that_fails_keeps_the_export_it_was_replacing(tmp_path,
 # --- damaged or odd run folders give a page or one line ------------------------------------------
 
 
+@pytest.mark.slow
 def test_report_of_a_damaged_run_is_one_line_or_a_page_that_says_what_is_missing(tmp_path, capsys):
     run = _run(tmp_path / "list", metrics=[])
     (run / "config.json").write_text("[1, 2]")
@@ -207,7 +206,8 @@ def test_evaluate_refuses_the_same_network_twice_and_names_the_checkpoint_of_a_r
     assert capsys.readouterr().out.startswith(f"{run} (best.pt, epoch 1), centre crop")
 
 
-def test_an_export_in_a_folder_whose_name_is_not_utf8_loads_back(tmp_path, store, capsys):
+def test_every_reader_takes_an_export_folder_even_one_whose_name_is_not_utf8(tmp_path, store, capsys):
+    """trained.load reads a safetensors export as it reads a run folder: show, evaluate, export, --init-from alike."""
     import os
 
     from alexnet.trained import load
@@ -216,10 +216,13 @@ def test_an_export_in_a_folder_whose_name_is_not_utf8_loads_back(tmp_path, store
     out = tmp_path / os.fsdecode(b"caf\xe9")  # Latin-1 'café': a name safetensors cannot open by path
     assert main(["export", str(run), "--out", str(out)]) == 0
     capsys.readouterr()
-    loaded = load(out)["model"]
-    assert all(torch.equal(loaded[k], v) for k, v in checkpoint.load(run / "best.pt")["model"].items())
+    exported, best = load(out), checkpoint.load(run / "best.pt")
+    assert all(torch.equal(exported["model"][k], v) for k, v in best["model"].items())
+    assert torch.equal(exported["data"]["mean_image"], best["data"]["mean_image"])
     assert main(["evaluate", str(out), str(store), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["images"] == 12
+    assert main(["show", "filters", str(out), "--out", str(tmp_path / "f.png")]) == 0
+    assert (tmp_path / "f.png").is_file()
 
 
 def test_a_failed_export_write_names_the_export_not_a_temporary_file(tmp_path, capsys, monkeypatch):

@@ -33,15 +33,6 @@ def test_paper_network_and_variants_by_keyword():
         hub("alexnet", pretrained=True)
 
 
-def test_torchvision_layout_with_torchvision_weights_file(tmp_path):
-    source = TorchvisionAlexNet(10)
-    torch.save(to_torchvision_state_dict(source.state_dict()), tmp_path / "alexnet-owt.pth")
-    model = hub("torchvision_alexnet", num_classes=10, weights=str(tmp_path / "alexnet-owt.pth")).eval()
-    x = torch.randn(1, 3, 224, 224)
-    with torch.no_grad():
-        assert torch.equal(model(x), source.eval()(x))
-
-
 def test_trained_network_from_a_checkpoint(tmp_path):
     # dropout 0: the same test-time function in either dropout style, whatever the checkpoint's age
     args = dict(num_classes=4, in_channels=1, input_size=24, stem="small", width=0.125, towers=1, dropout=0.0)
@@ -70,12 +61,16 @@ def test_paper_network_refuses_wrong_arguments_by_name(kwargs, words):
     assert "\n" not in str(e.value)
 
 
-def test_torchvision_entry_refuses_wrong_files_and_arguments_in_one_line(tmp_path):
+@pytest.mark.slow
+def test_torchvision_entry_reads_a_weights_file_and_refuses_wrong_files_and_arguments_in_one_line(tmp_path):
     from alexnet.errors import UserError
 
     source = TorchvisionAlexNet(10)
     weights = tmp_path / "owt10.pth"
     torch.save(to_torchvision_state_dict(source.state_dict()), weights)
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        assert torch.equal(hub("torchvision_alexnet", num_classes=10, weights=str(weights)).eval()(x), source.eval()(x))
     # fc8's outputs come from the file; another num_classes is refused, not a page of size mismatches
     assert hub("torchvision_alexnet", weights=str(weights)).num_classes == 10
     with pytest.raises(ValueError, match="has 10 outputs in its last layer, not num_classes=1000"):
@@ -86,7 +81,6 @@ def test_torchvision_entry_refuses_wrong_files_and_arguments_in_one_line(tmp_pat
     wrapped = tmp_path / "wrapped.pth"
     torch.save({"state_dict": {f"module.{k}": v for k, v in to_torchvision_state_dict(source.state_dict()).items()}},
                wrapped)
-    x = torch.randn(1, 3, 224, 224)
     with torch.no_grad():
         assert torch.equal(hub("torchvision_alexnet", weights=str(wrapped)).eval()(x), source.eval()(x))
     # this package's own checkpoint is pointed at the 'trained' entry

@@ -1,6 +1,6 @@
 """The LRN kernels (alexnet.kernels) against references computed other ways.
 
-* the formula as a NumPy loop over channels (written out below, not imported);
+* the formula as a NumPy loop over channels (``helpers.lrn_numpy``, written apart from the package);
 * :func:`alexnet.lrn.lrn_reference` in float64, whose autograd gives the reference gradient;
 * ``torch.nn.functional.local_response_norm`` (it divides alpha by n: alpha = n * alpha_eff).
 
@@ -24,7 +24,7 @@ if not torch.cuda.is_available():  # run the Triton kernels in the interpreter; 
 import alexnet.lrn as dispatch  # noqa: E402  (picks the backend)
 from alexnet.kernels import lrn_autograd, lrn_cpu, lrn_triton  # noqa: E402
 from alexnet.lrn import lrn_reference  # noqa: E402
-from helpers import compile_for_sm90
+from helpers import compile_for_sm90, lrn_numpy
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -52,6 +52,9 @@ BACKENDS = {
 }
 
 
+TRITON = pytest.param("triton", marks=pytest.mark.slow)  # in Triton's interpreter without a GPU
+
+
 def _backend(name):
     fn, skip = BACKENDS[name]
     if skip:
@@ -61,20 +64,6 @@ def _backend(name):
 
 def _device(name):
     return DEVICE if name == "triton" else "cpu"
-
-
-def lrn_numpy(a, size, alpha, beta, k, groups=1):
-    """b[i] = a[i] / (k + alpha * sum_{j = i - size//2}^{i + (size-1)//2} a[j]^2) ** beta per group."""
-    a = np.asarray(a, dtype=np.float64)
-    out = np.empty_like(a)
-    per_group = a.shape[1] // groups
-    for first in range(0, a.shape[1], per_group):
-        for i in range(per_group):
-            total = np.zeros_like(a[:, 0])
-            for j in range(max(0, i - size // 2), min(per_group, i + (size - 1) // 2 + 1)):
-                total += a[:, first + j] ** 2
-            out[:, first + i] = a[:, first + i] / (k + alpha * total) ** beta
-    return out
 
 
 def _input(shape, dtype=torch.float32, scale=30.0, seed=0, signed=False):
@@ -130,7 +119,7 @@ def test_every_beta(backend, beta):
 
 
 @pytest.mark.parametrize("groups", [1, 2])
-@pytest.mark.parametrize("backend", ["eager", "cpu", "triton"])
+@pytest.mark.parametrize("backend", ["eager", "cpu", TRITON])
 def test_matches_torch_local_response_norm(backend, groups):
     """torch uses alpha / n; with groups each block of channels is torch's LRN on its own."""
     fn = _backend(backend)
@@ -166,12 +155,13 @@ def test_backward_matches_autograd_of_reference(backend, shape, groups, size, la
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("shape,groups,size", [SHAPES[3], SHAPES[4], SHAPES[5], SHAPES[6]])
+@pytest.mark.slow  # Triton's interpreter without a GPU
 def test_triton_forward_and_backward(shape, groups, size, layout):
     fn = _backend("triton")
     _check_gradient(fn, _layout(_input(shape), layout).to(DEVICE), size, groups)
 
 
-@pytest.mark.parametrize("backend", ["eager", "cpu", "triton"])
+@pytest.mark.parametrize("backend", ["eager", "cpu", TRITON])
 def test_signed_inputs_and_large_alpha(backend):
     """LRN before ReLU (the original code's conv1) sees negative inputs; a large alpha makes
     the normaliser's own gradient a large part of the total."""
@@ -191,7 +181,7 @@ def test_gradcheck_autograd_function(size, groups, layout):
     assert torch.autograd.gradcheck(fn, (x,), eps=1e-6, atol=1e-8, rtol=1e-6)
 
 
-@pytest.mark.parametrize("backend", ["eager", "cpu", "triton"])
+@pytest.mark.parametrize("backend", ["eager", "cpu", TRITON])
 def test_bfloat16_is_computed_in_float32(backend):
     fn = _backend(backend)
     x = _input((2, 16, 4, 4), torch.bfloat16).to(_device(backend))
@@ -202,7 +192,7 @@ def test_bfloat16_is_computed_in_float32(backend):
     _check_gradient(fn, x, 5, 2, rtol=3e-2, atol=2e-2)
 
 
-@pytest.mark.parametrize("backend", ["eager", "cpu", "triton"])
+@pytest.mark.parametrize("backend", ["eager", "cpu", TRITON])
 def test_non_contiguous_inputs(backend):
     fn = _backend(backend)
     base = _input((3, 20, 6, 8)).to(_device(backend))
@@ -297,6 +287,7 @@ def test_bad_arguments():
         dispatch.local_response_norm(torch.zeros(4), 5, 1e-4, 0.75, 2.0)
 
 
+@pytest.mark.slow
 def test_custom_ops_pass_torch_library_checks():
     """Schema, fake (meta) implementation and autograd registration, as torch.compile needs."""
     _backend("cpu")
@@ -353,7 +344,7 @@ def test_triton_kernels_compile_for_sm90_without_a_gpu():
     compile_for_sm90(COMPILE_FOR_SM90)
 
 
-@pytest.mark.parametrize("backend", ["eager", "cpu", "triton"])
+@pytest.mark.parametrize("backend", ["eager", "cpu", TRITON])
 @pytest.mark.parametrize("outer", ["sum", "square"])
 def test_second_derivative_matches_the_formula(backend, outer):
     """A gradient penalty differentiates the backward: with ``create_graph=True`` every backend's

@@ -24,7 +24,8 @@ from alexnet.speed.grouped import use_grouped_conv
 from alexnet.speed.fused_sgd import FusedPaperSGD
 from alexnet.model import AlexNet
 
-pytestmark = pytest.mark.skipif(not fused_sgd.available(), reason="needs triton")
+pytestmark = [pytest.mark.skipif(not fused_sgd.available(), reason="needs triton"),
+              pytest.mark.slow]  # the one-pass update runs in Triton's interpreter without a GPU
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
@@ -54,8 +55,7 @@ def _batches(n: int):
             for _ in range(n)]
 
 
-@pytest.mark.parametrize("swap", ["plain", "conv1-s2d and dense halves",
-                                  pytest.param("fused blocks", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("swap", ["plain", "conv1-s2d and dense halves", "fused blocks"])
 def test_steps_on_the_copies_are_autocasts_steps_bit_for_bit(swap):
     ours, theirs = _pair()
     for net in (ours, theirs):

@@ -219,6 +219,7 @@ class _Block2(nn.Module):
 
 
 @needs_triton
+@pytest.mark.slow  # Triton's interpreter without a GPU
 def test_after_fuse_blocks_the_fused_tail_stays_and_the_conv_changes():
     reference = _Block2()
     x = torch.randn(2, 4, 7, 7)

@@ -25,10 +25,15 @@ from alexnet.model import AlexNet, StridePad
 from alexnet.optim import PaperSGD
 from helpers import compile_for_sm90
 
-needs_triton = pytest.mark.skipif(
-    not fused_blocks.available() or not (torch.cuda.is_available() or __import__("os").environ.get("TRITON_INTERPRET") == "1"),
-    reason="needs triton (a GPU, or TRITON_INTERPRET=1)",
-)
+
+def needs_triton(test):
+    """Skipped without triton (a GPU, or TRITON_INTERPRET=1); slow, as Triton's interpreter runs it without a GPU."""
+    return pytest.mark.slow(pytest.mark.skipif(
+        not fused_blocks.available() or not (torch.cuda.is_available() or __import__("os").environ.get("TRITON_INTERPRET") == "1"),
+        reason="needs triton (a GPU, or TRITON_INTERPRET=1)",
+    )(test))
+
+
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 FORMATS = [torch.contiguous_format, torch.channels_last]
 
@@ -326,7 +331,6 @@ def test_sync_free_flip_is_bit_identical(channels):
 # --- the levers together ------------------------------------------------------------------------
 
 @needs_triton
-@pytest.mark.slow
 def test_training_steps_with_all_levers_match_eager():
     """Two PaperSGD steps of a small AlexNet: space-to-depth + fused blocks + one-pass SGD vs eager."""
     torch.manual_seed(0)

@@ -26,7 +26,8 @@ from alexnet.data import open_store
 from alexnet.data.augment import TrainAugment
 from alexnet.model import AlexNet, init_weights_
 from alexnet.optim import PaperSGD
-from helpers import make_store
+
+pytestmark = pytest.mark.slow  # a learning check: several short trainings
 
 STEPS, BATCH = 30, 16
 RUNS = {  # name: init, dropout style, colour scale, input scale
@@ -39,8 +40,8 @@ RUNS = {  # name: init, dropout style, colour scale, input scale
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    return open_store(make_store(tmp_path_factory.mktemp("four"), classes=4, per_class=40))
+def store(shared_store):
+    return open_store(shared_store(classes=4, per_class=40))
 
 
 def _run(store, init, style, pca_scale, input_scale):
@@ -68,7 +69,6 @@ def _run(store, init, style, pca_scale, input_scale):
     return spread, losses
 
 
-@pytest.mark.slow
 def test_scaled_down_learning_check(store, capsys):
     chance = math.log(store.num_classes)
     results = {name: _run(store, *args) for name, args in RUNS.items()}

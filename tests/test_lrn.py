@@ -215,6 +215,7 @@ def test_the_compile_mark_is_the_one_torch_sets():
     assert vars(constant_result(ours)) == vars(torch.compiler.assume_constant_result(torchs))
 
 
+@pytest.mark.slow  # a second Python process that imports torch
 def test_importing_the_package_and_its_kernels_leaves_dynamo_and_triton_unloaded():
     """They take about 1.5 s to import: every command would pay it before doing anything."""
     import subprocess

@@ -197,37 +197,83 @@ def _net():
     return nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(2, 3))
 
 
-def test_parameter_groups_original_biases_at_twice_lr_without_decay():
+@pytest.mark.parametrize("scheme, bias_lr", [("paper", 0.01), ("original", 0.02)])
+def test_parameter_groups_decay_the_weights_and_not_the_biases(scheme, bias_lr):
+    """paper: the biases at the weights' lr (the paper's one rate), without decay (section 5 writes it for w;
+    the released configs' wball=0); original (caffe's): at twice that rate. A schedule scales both alike."""
     model = _net()
-    weights = [model[0].weight, model[2].weight]
-    biases = [model[0].bias, model[2].bias]
-    groups = parameter_groups(model, 0.01, 5e-4, "original")
-    assert len(groups) == 2
-    by_lr = {g["lr"]: g for g in groups}
-    assert set(by_lr) == {0.01, 0.02}
-    assert [id(p) for p in by_lr[0.01]["params"]] == [id(p) for p in weights] and by_lr[0.01]["weight_decay"] == 5e-4
-    assert [id(p) for p in by_lr[0.02]["params"]] == [id(p) for p in biases] and by_lr[0.02]["weight_decay"] == 0.0
+    weights, biases = parameter_groups(model, 0.01, 5e-4, scheme)
+    assert weights["params"] == [model[0].weight, model[2].weight] and biases["params"] == [model[0].bias, model[2].bias]
+    assert (weights["lr"], weights["weight_decay"], biases["lr"], biases["weight_decay"]) == (0.01, 5e-4, bias_lr, 0.0)
 
-    # in use: a bias moves by -2 eps g with no decay; a weight by -eps (g + wd w)
-    opt = PaperSGD(groups)
+    # in use: a bias moves by -bias_lr g with no decay; a weight by -eps (g + wd w)
+    opt = PaperSGD([weights, biases])
     w0, b0 = model[2].weight.detach().clone(), model[2].bias.detach().clone()
     model(torch.randn(4, 1, 3, 3)).sum().backward()
     gw, gb = model[2].weight.grad.clone(), model[2].bias.grad.clone()
     opt.step()
-    torch.testing.assert_close(model[2].bias.detach(), b0 - 0.02 * gb)
+    torch.testing.assert_close(model[2].bias.detach(), b0 - bias_lr * gb)
     torch.testing.assert_close(model[2].weight.detach(), w0 - 0.01 * (gw + 5e-4 * w0))
-
-    # a schedule scales every group alike: the ratio stays 2
     scale_lr_(opt, 0.1)
-    assert [g["lr"] for g in opt.param_groups] == pytest.approx([0.001, 0.002])
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([0.001, bias_lr / 10])
 
 
-def test_parameter_groups_paper_and_bad_scheme():
+def test_parameter_groups_uniform_and_bad_scheme():
     model = _net()
-    (group,) = parameter_groups(model, 0.01, 5e-4, "paper")
+    (group,) = parameter_groups(model, 0.01, 5e-4, "uniform")
     assert len(group["params"]) == 4 and group["lr"] == 0.01 and group["weight_decay"] == 5e-4
     with pytest.raises(ValueError, match="scheme"):
         parameter_groups(model, 0.01, 5e-4, "adam")
+
+
+def test_lr_scale_multiplies_a_groups_rate_in_the_update_and_nothing_else():
+    """v <- 0.9 v - wd (s eps) w - (s eps) g for a group with lr_scale s; the schedule scales eps alone."""
+    problem = Quadratic(SHAPES[:2])
+    params = problem.params()
+    opt = PaperSGD([dict(params=[params[0]], lr=0.05, lr_scale=0.1), dict(params=[params[1]], lr=0.05)],
+                   weight_decay=5e-4)
+    w = [t.clone() for t in problem.init]
+    v = [torch.zeros_like(t) for t in w]
+    for _ in range(3):
+        _step(opt, problem, params)
+        for i, eps in enumerate((0.005, 0.05)):
+            v[i] = 0.9 * v[i] - 5e-4 * eps * w[i] - eps * problem.grad(i, w[i])
+            w[i] = w[i] + v[i]
+    for p, ref in zip(params, w):
+        torch.testing.assert_close(p.detach(), ref)
+    scale_lr_(opt, 0.1)
+    assert [(g["lr"], g.get("lr_scale")) for g in opt.param_groups] == [(pytest.approx(0.005), 0.1),
+                                                                         (pytest.approx(0.005), None)]
+
+
+@pytest.mark.slow
+def test_fused_sgd_scales_a_groups_lr_like_paper_sgd():
+    """--step-kernels fused-sgd honours lr_scale (conv1's tenth of --recipe original) as PaperSGD does."""
+    import os
+
+    pytest.importorskip("triton")
+    if not (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"):
+        pytest.skip("needs a GPU, or TRITON_INTERPRET=1")
+    from alexnet.speed.fused_sgd import FusedPaperSGD
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 6 * 6, 5)).to(device)
+    ref = copy.deepcopy(model)
+
+    def groups(net):
+        return [dict(params=list(net[0].parameters()), lr_scale=0.1), dict(params=list(net[2].parameters()))]
+
+    fused, paper = FusedPaperSGD(groups(model), lr=0.05), PaperSGD(groups(ref), lr=0.05)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(3):
+        x = torch.randn(3, 3, 8, 8, generator=g).to(device)
+        for net, opt in ((model, fused), (ref, paper)):
+            opt.zero_grad()
+            net(x).square().mean().backward()
+            opt.step()
+    assert fused._flat  # the one-pass update ran, not its fallback
+    for p, q in zip(model.parameters(), ref.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
 
 
 # --- schedules -----------------------------------------------------------------------------

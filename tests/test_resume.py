@@ -20,8 +20,8 @@ from helpers import QUIET, TINY, make_store
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory) -> Path:
-    return make_store(tmp_path_factory.mktemp("resume"), per_class=12)
+def store(shared_store) -> Path:
+    return shared_store(per_class=12)
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +61,7 @@ def test_a_change_that_alters_the_run_is_refused_and_touches_nothing(store, fini
     assert _files(run) == before
 
 
+@pytest.mark.slow
 def test_another_store_is_refused_and_a_copy_of_the_same_store_is_not(store, finished, tmp_path):
     other = make_store(tmp_path / "other", per_class=12, seed=5)  # other images, same shapes and classes
     run = _copy(finished, tmp_path / "run")
@@ -195,6 +196,7 @@ def _asked_after(calls: int):
 
 
 @pytest.mark.parametrize("calls, stopped_at, every", [(3, 3, 0), (2, 4, 2), (6, 6, 0)])
+@pytest.mark.slow
 def test_a_run_asked_to_stop_checkpoints_and_resumes_to_the_uninterrupted_run(store, tmp_path, calls, stopped_at,
                                                                               every):
     """Asked at every synced step (every step on the CPU, or every 2nd) and after each epoch; the

@@ -82,13 +82,12 @@ def test_missing_extra_is_one_clear_line(tmp_path, monkeypatch):
         TensorBoardWriter(tmp_path)
 
 
-def test_train_without_the_extra_stops_before_touching_the_run(tmp_path, monkeypatch, capsys):
+def test_train_without_the_extra_stops_before_touching_the_run(tmp_path, monkeypatch, capsys, shared_store):
     """``alexnet train --tensorboard`` without the package: one line, exit 2, no run folder, nothing built."""
     from alexnet.cli import main
     from alexnet.training import loop
-    from helpers import make_store
 
-    store = make_store(tmp_path / "data", classes=3, per_class=4)
+    store = shared_store(per_class=4)
     monkeypatch.setitem(sys.modules, "tensorboard", None)
     monkeypatch.delitem(sys.modules, "torch.utils.tensorboard", raising=False)
     monkeypatch.delitem(sys.modules, "torch.utils.tensorboard.writer", raising=False)

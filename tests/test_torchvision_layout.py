@@ -27,6 +27,7 @@ from alexnet.torchvision_alexnet import (
     import_checkpoint_payload,
     to_torchvision_state_dict,
 )
+from helpers import torchvision_forward
 
 ASSETS = Path(__file__).resolve().parents[1] / "alexnet" / "assets" / "fashion_mnist"
 # torchvision.models.alexnet's parameters, by torchvision's names
@@ -57,19 +58,7 @@ def torchvision_state_dict(num_classes: int = 1000, seed: int = 0) -> dict:
     return state
 
 
-def torchvision_forward(sd: dict, x: torch.Tensor) -> torch.Tensor:
-    """torchvision's AlexNet in eval mode, written out with torch.nn.functional."""
-    x = F.max_pool2d(F.relu(F.conv2d(x, sd["features.0.weight"], sd["features.0.bias"], stride=4, padding=2)), 3, 2)
-    x = F.max_pool2d(F.relu(F.conv2d(x, sd["features.3.weight"], sd["features.3.bias"], padding=2)), 3, 2)
-    x = F.relu(F.conv2d(x, sd["features.6.weight"], sd["features.6.bias"], padding=1))
-    x = F.relu(F.conv2d(x, sd["features.8.weight"], sd["features.8.bias"], padding=1))
-    x = F.max_pool2d(F.relu(F.conv2d(x, sd["features.10.weight"], sd["features.10.bias"], padding=1)), 3, 2)
-    x = torch.flatten(F.adaptive_avg_pool2d(x, (6, 6)), 1)
-    x = F.relu(F.linear(x, sd["classifier.1.weight"], sd["classifier.1.bias"]))  # dropout: identity in eval
-    x = F.relu(F.linear(x, sd["classifier.4.weight"], sd["classifier.4.bias"]))
-    return F.linear(x, sd["classifier.6.weight"], sd["classifier.6.bias"])
-
-
+@pytest.mark.slow
 def test_parameter_count_is_torchvisions():
     model = TorchvisionAlexNet()
     assert count_parameters(model) == 61_100_840 == sum(math.prod(s) for s in TORCHVISION_SHAPES.values())
@@ -77,6 +66,7 @@ def test_parameter_count_is_torchvisions():
 
 
 @pytest.mark.parametrize("side", [224, 100])  # 224: 6x6 before the average pool; 100: the adaptive pool repeats cells
+@pytest.mark.slow
 def test_every_tensor_lands_where_torchvisions_forward_uses_it(side):
     sd = torchvision_state_dict()
     model = build_network({"arch": "torchvision", "num_classes": 1000})
@@ -115,6 +105,7 @@ def real_rgb_images(count: int, side: int) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(rgb.clip(0, 255).astype(np.uint8)))
 
 
+@pytest.mark.slow
 def test_imported_checkpoint_evaluates_as_torchvision_would():
     """(x / 255 - mean) / std on the centre 224 crop, then torchvision's forward = our checkpoint's test path."""
     sd = torchvision_state_dict(10)

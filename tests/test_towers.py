@@ -118,6 +118,7 @@ def _exchange(d) -> None:
     torch.testing.assert_close(x.grad, gs[0][:, lo : lo + sizes[d.rank]])
 
 
+@pytest.mark.slow
 def test_exchange_and_its_gradient():
     run_ranks(_exchange, 2)
 
@@ -160,10 +161,12 @@ def _matches_grouped(d, kwargs) -> None:
     assert torch.equal(model.features.conv1.bias, own["features.conv1.bias"] + 1)
 
 
+@pytest.mark.slow
 def test_two_towers_match_the_grouped_model():
     run_ranks(_matches_grouped, 2, SMALL)
 
 
+@pytest.mark.slow
 def test_uneven_towers_match_the_grouped_model():
     run_ranks(_matches_grouped, 2, UNEVEN)
 
@@ -190,6 +193,7 @@ def _dropout(d) -> None:
     assert all(torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0 for p in model.parameters())
 
 
+@pytest.mark.slow
 def test_dropout_in_training_gives_every_tower_the_same_logits():
     run_ranks(_dropout, 2)
 
@@ -204,6 +208,7 @@ def _paper_size(d) -> None:
         torch.testing.assert_close(model(x), grouped(x), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_paper_size_forward():
     run_ranks(_paper_size, 2)
 
@@ -234,5 +239,6 @@ def _replicas_of_towers(d) -> None:
         torch.testing.assert_close(p, expected[name], rtol=1e-9, atol=1e-12, msg=name)
 
 
+@pytest.mark.slow
 def test_two_replicas_of_two_towers_step_like_one_device():
     run_ranks(_replicas_of_towers, 4)

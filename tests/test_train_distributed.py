@@ -29,13 +29,13 @@ from alexnet import checkpoint
 from alexnet.config import TrainConfig
 from alexnet.data import open_store
 from alexnet.data.loader import Loader
-from alexnet.data.prepare import prepare_store
 from alexnet.errors import UserError
 from alexnet.evaluate import evaluate
 from alexnet.speed.levers import triton_runs_on
 from alexnet.trained import load_member
 import helpers as _ranks  # set_rank_env, start: the rank-spawning helpers
-from helpers import write_image_folder
+
+pytestmark = pytest.mark.slow  # every test trains on several gloo ranks, or resumes what they wrote
 
 # No augmentation, no dropout: runs on different layouts compute the same steps.
 EXACT = dict(stem="small", width=0.125, crop_size=28, loader_workers=1, device="cpu", epochs=2,
@@ -46,13 +46,8 @@ TRAIN_PER_CLASS, VAL_PER_CLASS, CLASSES = 13, 5, 3  # 39 training images: 4 step
 
 
 @pytest.fixture(scope="module")
-def store_dir(tmp_path_factory) -> Path:
-    tmp = tmp_path_factory.mktemp("data")
-    out = tmp / "store"
-    src = write_image_folder(tmp / "src", classes=CLASSES, per_class=TRAIN_PER_CLASS + VAL_PER_CLASS, size=36,
-                             val_per_class=VAL_PER_CLASS)
-    prepare_store(src, out, image_size=32, progress_bar=False, log=lambda s: None)
-    return out
+def store_dir(shared_store) -> Path:
+    return shared_store(classes=CLASSES, per_class=TRAIN_PER_CLASS + VAL_PER_CLASS, val_per_class=VAL_PER_CLASS)
 
 
 # ---------------------------------------------------------------- ranks
@@ -226,7 +221,6 @@ def test_data_parallel_with_the_one_pass_update_matches_one_process(store_dir, r
     assert_same_metrics(run, reference)
 
 
-@pytest.mark.slow
 @pytest.mark.skipif(not triton_runs_on(torch.device("cpu")), reason="needs triton's interpreter (TRITON_INTERPRET=1)")
 def test_data_parallel_forward_on_the_updates_bf16_weights_is_autocasts(store_dir, tmp_path):
     """--step-kernels bf16-weights under DDP: the layers read the copies, DDP still averages the

@@ -11,12 +11,11 @@ import torch
 from alexnet.data import open_store
 from alexnet.data.augment import device_batches
 from alexnet.data.loader import Loader
-from helpers import make_store
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    return open_store(make_store(tmp_path_factory.mktemp("inputs"), classes=3, per_class=12, size=40, image_size=32))
+def store(shared_store):
+    return open_store(shared_store(per_class=12, size=40))
 
 
 def _augment(store, device):

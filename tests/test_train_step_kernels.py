@@ -19,9 +19,14 @@ from alexnet.config import TrainConfig
 from alexnet.errors import UserError
 from alexnet.speed import fused_blocks
 from alexnet.training import train
-from helpers import QUIET, make_store
+from helpers import QUIET
 
-needs_triton = pytest.mark.skipif(not fused_blocks.available(), reason="needs triton")
+
+def needs_triton(test):
+    """Skipped without triton; slow, as Triton's interpreter runs its kernels without a GPU."""
+    return pytest.mark.slow(pytest.mark.skipif(not fused_blocks.available(), reason="needs triton")(test))
+
+
 PAPER_STEM = TrainConfig(width=1 / 24, crop_size=67, batch_size_per_device=4, epochs=2, max_steps_per_epoch=2,
                          loader_workers=1, init="he", input_scale=1 / 64, precision="fp32")
 
@@ -37,8 +42,8 @@ def _full_float32(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory) -> Path:
-    return make_store(tmp_path_factory.mktemp("sk") / "store", classes=3, per_class=8, size=76, image_size=72)
+def store(shared_store) -> Path:
+    return shared_store(per_class=8, size=76, image_size=72)
 
 
 def _final(run: Path) -> dict:
@@ -73,7 +78,6 @@ def test_space_to_depth_one_pass_sgd_and_dense_halves_train_as_the_standard_step
 
 
 @needs_triton
-@pytest.mark.slow
 def test_fused_blocks_train_as_the_standard_step(store, standard, tmp_path):
     config = PAPER_STEM.replace(epochs=1, max_steps_per_epoch=1, batch_size_per_device=2)
     ours = train(config.replace(step_kernels=("all",)), store, tmp_path / "ours", **QUIET)

@@ -24,7 +24,7 @@ from alexnet.data import open_store
 from alexnet.errors import UserError
 from alexnet.model import AlexNet
 from alexnet.torchvision_alexnet import TorchvisionAlexNet, import_checkpoint_payload
-from helpers import QUIET, TINY, make_store
+from helpers import QUIET, TINY, torchvision_forward
 
 PARENT_CLASSES = 10
 # torchvision.models.alexnet's parameters by torchvision's names, and the layer each is here
@@ -60,9 +60,9 @@ def _expected_trunk(tv: dict) -> dict:
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
+def store(shared_store):
     """The new task: three classes of 64 px images."""
-    return make_store(tmp_path_factory.mktemp("three"), classes=3, size=72, image_size=64)
+    return shared_store(size=72, image_size=64)
 
 
 @pytest.fixture(scope="module")
@@ -178,6 +178,7 @@ def test_model_args_are_torchvisions(store):
 # --- the network at step 0 --------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_the_trunk_is_the_imported_one_bit_for_bit_and_fc8_is_drawn_by_the_recipe(store, parent, torchvision_weights):
     from alexnet.training.recipe import build_model
 
@@ -216,6 +217,7 @@ def test_parameter_groups_and_freezing_name_torchvisions_layers(store):
 # --- refusals, each one line and no run folder ---------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_parent_of_the_other_layout_is_refused_with_the_flags_that_fit_it(store, parent, paper_parent, tmp_path,
                                                                            capsys):
     from alexnet.training.recipe import read_parent
@@ -317,20 +319,6 @@ def test_a_parent_of_other_channels_says_which_store_fits(capsys, store, parent,
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 
 
-def _torchvision_forward(tv: dict, x: torch.Tensor) -> torch.Tensor:
-    """torchvision.models.alexnet's eval forward, written out in torch.nn.functional."""
-    F = torch.nn.functional
-    x = F.max_pool2d(F.relu(F.conv2d(x, tv["features.0.weight"], tv["features.0.bias"], stride=4, padding=2)), 3, 2)
-    x = F.max_pool2d(F.relu(F.conv2d(x, tv["features.3.weight"], tv["features.3.bias"], padding=2)), 3, 2)
-    x = F.relu(F.conv2d(x, tv["features.6.weight"], tv["features.6.bias"], padding=1))
-    x = F.relu(F.conv2d(x, tv["features.8.weight"], tv["features.8.bias"], padding=1))
-    x = F.max_pool2d(F.relu(F.conv2d(x, tv["features.10.weight"], tv["features.10.bias"], padding=1)), 3, 2)
-    x = torch.flatten(F.adaptive_avg_pool2d(x, 6), 1)
-    x = F.relu(F.linear(x, tv["classifier.1.weight"], tv["classifier.1.bias"]))
-    x = F.relu(F.linear(x, tv["classifier.4.weight"], tv["classifier.4.bias"]))
-    return F.linear(x, tv["classifier.6.weight"], tv["classifier.6.bias"])
-
-
 @pytest.fixture(scope="module")
 def parent256(tmp_path_factory, torchvision_weights):
     """An import at torchvision's own 256 px: its mean image is one value per channel, of another size than the store's."""
@@ -363,7 +351,7 @@ def test_a_fine_tune_keeping_the_parents_mean_exports_a_drop_in_torchvision_netw
     tv = torch.load(tmp_path / "tv" / "torchvision_alexnet.pth", weights_only=True)
     pixels = torch.from_numpy(open_store(store).split("val").images[:2].copy()).permute(0, 3, 1, 2).float()
     normalised = (pixels / 255 - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    expected = _torchvision_forward(tv, normalised)
+    expected = torchvision_forward(tv, normalised)
 
     net = TorchvisionAlexNet(num_classes=3).eval()
     net.load_state_dict(best["model"])

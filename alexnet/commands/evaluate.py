@@ -24,7 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda' or 'cuda:N'")
     p.add_argument("--json", action="store_true",
                    help='print one JSON object: {"top1_error", "top5_error" (not with 5 classes or fewer), "images", '
-                   '"checkpoints", "split", "ten_crop"}')
+                   '"skipped_images" (damaged images left out), "checkpoints", "split", "ten_crop"}')
     p.add_argument("--cpu-threads", type=int, default=0, metavar="N",
                    help="CPU threads for torch (0: torch's default, one per core; capped at the core count)")
     p.set_defaults(func=run)
@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     apply_process_settings(args.cpu_threads, False, log=lambda s: print(s, file=sys.stderr))
     device = pick_device(args.device)
     members = [load_member(c, device) for c in checkpoints]  # first: a data set named first is said to be one
-    store = open_store(data)
+    store = open_store(data, hold=True)
     for member in members:
         check_store(member, store, data)
     check_compatible(members, store.classes)
@@ -64,13 +64,14 @@ def run(args: argparse.Namespace) -> int:
                         "(try the checkpoint before, or check that DATA is prepared like its training set)")
     if not top5_is_informative(store.num_classes):
         result.pop("top5_error", None)
-    result.update(checkpoints=checkpoints, split=args.split, ten_crop=args.ten_crop)
+    result.update(skipped_images=loader.epoch_skipped, checkpoints=checkpoints, split=args.split, ten_crop=args.ten_crop)
     if args.json:
         print(json.dumps(result))
     else:
         views = "ten crops" if args.ten_crop else "centre crop"
         who = f"{len(members)} networks averaged" if len(members) > 1 else members[0].source
         top5 = f", top-5 error {result['top5_error']:.2%}" if "top5_error" in result else ""
-        print(printable(f"{who}, {views}, {result['images']} {args.split} images: "
+        skipped = f" ({result['skipped_images']} damaged images skipped)" if result["skipped_images"] else ""
+        print(printable(f"{who}, {views}, {result['images']} {args.split} images{skipped}: "
                         f"top-1 error {result['top1_error']:.2%}{top5}"))
     return 0

@@ -34,7 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "mean image, input scale 1/255 and conv1 weights divided by the per-channel std, so evaluation matches "
         "torchvision's (shorter side 256, centre crop 224). Nothing is downloaded.",
     )
-    t.add_argument("weights", metavar="WEIGHTS.pth", help="torchvision's AlexNet state dict")
+    t.add_argument("weights", metavar="WEIGHTS.pth", help="torchvision's AlexNet state dict (.pth, or .safetensors)")
     t.add_argument("--out", required=True, metavar="FILE.pt", help="checkpoint to write")
     t.add_argument("--classes", metavar="FILE_OR_DATA",
                    help="class names, one per line in fc8's order, or a prepared data set to take them from "
@@ -55,8 +55,8 @@ def run_export(args: argparse.Namespace) -> int:
     try:
         meta = write_export(payload, args.out, args.format, source=args.checkpoint, overwrite=args.overwrite)
     except OSError as e:  # a full disk, a folder we may not write: name the export, not a temporary file in it
-        raise UserError(f"could not write the export to {printable(args.out)}: {e.strerror or e}; the folder holds "
-                        "no finished export (no alexnet.json)") from None
+        raise UserError(f"could not write the export to {printable(args.out)}: {e.strerror or e}; no new export "
+                        "was made there") from None
     files = ", ".join(meta["files"].values())
     print(f"exported {args.checkpoint} to {args.out}: {files} and alexnet.json")
     if "onnx" in meta["files"]:
@@ -102,7 +102,7 @@ def run_import(args: argparse.Namespace) -> int:
     from alexnet.atomic import file_in_the_way
     from alexnet.data.images import MAX_IMAGE_SIZE
     from alexnet.errors import UserError
-    from alexnet.torchvision_alexnet import import_checkpoint_payload
+    from alexnet.torchvision_alexnet import import_checkpoint_payload, read_weights
     from alexnet.trained import TORCHVISION_FILE, build_network
 
     src, out = Path(args.weights), Path(args.out)
@@ -117,6 +117,9 @@ def run_import(args: argparse.Namespace) -> int:
         raise UserError(f"--out {out}: {blocker} is a file, not a folder")
     if out.exists() and not args.overwrite:
         raise UserError(f"{out} exists; choose another --out or add --overwrite")
+    if out.exists() and out.name in ("best.pt", "last.pt") and (out.parent / "config.json").is_file():
+        raise UserError(f"{out} is a checkpoint of the run in {out.parent}, which only that run writes; "
+                        "choose another --out")
     if out.resolve() == src.resolve():
         raise UserError("--out names the weights file itself; choose another path")
     if out.exists() and out.stat().st_size and not _is_torch_file(out):
@@ -128,8 +131,7 @@ def run_import(args: argparse.Namespace) -> int:
         raise UserError(f"--crop-size {args.crop_size} must be between 1 and --image-size {args.image_size}")
     if args.crop_size < 63:
         raise UserError(f"--crop-size {args.crop_size} is too small for torchvision's AlexNet (63 px or more)")
-    state = checkpoint.read_torch_file(src, expect="torchvision's AlexNet weights (a .pth state dict)", legacy=True)
-    state = _unwrap(state, src)
+    state = _unwrap(read_weights(src), src)
     try:
         payload = import_checkpoint_payload(state, _read_classes(args.classes, _fc8_outputs(state, src)),
                                             image_size=args.image_size, crop_size=args.crop_size)

@@ -74,4 +74,33 @@ def run(args: argparse.Namespace) -> int:
     for note in result.notes:
         print(f"note: {printable(note)}")
     print(printable(result.summary))  # a path that is not valid UTF-8 is shown, not a crash
+    for line in what_comes_next(result.store, args.out):
+        print(printable(line))
     return 0
+
+
+def what_comes_next(store, out: str) -> list[str]:
+    """The lines that end a prepare: images that were upscaled, whether the data set is small, and
+    the ``alexnet train`` command to run next."""
+    import json
+    import shlex
+    from pathlib import Path
+
+    from alexnet.data.store import REPORT
+    from alexnet.small_data import is_small
+
+    lines = []
+    try:
+        conversions = json.loads((Path(out) / REPORT).read_text(encoding="utf-8")).get("conversions", {})
+    except (OSError, ValueError):
+        conversions = {}
+    if conversions.get("upscaled"):
+        lines.append(f"note: {conversions['upscaled']} images were smaller than {store.image_size} px on their "
+                     f"shorter side and were upscaled ({REPORT} lists every conversion)")
+    train = len(store.split("train")) if "train" in store.splits else 0
+    if is_small(train, store.image_size):
+        lines.append(f"note: {train:,} training images is a small data set (the paper's recipe is made for 1.2 "
+                     "million): alexnet train fits its small-data recipe to it (--recipe paper for the paper's)")
+    name = Path(out).resolve().name or "run"
+    lines.append(f"next: alexnet train {shlex.quote(str(out))} --out {shlex.quote(str(Path('runs') / name))}")
+    return lines

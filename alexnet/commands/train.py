@@ -17,11 +17,12 @@ from alexnet.commands import CommaList
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
-        help="train on a prepared data set (the paper's recipe by default)",
+        help="train on a prepared data set (the paper's recipe, or one fitted to a small data set)",
         usage="%(prog)s DATA --out RUN [--config FILE] [--resume] [flags below]",
-        description="Train AlexNet on a store made by 'alexnet prepare'. Defaults are the paper's recipe; "
-        "every flag below overrides one choice (the README explains each). Under torchrun every process runs "
-        "this same command.",
+        description="Train AlexNet on a store made by 'alexnet prepare'. Defaults are the paper's recipe, or, for "
+        "a data set far smaller than ImageNet or of images smaller than its crops, the small-data recipe (said "
+        "at the start; --recipe paper forces the paper's); every flag below overrides one choice (the README "
+        "explains each). Under torchrun every process runs this same command.",
     )
     p.add_argument("data", metavar="DATA", help="prepared data set (a folder made by 'alexnet prepare')")
     first = p.add_argument_group(cfg.HELP_GROUPS["run"])
@@ -34,6 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 _METAVARS = {int: "N", float: "X", str: "NAME"}
+_SHOWN_DEFAULTS = {"recipe": "by data size"}  # the command picks it; TrainConfig's own default is the paper's
 
 
 def add_recipe_flags(parser: argparse.ArgumentParser, groups: dict | None = None) -> dict:
@@ -46,7 +48,7 @@ def add_recipe_flags(parser: argparse.ArgumentParser, groups: dict | None = None
             groups[key] = parser.add_argument_group(title)
     for f in dataclasses.fields(cfg.TrainConfig):
         kind, choices = cfg.key_type(f.name), f.metadata["choices"]
-        shown = ",".join(map(str, f.default)) if kind is tuple else str(f.default)
+        shown = ",".join(map(str, f.default)) if kind is tuple else _SHOWN_DEFAULTS.get(f.name, str(f.default))
         spec = dict(dest=f.name, default=None, help=f.metadata["help"] + (f" (default: {shown})" if shown else ""))
         if kind is bool:
             spec.update(action=argparse.BooleanOptionalAction)
@@ -58,6 +60,33 @@ def add_recipe_flags(parser: argparse.ArgumentParser, groups: dict | None = None
             spec.update(type=str, metavar=f.metadata["metavar"] or _METAVARS[kind])
         groups[f.metadata["group"]].add_argument("--" + f.name.replace("_", "-"), **spec)
     return groups
+
+
+def _fitted_recipe(args: argparse.Namespace) -> dict | None:
+    """The keys of the small-data recipe (:mod:`alexnet.small_data`) when DATA is a small data set
+    and neither the flags nor the ``--config`` file name a recipe, a parent to fine-tune or an
+    architecture; None (the paper's recipe) otherwise. The flags and the file win over its keys."""
+    from alexnet.data import open_store
+    from alexnet.errors import UserError
+    from alexnet.small_data import is_small, small_data_recipe
+
+    named = cfg.load_file(args.config) if args.config else {}
+    if any(getattr(args, key, None) is not None or key in named for key in ("recipe", "init_from", "arch")):
+        return None
+    try:
+        store = open_store(args.data)
+    except UserError:
+        return None  # train() says what is wrong with DATA, after the flags are checked
+    images = len(store.split("train")) if "train" in store.splits else 0
+    if not is_small(images, store.image_size):
+        return None
+    fitted = dict(batch=getattr(args, "batch_size_per_device", None) or named.get("batch_size_per_device"),
+                  epochs=getattr(args, "epochs", None) or named.get("epochs"))
+    try:
+        fitted = {k: int(v) for k, v in fitted.items() if v is not None and int(v) >= 1}
+    except (TypeError, ValueError):
+        fitted = {}  # the config's own check says what is wrong with it
+    return small_data_recipe(images, store.image_size, **fitted)
 
 
 @contextlib.contextmanager
@@ -84,10 +113,12 @@ def run(args: argparse.Namespace) -> int:
     from alexnet.training import Stopped, train
     from alexnet.training.run_dir import saved_recipe
 
-    base = None
+    base, fitted = None, None
     if args.resume and (saved := saved_recipe(args.out)) is not None:
         base = cfg.from_dict(saved)  # the run's own recipe; flags may change e.g. --epochs
-    config = cfg.from_args(args, base)
+    else:
+        fitted = _fitted_recipe(args)
+    config = cfg.from_args(args, base, fitted)
     validate_device_name(config.device)  # before anything is opened or written
     apply_process_settings(config.cpu_threads, config.deterministic, log=print)
     try:
@@ -103,6 +134,26 @@ def run(args: argparse.Namespace) -> int:
     if metrics and int(os.environ.get("RANK", "0")) == 0:
         last = metrics[-1]
         top5 = f", top-5 {last['val_top5_error']:.2%}" if top5_is_informative(open_store(args.data).num_classes) else ""
+        skipped = sum(m.get("skipped_images", 0) for m in metrics)
         print(f"done: {last['epoch']} epoch{'s' * (last['epoch'] != 1)}, val top-1 error {last['val_top1_error']:.2%}"
-              f"{top5}; run directory {args.out}")
+              f"{top5}" + (f"; {skipped} damaged images skipped (see metrics.jsonl)" if skipped else "")
+              + f"; run directory {args.out}")
+        for line in what_comes_next(args.out, args.data):
+            print(line)
     return 0
+
+
+def what_comes_next(run: str, data: str) -> list[str]:
+    """The commands to try a trained run: its best checkpoint evaluated with ten crops, used on
+    images, exported (each path quoted for the shell)."""
+    import shlex
+    from pathlib import Path
+
+    best = Path(run) / "best.pt"
+    if not best.exists():
+        best = Path(run) / "last.pt"
+    q = shlex.quote
+    return [f"next: alexnet evaluate {q(str(best))} {q(str(data))} --ten-crop",
+            f"      alexnet predict {q(str(best))} IMAGE_OR_FOLDER ...",
+            f"      alexnet export {q(str(best))} --out {q(str(Path('exported') / (Path(run).resolve().name or 'run')))}",
+            f"      alexnet report {q(str(run))}   (one HTML page: curves, kernels, recipe)"]

@@ -6,10 +6,12 @@ float32 (N, C, crop, crop). Per image, with every step switchable:
 
 1. a random crop x crop patch (section 4.1: "extracting random 224 x 224 patches ... from the
    256 x 256 images"); every offset 0..S-crop equally likely; off: the centre patch;
-2. a horizontal reflection with probability 0.5;
+2. a horizontal reflection with probability 0.5 (1 and 2 drawn per image, or, with
+   ``crop_chunk_images``, once for each chunk of that many images of the batch);
 3. PCA lighting: to every pixel add P (alpha * lambda'), with P the eigenvectors (columns) of the
    training set's pixel covariance, alpha ~ N(0, pca_lighting_std) drawn per image per call;
-4. subtraction of the mean image, cropped (and reflected) like the image;
+4. subtraction of the mean image, cropped (and reflected) like the image, or
+   (``mean_centre_patch``) its centre patch, whatever the crop and reflection;
 5. optionally (``lighting_shrink``, the released code) division of the centred, lit patch by
    1 + pca_lighting_std (1.1) while the colour noise is on;
 6. multiplication by ``input_scale`` (1 in the paper: raw centred 0-255 values).
@@ -27,8 +29,11 @@ colours by hundreds of grey levels. Two readings are offered:
   0.2175, 0.0188, 0.0045, the shift added in [0, 1] units: 255 * P (alpha * l / 255^2)). On
   ImageNet about 5.8, 0.54, 0.15 grey levels: 2x weaker in brightness, 7-13x weaker in colour.
 
-Unlike the original code, which drew one crop and reflection per chunk of 32 images and took
-the colour noise from a precomputed set, every image gets its own draws.
+The released code (convdata.py) drew one crop position and one reflection per chunk of 32
+images (``crop_chunk_images=32``) and subtracted the mean image's centre patch from every crop
+and reflection (``mean_centre_patch``). Its colour noise came from a pool of 1024 draws that a
+thread made afresh for every batch of data, each image taking a draw of its own: per image, as
+here.
 
 The crop is one indexing operation over the whole batch (:func:`crop_rows`, in the spirit of
 airbench's ``batch_crop``), and so is the matching patch of the mean image; there is no Python
@@ -139,6 +144,10 @@ class TrainAugment:
             on (the released code, to keep the input's scale near the test input's).
         subtract_mean: subtract the mean image.
         input_scale: multiply the result by this.
+        mean_centre_patch: subtract the mean image's centre patch from every crop and reflection
+            (the released code), not the patch under the crop.
+        crop_chunk_images: consecutive images of a batch that share one crop position and one
+            reflection (32 in the released code; 1: every image its own).
 
     ``lighting_on`` (an attribute, True at first) switches the colour noise, and with it the
     shrink, off and on between calls (the released recipe turns it off for its last epochs);
@@ -163,6 +172,8 @@ class TrainAugment:
         lighting_shrink: bool = False,
         subtract_mean: bool = True,
         input_scale: float = 1.0,
+        mean_centre_patch: bool = False,
+        crop_chunk_images: int = 1,
     ) -> None:
         if pca_scale not in PCA_SCALES:
             raise ValueError(f"pca_scale must be one of {PCA_SCALES}, got {pca_scale!r}")
@@ -174,7 +185,9 @@ class TrainAugment:
             raise ValueError(f"crop size {crop_size} must be between 1 and the image size {self.size}")
         if pca_lighting_std < 0:
             raise ValueError(f"pca_lighting_std must be >= 0, got {pca_lighting_std}")
-        self.crop_size = crop_size
+        if crop_chunk_images < 1:
+            raise ValueError(f"crop_chunk_images must be >= 1, got {crop_chunk_images}")
+        self.crop_size, self.mean_centre_patch, self.crop_chunk_images = crop_size, mean_centre_patch, crop_chunk_images
         self.random_crop, self.flip = random_crop, flip
         self.pca_lighting_std, self.subtract_mean, self.input_scale = pca_lighting_std, subtract_mean, input_scale
         self.eigenvalues = _as_tensor(pca_eigenvalues)
@@ -188,14 +201,21 @@ class TrainAugment:
         return self
 
     def draw(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
-        """The random choices for n images: top, left, flip, alpha (on the generator's device)."""
+        """The random choices for n images: top, left, flip, alpha (on the generator's device);
+        top, left and flip drawn once per chunk of ``crop_chunk_images`` images."""
         device, reach = generator.device, self.size - self.crop_size + 1
+        chunks = -(-n // self.crop_chunk_images)
         if self.random_crop:
-            top = torch.randint(0, reach, (n,), generator=generator, device=device)
-            left = torch.randint(0, reach, (n,), generator=generator, device=device)
+            top = torch.randint(0, reach, (chunks,), generator=generator, device=device)
+            left = torch.randint(0, reach, (chunks,), generator=generator, device=device)
         else:
-            top = left = torch.full((n,), (self.size - self.crop_size) // 2, device=device)
-        flip = torch.rand(n, generator=generator, device=device) < 0.5 if self.flip else torch.zeros(n, dtype=torch.bool, device=device)
+            top = left = torch.full((chunks,), (self.size - self.crop_size) // 2, device=device)
+        if self.flip:
+            flip = torch.rand(chunks, generator=generator, device=device) < 0.5
+        else:
+            flip = torch.zeros(chunks, dtype=torch.bool, device=device)
+        if self.crop_chunk_images > 1:
+            top, left, flip = (t.repeat_interleave(self.crop_chunk_images)[:n] for t in (top, left, flip))
         channels = self.eigenvalues.numel()
         if self.pca_lighting_std > 0:
             alpha = torch.randn(n, channels, generator=generator, device=device) * self.pca_lighting_std
@@ -241,7 +261,10 @@ class TrainAugment:
             crops.index_copy_(0, flipped, mirrored)
         out = self._output(out, shape, device)
         out.copy_(crops)
-        if self.subtract_mean:
+        if self.subtract_mean and self.mean_centre_patch:
+            centre = (self.size - size) // 2
+            out.sub_(self.mean.both[0, centre : centre + size, centre : centre + size])
+        elif self.subtract_mean:
             out.sub_(self.mean.under(rows, left, flip, size, self.scratch.get("mean", shape, torch.float32, device)))
         lit = self.pca_lighting_std > 0 and self.lighting_on
         if lit:

@@ -149,8 +149,10 @@ def check_jpeg_index(folder: Path, index: np.ndarray) -> str | None:
     if len(index) == 0:
         return None
     parts, offsets, lengths = (np.asarray(index[:, c]) for c in range(3))
-    if parts.min() < 0 or offsets.min() < 0 or lengths.min() <= 0:
+    if parts.min() < 0 or offsets.min() < 0 or lengths.min() < 0:
         return "holds negative part numbers, offsets or lengths"
+    if lengths.min() == 0:
+        return f"holds a zero length (image {int(np.argmin(lengths))}): no image is empty"
     ends = np.zeros(int(parts.max()) + 1, np.int64)
     np.maximum.at(ends, parts, offsets + lengths)
     for part in np.flatnonzero(ends):

@@ -28,13 +28,16 @@ batches are in flight ahead of the consumer (read-ahead).
 
 A damaged JPEG (:class:`alexnet.data.jpeg.CorruptImage`) is never decoded silently: with
 ``on_corrupt="skip"`` (the default) the image is left out of its batch (which is one image
-short) and a line naming its index and file is printed to stderr, and ``loader.skipped`` holds its
-index; with ``on_corrupt="fail"`` the first one stops the run with that line.
+short) and a line naming its index and file is printed to stderr, ``loader.skipped`` holds its
+index and ``loader.epoch_skipped`` counts the images skipped since the last ``set_epoch`` (what
+a run's metrics and an evaluation's result report); with ``on_corrupt="fail"`` the first one
+stops the run with that line.
 """
 
 from __future__ import annotations
 
 import sys
+import threading
 import warnings
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -61,6 +64,26 @@ def loader_threads(requested: int, encoding: str, device: torch.device, processe
     if encoding == "jpeg" and device.type == "cuda":
         return max(1, available_cores() // max(1, processes_per_node) - 1)
     return AUTO_LOADER_THREADS
+
+
+def full_batches_shard(n: int, batch_size: int, world_size: int, shuffle_window: int = 0, block_images: int = 64) -> int:
+    """Images per rank per epoch in full batches (training's ``drop_last``): a full shuffle deals
+    every image; a windowed one whole blocks only. A UserError, saying what to lower, when that is
+    not one batch (before any run folder is made)."""
+    if shuffle_window > 0:
+        block = max(1, min(block_images, n // world_size))
+        usable = (n // block // world_size) * block
+    else:
+        usable = n // world_size
+    if usable < batch_size:
+        if shuffle_window > 0 and n // world_size >= batch_size:
+            raise UserError(f"the windowed shuffle (--shuffle-window-images {shuffle_window}) deals whole blocks of "
+                            f"{block} images, {usable} of the {n} training images per replica, fewer than one batch of "
+                            f"{batch_size}; lower --batch-size-per-device to {usable} or less, or shuffle fully "
+                            "(--shuffle-window-images 0)")
+        raise UserError(f"{n} training images are too few for {world_size} replica(s) of full batches of {batch_size}; "
+                        "lower --batch-size-per-device")
+    return usable // batch_size * batch_size
 
 
 class Loader:
@@ -117,27 +140,26 @@ class Loader:
             warnings.warn("pin_memory needs CUDA; batches stay in pageable memory", stacklevel=2)
         self.on_corrupt = on_corrupt
         self.skipped: set[int] = set()
+        self.epoch_skipped, self._skips = 0, threading.Lock()  # the loader's threads count together
         self.epoch, self.start_step = 0, 0
         n = len(self.labels)
         self.windowed = shuffle and shuffle_window > 0
         self.shuffle_window = shuffle_window
         self.block = max(1, min(block_images, n // world_size))
-        if self.windowed:
+        if drop_last:
+            self.shard_size = full_batches_shard(n, batch_size, world_size, shuffle_window if self.windowed else 0,
+                                                 block_images)
+        elif self.windowed:
             full = n // self.block
-            own = len(range(rank, full, world_size)) * self.block + (n - full * self.block if rank == full % world_size else 0)
-            self.shard_size = (full // world_size) * self.block // batch_size * batch_size if drop_last else own
-        elif drop_last:
-            self.shard_size = (n // world_size) // batch_size * batch_size
+            self.shard_size = len(range(rank, full, world_size)) * self.block + (n - full * self.block if rank == full % world_size else 0)
         else:
             self.shard_size = len(range(rank, n, world_size))
-        if self.shard_size == 0 and drop_last:
-            raise ValueError(f"{n} images are too few for {world_size} rank(s) of full batches of {batch_size}")
 
     def set_epoch(self, epoch: int, start_step: int = 0) -> None:
         """Use the order of ``epoch`` and skip its first ``start_step`` batches (to resume mid-epoch)."""
         if not 0 <= start_step <= len(self):
             raise ValueError(f"start_step {start_step} is outside the epoch's {len(self)} batches")
-        self.epoch, self.start_step = epoch, start_step
+        self.epoch, self.start_step, self.epoch_skipped = epoch, start_step, 0
 
     def __len__(self) -> int:
         """Batches per epoch on this rank (including any skipped by ``start_step``)."""
@@ -186,6 +208,8 @@ class Loader:
             keep[position] = False
             self.skipped.add(index)
             print(f"warning: skipped {text}", file=sys.stderr, flush=True)
+        with self._skips:
+            self.epoch_skipped += len(error.bad)
         if not keep.any():
             raise UserError(f"every image of a batch is corrupt ({error.bad[0][2]}, ...); the store is damaged: rebuild it with 'alexnet prepare ... --force'")
         images = images[torch.from_numpy(keep)]

@@ -26,7 +26,11 @@ How the work is done:
   one file. Its row is filled by the last good image of the split before the file is
   truncated, so row order is file order except at those rows (in a JPEG store only the index
   rows move).
-* ``manifest.json`` is written last, atomically; until then :func:`open_store` refuses the folder.
+* ``manifest.json`` is written last, atomically, with the digest of the store's content
+  (:func:`alexnet.data.store.content_digest`); until then :func:`open_store` refuses the folder.
+* ``force`` rebuilds a complete store beside it (``.OUT.rebuild``, where an interrupted rebuild
+  resumes) and swaps the new one in whole (:func:`alexnet.atomic.replace_folder`): until then
+  OUT is the old store, intact. It is refused while a run reads the store (its shared lock).
 * OUT is a new or empty folder (or a store, rebuilt with ``force``), never a folder that SOURCE's
   layout reads (SOURCE itself, a class folder, train/ or val/), whose store files the next
   prepare of SOURCE would list as images; a folder beside train/ and val/ or beside IDX files, or
@@ -49,15 +53,17 @@ from typing import Callable
 import numpy as np
 from tqdm import tqdm
 
-from alexnet.atomic import atomic_save_npy, atomic_savez, atomic_write_json, fsync_dir
+from alexnet.atomic import (atomic_save_npy, atomic_savez, atomic_write_json, can_replace_folder, fsync_dir, replace_folder,
+                            sweep_dead_temporaries)
 from alexnet.data import jpeg
 from alexnet.data.images import DEFAULT_MAX_PIXELS, MAX_IMAGE_SIZE, is_grayscale_file
 from alexnet.data.pool import ChunkResult, Task, clear_caches, run_tasks
+from alexnet.display import on_terminal
 from alexnet.data.progress import PROGRESS, Progress, can_resume, changed_chunks, clear_store, files_digest
 from alexnet.data.sources import Plan, read_source
 from alexnet.data.statistics import pixel_statistics
-from alexnet.data.store import (FORMAT, FORMAT_VERSION, MANIFEST, REPORT, STATS, Store, foreign_entries, images_file,
-                                labels_file, open_store, set_npy_rows)
+from alexnet.data.store import (FORMAT, FORMAT_VERSION, MANIFEST, REPORT, STATS, Store, content_digest, foreign_entries,
+                                images_file, labels_file, open_store, set_npy_rows)
 from alexnet.display import printable
 from alexnet.errors import UserError
 from alexnet.runlock import holds_folder
@@ -239,9 +245,8 @@ def prepare_store(
     plan = read_source(source, val_fraction=val_fraction, seed=seed, val_labels=val_labels, val_labels_base=val_labels_base,
                        image_size=image_size)
     out.mkdir(parents=True, exist_ok=True)
-    if (out / MANIFEST).exists():
-        clear_store(out)
-        _clear_jpeg(out)
+    sweep_dead_temporaries(out.parent, out.name)  # an old store that a killed rebuild left beside it
+    work = _rebuild_folder(out, log) if (out / MANIFEST).exists() else out
     size = image_size
     chosen = choose_encoding(encoding, plan, size, channels)
     if chosen == "raw" and quality_given:  # only auto gets here: an explicit raw with a quality is refused above
@@ -251,15 +256,18 @@ def prepare_store(
         jpeg._simplejpeg()  # a missing decoder is one clear line now, not a failure in every worker
     chunk_size = chunk_size or (IDX_CHUNK if plan.kind == "idx" else JPEG_FILE_CHUNK if encoding == "jpeg" else FILE_CHUNK)
     fingerprint = f"{plan.fingerprint(size)}:{max_pixels}" + (f":jpeg{quality}" if encoding == "jpeg" else "")
-    progress, resumed = _progress_to_continue(plan, out, size, channels, encoding, fingerprint, chunk_size, log)
+    progress, resumed = _progress_to_continue(plan, work, size, channels, encoding, fingerprint, chunk_size, log)
     c = progress.channels
 
     if progress.state == "decoding":
-        _decode_all(plan, out, size, c, max_pixels, chunk_size, workers, progress, progress_bar, checkpoint_seconds, encoding, quality)
+        _decode_all(plan, work, size, c, max_pixels, chunk_size, workers, progress, progress_bar, checkpoint_seconds, encoding, quality)
         missing = sum(int((~d).sum()) for d in progress.done.values())
         if missing:
             raise RuntimeError(f"{missing} chunks were not decoded")
-    store, skipped = _finish(plan, out, size, c, progress, encoding, quality)
+    store, skipped = _finish(plan, work, size, c, progress, encoding, quality)
+    if work != out:  # the rebuilt store replaces the old one whole
+        replace_folder(work, out)
+        store = open_store(out)
     summary = _summary(store, skipped, out)
     return PrepareResult(store, skipped, resumed, summary, list(plan.notes))
 
@@ -299,6 +307,24 @@ def _check_out(source: Path, out: Path, force: bool) -> None:
         raise UserError(f"{out} holds other files than a store ({', '.join(map(printable, foreign[:3]))}"
                         f"{', ...' if len(foreign) > 3 else ''}); prepare into a new or empty folder")
     _refuse_out_in_source(source, out)
+
+
+def _rebuild_folder(out: Path, log: Callable[[str], None]) -> Path:
+    """Where ``force`` builds the store that replaces the complete one at ``out``: beside it, in
+    ``.NAME.rebuild`` (resumed there after an interruption), so that ``out`` stays a whole store
+    until the new one is and replaces it in one step; where no rename can replace ``out``
+    (:func:`alexnet.atomic.can_replace_folder`), ``out`` itself, emptied first."""
+    if not can_replace_folder(out):
+        log(f"note: {out} cannot be swapped for a rebuilt store (a mount point, or this process's current "
+            "folder): the old store is deleted first")
+        clear_store(out)
+        _clear_jpeg(out)
+        return out
+    work = out.parent / f".{out.name}.rebuild"
+    if work.exists() and not work.is_dir():
+        raise UserError(f"{work} is a file, where --force builds the new store; move it away and rerun")
+    work.mkdir(exist_ok=True)
+    return work
 
 
 def _progress_to_continue(plan: Plan, out: Path, size: int, channels: str, encoding: str, fingerprint: str,
@@ -358,7 +384,7 @@ def _decode_all(plan, out, size, c, max_pixels, chunk_size, workers, progress: P
     def on_result(result: ChunkResult) -> None:
         nonlocal last_save, bar
         if bar is None:  # made once the workers exist: tqdm starts a thread, and they are forked
-            bar = tqdm(total=total, initial=total - remaining, unit="img", desc="prepare", file=sys.stderr, disable=not progress_bar, dynamic_ncols=True)
+            bar = tqdm(total=total, initial=total - remaining, unit="img", desc="prepare", file=sys.stderr, disable=not (progress_bar and on_terminal()), dynamic_ncols=True)
         progress.add(result)
         split = plan.splits[result.split]
         if split.paths:
@@ -409,6 +435,7 @@ def _finish(plan: Plan, out: Path, size: int, c: int, progress: Progress, encodi
     mean_image, eigenvalues, eigenvectors, covariance = pixel_statistics(progress.sum_image, progress.sum_outer, progress.count)
     atomic_savez(out / STATS, mean_image=mean_image, pca_eigenvalues=eigenvalues, pca_eigenvectors=eigenvectors, pixel_covariance=covariance)
     manifest = _manifest(plan, size, c, encoding, quality, splits_info, len(skipped))
+    manifest["content_digest"] = content_digest(out, manifest)  # what a run's resume compares
     atomic_write_json(out / MANIFEST, manifest)  # last: from here on the store is complete
     os.unlink(out / PROGRESS)
     return open_store(out), skipped

@@ -15,16 +15,25 @@ A store is a folder::
     report.json           files skipped (path and reason) and conversions made
 
 The manifest's ``encoding`` says which (``raw`` when absent). ``split.images`` reads alike for
-both: indexing gives uint8 arrays, and :meth:`Split.read` fills a batch buffer.
+both: indexing gives uint8 arrays, and :meth:`Split.read` fills a batch buffer. A raw store's
+batches are read with ``pread``, not through the memory map, so that a file truncated or replaced
+under a running reader is one clear error (:class:`StoreChanged`), never a SIGBUS.
+
+The manifest's ``content_digest`` (:func:`content_digest`, computed once by prepare) names what
+the store holds: a copy of the store elsewhere has the same, a store rebuilt from other images
+another. A reader that runs for long (training, evaluation) opens the store with ``hold=True``: a
+shared lock (:func:`alexnet.runlock.shared_lock`) that ``prepare --force`` waits for.
 
 ``alexnet prepare`` writes it (:mod:`alexnet.data.prepare`); :func:`open_store` reads it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
+import weakref
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -68,17 +77,68 @@ def payload_file(manifest: dict, split: str, count: int) -> tuple[str, tuple[int
     return images_file(split), (count, s, s, c)
 
 
+class StoreChanged(UserError):
+    """A store file changed on disk while this process read it."""
+
+
+class RawRows:
+    """The rows of a raw split's image file, read with ``pread`` (which releases the GIL): a file
+    truncated, replaced or rewritten while it is read is a :class:`StoreChanged`, where a memory
+    map would take a SIGBUS at the first row past the new end."""
+
+    def __init__(self, file: Path, images: np.memmap) -> None:
+        self.file, self.shape = file, images.shape
+        self.offset, self.row_bytes = images.offset, math.prod(images.shape[1:])
+        self.fd = os.open(file, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        weakref.finalize(self, os.close, self.fd)
+        self.stat = self._stats()
+
+    def _stats(self) -> tuple:
+        try:
+            now = os.stat(self.file)
+        except OSError:
+            now = None
+        held = os.fstat(self.fd)
+        return (held.st_size, held.st_mtime_ns) + ((now.st_ino, now.st_dev, now.st_size, now.st_mtime_ns) if now else ())
+
+    def _check(self) -> None:
+        if self._stats() != self.stat:
+            raise StoreChanged(f"{printable(str(self.file))} changed on disk while this process read it (rewritten, "
+                               "truncated or replaced); stopped rather than mix two data sets: let whatever "
+                               "rewrites the store finish, then start again")
+
+    def read(self, indices: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """Rows ``indices`` into ``out`` (C-contiguous), one ``pread`` per run of consecutive rows."""
+        self._check()
+        indices = np.asarray(indices, np.int64)
+        rows = out.reshape(len(indices), -1)
+        breaks = np.flatnonzero(np.diff(indices) != 1) + 1
+        for a, b in zip([0, *breaks.tolist()], [*breaks.tolist(), len(indices)]):
+            target, at = memoryview(rows[a:b]).cast("B"), self.offset + int(indices[a]) * self.row_bytes
+            while len(target):  # a read may return less than asked (at most 2 GiB at a time on Linux)
+                done = os.preadv(self.fd, [target], at)
+                if done == 0:
+                    self._check()
+                    raise StoreChanged(f"{printable(str(self.file))} ends before its rows: it was truncated while "
+                                       "this process read it; let whatever rewrites the store finish, then start again")
+                target, at = target[done:], at + done
+        self._check()  # a rewrite during the reads
+        return out
+
+
 @dataclass(frozen=True)
 class Split:
     """One split of a store: ``images`` uint8 (N, S, S, C) and ``labels`` int64 (N,).
 
     ``images`` is a read-only memmap in a raw store and a :class:`alexnet.data.jpeg.JpegImages`
     in a JPEG one; both index like an array (``images[i]``, ``images[idx_array]``, slices).
+    ``rows`` reads a raw split's batches (:class:`RawRows`), where ``os.preadv`` exists.
     """
 
     name: str
     images: "np.memmap | JpegImages"
     labels: np.ndarray
+    rows: RawRows | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -89,20 +149,25 @@ class Split:
 
     def read(self, indices: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """Images ``indices`` into ``out`` ((len, S, S, C) uint8, C-contiguous; made if None).
-        A JPEG split raises :class:`alexnet.data.jpeg.CorruptImage` for damaged images."""
+        A JPEG split raises :class:`alexnet.data.jpeg.CorruptImage` for damaged images; a raw
+        one :class:`StoreChanged` for a file changed under it."""
         if isinstance(self.images, JpegImages):
             return self.images.read(indices, out)
         if out is None:
-            return np.take(self.images, indices, axis=0)
+            out = np.empty((len(indices), *self.images.shape[1:]), np.uint8)
+        if self.rows is not None:
+            return self.rows.read(indices, out)
         np.take(self.images, indices, axis=0, out=out)  # releases the GIL: one copy from the memmap
         return out
 
 
 class Store:
-    """A prepared data set; open one with :func:`open_store`."""
+    """A prepared data set; open one with :func:`open_store`. ``lock``: the fd of the shared lock
+    held while the store is read (``hold``), closed with the store."""
 
-    def __init__(self, path: Path, manifest: dict) -> None:
+    def __init__(self, path: Path, manifest: dict, lock: int | None = None) -> None:
         self.path = path
+        self._lock = weakref.finalize(self, os.close, lock) if lock is not None else None
         self.manifest = manifest
         self.classes: list[str] = list(manifest["classes"])
         self.class_ids: list[str] = list(manifest["class_ids"])
@@ -125,23 +190,62 @@ class Store:
             if self.encoding == "jpeg":
                 index = np.load(self.path / index_file(name))
                 images = JpegImages(self.path / part_dir(name), index, self.image_size, self.channels, name)
+                rows = None
             else:
                 images = np.load(self.path / images_file(name), mmap_mode="r")
+                rows = RawRows(self.path / images_file(name), images) if hasattr(os, "preadv") else None
             labels = np.load(self.path / labels_file(name))
-            self._splits[name] = Split(name, images, labels)
+            self._splits[name] = Split(name, images, labels, rows)
         return self._splits[name]
+
+    def close(self) -> None:
+        """Let go of the shared lock (also done when the store is garbage collected)."""
+        if self._lock is not None:
+            self._lock()
 
     def __repr__(self) -> str:
         counts = ", ".join(f"{s} {self.manifest['splits'][s]['count']}" for s in self.splits)
         return f"Store({str(self.path)!r}: {self.num_classes} classes, {self.image_size}x{self.image_size}x{self.channels} {self.encoding}, {counts})"
 
 
-def open_store(path: str | os.PathLike) -> Store:
+def open_store(path: str | os.PathLike, *, hold: bool = False) -> Store:
     """Open a store written by ``alexnet prepare``, checked first: a missing, incomplete or damaged
-    store is a UserError naming the file, never a crash later (see :func:`check_store`)."""
+    store is a UserError naming the file, never a crash later (see :func:`check_store`).
+
+    ``hold``: keep a shared lock on it while the Store lives (a run reading it for hours), so that
+    ``prepare --force`` cannot replace it meanwhile; refused while a prepare writes it."""
+    from alexnet.runlock import shared_lock
+
     path = Path(path).expanduser()
-    manifest = check_store(path)
-    return Store(path, manifest)
+    lock = shared_lock(path) if hold and (path / MANIFEST).is_file() else None
+    try:
+        return Store(path, check_store(path), lock)
+    except BaseException:
+        if lock is not None:
+            os.close(lock)
+        raise
+
+
+def content_digest(path: Path, manifest: dict) -> str:
+    """A digest of what the store at ``path`` holds: its classes and image format, and every
+    split's labels and images (a JPEG store's index and part files), read in full. The same for
+    any copy of the store, another for a store rebuilt from other images."""
+    what = [manifest["classes"], manifest["class_ids"], manifest["image_size"], manifest["channels"],
+            encoding_of(manifest)]
+    digest = hashlib.sha256(json.dumps(what).encode())
+    for name in sorted(manifest["splits"]):
+        files = [labels_file(name)]
+        if encoding_of(manifest) == "jpeg":
+            files += [index_file(name)] + sorted(f"{part_dir(name)}/{p}" for p in os.listdir(path / part_dir(name))
+                                                    if not p.startswith("."))
+        else:
+            files.append(images_file(name))
+        for file in files:
+            digest.update(file.encode() + b"\0")
+            with open(path / file, "rb") as f:
+                while chunk := f.read(1 << 24):
+                    digest.update(chunk)
+    return digest.hexdigest()[:16]
 
 
 # --- checks on open --------------------------------------------------------------------------
@@ -245,6 +349,7 @@ def _check_schema(file: Path, m: dict, redo: str) -> None:
         need(isinstance(per_class, list) and len(per_class) == len(classes) and all(_is_int(n, 0) for n in per_class)
              and sum(per_class) == info["count"], f"split {name!r}: 'per_class' must give one count per class, summing to 'count'")
     need(isinstance(m.get("encoding", "raw"), str), "'encoding' must be a name")
+    need(isinstance(m.get("content_digest", ""), str), "'content_digest' must be a string")
 
 
 def _check_npy(file: Path, shape: tuple[int, ...], dtype: np.dtype | None, redo: str) -> None:

@@ -19,6 +19,7 @@ from torch import nn
 from alexnet.data import Store
 from alexnet.data.augment import EvalPreprocess
 from alexnet.data.loader import Loader
+from alexnet.display import on_terminal
 from alexnet.errors import UserError
 from alexnet.optim import PaperSGD
 
@@ -73,7 +74,7 @@ def train_four_layer(store: Store, *, activation: str, lr: float, seed: int, epo
     wrong = seen = 0
     loss_sum = 0.0
     bar = None
-    if show_progress:
+    if show_progress and on_terminal():
         from tqdm import tqdm
 
         bar = tqdm(total=epochs * steps_per_epoch, desc=f"{activation} lr {lr:g} seed {seed}", unit="step",

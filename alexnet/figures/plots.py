@@ -127,12 +127,18 @@ def plot_curves(metrics: Sequence[dict], path: str | Path, *, top5: bool = True)
     return save_figure(fig, path)
 
 
+TOWER_LABEL_PX = 14  # the line above each tower's block
+
+
 def filter_grid(weight: torch.Tensor, towers: int = 2, columns: int = 12, scale: int = 4, gap_px: int = 1) -> np.ndarray:
-    """conv1's kernels as one uint8 image, one block per tower (the layout of figure 3).
+    """conv1's kernels as one uint8 image, one block per tower (the layout of figure 3), each block
+    under a label ("tower 1: kernels 1-48") when there are several.
 
     Each kernel is stretched to 0-255 on its own (as the paper's figure), shown in RGB (or gray
     for one input channel), enlarged ``scale`` times with nearest-neighbour pixels.
     """
+    from PIL import Image, ImageDraw
+
     w = weight.detach().float().cpu()
     out_ch, in_ch, kh, kw = w.shape
     lo = w.flatten(1).min(1).values[:, None, None, None]
@@ -147,15 +153,22 @@ def filter_grid(weight: torch.Tensor, towers: int = 2, columns: int = 12, scale:
     per_tower = out_ch // towers
     rows = -(-per_tower // columns)
     cell_h, cell_w = kh * scale + gap_px, kw * scale + gap_px
-    tower_gap = 3 * cell_h
-    height = towers * rows * cell_h + (towers - 1) * tower_gap + gap_px
-    grid = np.full((height, columns * cell_w + gap_px, 3), 255, dtype=np.uint8)
+    label_h = TOWER_LABEL_PX if towers > 1 else 0
+    block_h = label_h + rows * cell_h
+    grid = np.full((towers * block_h + gap_px, columns * cell_w + gap_px, 3), 255, dtype=np.uint8)
     for t in range(towers):
-        top = t * (rows * cell_h + tower_gap)
+        top = t * block_h + label_h
         for i in range(per_tower):
             r, c = divmod(i, columns)
             y, x = top + r * cell_h + gap_px, c * cell_w + gap_px
             grid[y : y + kh * scale, x : x + kw * scale] = w[t * per_tower + i]
+    if label_h:
+        image = Image.fromarray(grid)
+        draw = ImageDraw.Draw(image)
+        for t in range(towers):
+            draw.text((gap_px + 1, t * block_h + 2), f"tower {t + 1}: kernels {t * per_tower + 1}-{(t + 1) * per_tower}",
+                      fill=(60, 60, 60))
+        grid = np.asarray(image).copy()
     return grid
 
 

@@ -185,10 +185,10 @@ def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     # Rows that are not a table of measures (a damaged line, another file's content) are left out.
     metrics = [m for m in read_metrics(run) if isinstance(m, dict) and _is_number(m.get("epoch"))]
     ckpt_path, payload, unreadable = _checkpoint(run)
+    top5 = _top5_shown(payload)
     sections = [f"<h1>AlexNet run: {html.escape(run.name or str(run))}</h1>",
-                f"<p class='muted'>{html.escape(str(run.resolve()))}</p>",
-                *_summary(config, metrics, ckpt_path, payload, unreadable), *_recipe(config),
-                *_metrics(run, metrics), *_kernels(payload), *_run_log(run), *_evaluations_section(run)]
+                *_summary(config, metrics, ckpt_path, payload, unreadable, top5), *_metrics(run, metrics, top5),
+                *_kernels(payload), *_recipe(config), *_run_log(run), *_evaluations_section(run)]
     page = (
         "<!DOCTYPE html><html><head><meta charset='utf-8'>"
         f"<title>AlexNet run {html.escape(run.name)}</title><style>"
@@ -220,15 +220,25 @@ def _recipe_of(run: Path) -> dict:
     return config
 
 
+def _top5_shown(payload: dict | None) -> bool:
+    """Whether top-5 errors say anything: not with five classes or fewer (always 0 there)."""
+    from alexnet.evaluate import top5_is_informative
+
+    classes = (payload or {}).get("data", {}).get("classes")
+    return not isinstance(classes, list) or top5_is_informative(len(classes))
+
+
 def _summary(config: dict, metrics: list[dict], ckpt_path: Path | None, payload: dict | None,
-             unreadable: str) -> list[str]:
+             unreadable: str, top5: bool = True) -> list[str]:
     """Epochs done, the last and best errors, the time, the data and the checkpoint shown; a warning
     when a checkpoint could not be read, or when the loss still sits at chance."""
     facts = [["epochs done", f"{len(metrics)} of {config.get('epochs', '?')}"]]
     if metrics:
         last = metrics[-1]
-        facts += [["last epoch: validation top-1 / top-5 error",
-                   f"{_percent(last.get('val_top1_error'))} / {_percent(last.get('val_top5_error'))} (centre crop)"]]
+        top1 = f"{_percent(last.get('val_top1_error'))}"
+        facts += ([["last epoch: validation top-1 / top-5 error",
+                    f"{top1} / {_percent(last.get('val_top5_error'))} (centre crop)"]] if top5
+                  else [["last epoch: validation top-1 error", f"{top1} (centre crop)"]])
         scored = [m for m in metrics if _is_number(m.get("val_top1_error")) and math.isfinite(m["val_top1_error"])]
         if scored:
             best = min(scored, key=lambda m: m["val_top1_error"])
@@ -256,7 +266,8 @@ def _summary(config: dict, metrics: list[dict], ckpt_path: Path | None, payload:
 
 
 def _recipe(config: dict) -> list[str]:
-    """Every key of the run's recipe beside the paper's value, those that differ highlighted."""
+    """The keys of the run's recipe that differ from the paper's, then every key (folded away)
+    beside the paper's value, those that differ highlighted."""
     changed = paper_differences(config)
     paper = TrainConfig()
     rows, classes = [], []
@@ -269,11 +280,14 @@ def _recipe(config: dict) -> list[str]:
     extra = sorted(set(config) - {f.name for f in fields(TrainConfig)})
     rows += [[k, config[k], "", "unknown key"] for k in extra]
     classes += ["changed"] * len(extra)
-    return ["<h2>Recipe</h2>", f"<p>{len(changed)} recipe value(s) differ from the paper's (highlighted).</p>",
-            _table(["key", "this run", "paper", ""], rows, classes)]
+    differ = [row[:3] for row, cls in zip(rows, classes) if cls]
+    return ["<h2>Recipe</h2>", f"<p>{len(changed)} recipe value(s) differ from the paper's"
+            + (":</p>" + _table(["key", "this run", "paper"], differ) if differ else ".</p>"),
+            "<details><summary>every key of the recipe</summary>",
+            _table(["key", "this run", "paper", ""], rows, classes), "</details>"]
 
 
-def _metrics(run: Path, metrics: list[dict]) -> list[str]:
+def _metrics(run: Path, metrics: list[dict], top5: bool = True) -> list[str]:
     """The curves (curves.png, or drawn again when it is missing) and one table row per epoch."""
     from alexnet.figures.plots import plot_curves
 
@@ -282,6 +296,7 @@ def _metrics(run: Path, metrics: list[dict]) -> list[str]:
     keys = [("epoch", "epoch"), ("train_loss", "train loss"), ("train_top1_error", "train top-1 %"),
             ("val_top1_error", "val top-1 %"), ("val_top5_error", "val top-5 %"), ("lr", "lr"),
             ("images_per_s", "images/s"), ("epoch_seconds", "seconds")]
+    keys = [k for k in keys if top5 or k[0] != "val_top5_error"]
     table_rows = [[(f"{100 * m[k]:.2f}" if k.endswith("error") and _is_number(m.get(k)) else m.get(k, ""))
                    for k, _ in keys] for m in metrics]
     curves = run / "curves.png"
@@ -339,6 +354,6 @@ def _evaluations_section(run: Path) -> list[str]:
         rows = [r for name, value in evaluations for r in _evaluation_rows(name, value)]
         sections += ["<h2>Evaluation results</h2>", _table(["file", "measure", "value"], rows)]
     for p in sorted(run.glob("*.png")):
-        if p.name != "curves.png" and _is_png(p):
+        if p.name not in ("curves.png", "filters.png") and _is_png(p):  # both are on the page already
             sections += [f"<h2>{html.escape(p.name)}</h2>", _png(p.read_bytes(), p.name)]
     return sections

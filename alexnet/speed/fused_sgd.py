@@ -218,8 +218,8 @@ class FusedPaperSGD(PaperSGD):
                         p.grad = gv
             if self.check_finite and (self.nonfinite is None or self.nonfinite.device != flat.w.device):
                 self.nonfinite = torch.zeros(1, dtype=torch.int32, device=flat.w.device)
-            fused_update_(flat.w, flat.g, flat.v, group["lr"], group["momentum"], group["weight_decay"],
-                          flat.w16, self.nonfinite if self.check_finite else None)
+            fused_update_(flat.w, flat.g, flat.v, group["lr"] * group.get("lr_scale", 1.0), group["momentum"],
+                          group["weight_decay"], flat.w16, self.nonfinite if self.check_finite else None)
         self._checked_every_gradient = checked_all and self.nonfinite is not None
         return loss
 

@@ -3,6 +3,6 @@
 from alexnet.figures.report import read_metrics
 from alexnet.training.loop import Stopped, train
 from alexnet.training.recipe import model_args
-from alexnet.training.step import NonFiniteError, StallWatch, grads_finite
+from alexnet.training.step import LossWatch, NonFiniteError, grads_finite
 
-__all__ = ["train", "Stopped", "model_args", "NonFiniteError", "StallWatch", "grads_finite", "read_metrics"]
+__all__ = ["train", "Stopped", "model_args", "NonFiniteError", "LossWatch", "grads_finite", "read_metrics"]

@@ -120,7 +120,7 @@ class DataParallel:
         gradients of batches of other sizes. Collective.
 
         ``recipe``: the settings every rank must share (e.g. ``TrainConfig.to_dict()``). A store
-        is compared by a digest of its manifest (the same for any copy of one store, wherever it
+        is compared by a digest of its content (the same for any copy of one store, wherever it
         lies), its classes and its split sizes.
         """
         if self.proc.world_size == 1:

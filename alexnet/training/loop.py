@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import time
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -33,10 +34,12 @@ from alexnet.config import TrainConfig
 from alexnet.data import Store, open_store
 from alexnet.data.augment import device_batches
 from alexnet.data.loader import AUTO_LOADER_THREADS, Loader, loader_threads
+from alexnet.display import on_terminal
 from alexnet.errors import UserError
 from alexnet.evaluate import Member, evaluate, top5_is_informative
 from alexnet.faults import armed
 from alexnet.runtime import Runtime, resolve_runtime
+from alexnet.small_data import describe as describe_small_data
 from alexnet.training.layout import DataParallel, join
 from alexnet.training.recipe import (RunInputs, apply_epoch_settings, build_augment, build_model, build_optimizer,
                                      check_data, data_info, epoch_settings, model_args, read_parent, run_inputs,
@@ -44,7 +47,7 @@ from alexnet.training.recipe import (RunInputs, apply_epoch_settings, build_augm
 from alexnet.training.resume import check_resume
 from alexnet.training.run_dir import RunDir
 from alexnet.training.state import Position, RunState
-from alexnet.training.step import StallWatch, Step, sync_interval
+from alexnet.training.step import LossWatch, Step, sync_interval
 
 Log = Callable[[str], None]
 
@@ -62,7 +65,7 @@ class Run:
     log: Log
     show_progress: bool
     step: Step  # one training step, from a batch to the update
-    stall: StallWatch | None = None  # set when the epoch length is known
+    watch: LossWatch | None = None  # set when the epoch length is known
     stop_requested: Callable[[], bool] | None = None  # asked at each synced step (e.g. SIGTERM arrived)
 
     def save_last(self) -> None:
@@ -93,7 +96,7 @@ def train(config: TrainConfig, data: str | Path, run_dir: str | Path, *, resume:
     ``nonfinite_check_every_steps`` on a GPU) and after each epoch; when it says so on any rank,
     the run writes last.pt and raises :class:`Stopped` (the CLI asks it on SIGTERM)."""
     _check_arguments(config, data, run_dir, resume, log, stop_requested)
-    store = open_store(data)
+    store = open_store(data, hold=True)  # read under a shared lock: prepare --force cannot replace it meanwhile
     layout = join(config.device, config.tower_parallel, config.collective_timeout_minutes)
     # every rank the same data and settings before rank 0 makes the run folder; what may differ by
     # machine: its paths, devices and threads, and TensorBoard (which rank 0 alone writes)
@@ -110,7 +113,7 @@ def train(config: TrainConfig, data: str | Path, run_dir: str | Path, *, resume:
 
         summary_writer_class()  # the extra is there, or one line now, before the run directory is touched
     log = log if layout.is_main else _silent  # rank 0 speaks for the run; what it logs is reduced over ranks
-    with RunDir(run_dir, owner=layout.is_main, log=log) as files:
+    with RunDir(run_dir, owner=layout.is_main, log=log) as files, closing(store):
         saved = files.checkpoint_to_resume(resume)
         files.record(f"alexnet {__version__}: {'resume' if resume else 'new run'} on {store.path}")
         try:
@@ -153,7 +156,7 @@ def _train(config: TrainConfig, store: Store, layout: DataParallel, files: RunDi
     augment, centre = build_augment(config, store, run.rt.device, run.header["data"]["mean_image"])
     val_member = Member(run.state.model, centre, list(store.classes))
     steps = min(len(train_loader), config.max_steps_per_epoch or len(train_loader))
-    run.stall = StallWatch(store.num_classes, patience_steps=min(2 * steps, 2000))
+    run.watch = LossWatch(store.num_classes, patience_steps=min(max(2 * steps, 100), 2000), config=config)
     first, started = run.state.pos.epoch, time.perf_counter()
     for epoch in range(run.state.pos.epoch, config.epochs):
         apply_epoch_settings(epoch_settings(config, epoch), run.state.optimizer, augment)  # colour noise, frozen layers
@@ -162,10 +165,13 @@ def _train(config: TrainConfig, store: Store, layout: DataParallel, files: RunDi
         seconds, images = train_one_epoch(run, batches, epoch, steps)
         val = validate(val_member, val_loader, run)
         left = _time_left(config.epochs - epoch - 1, (time.perf_counter() - started) / (epoch + 1 - first))
-        metrics.append(end_epoch(run, epoch, seconds, images, val, metrics, left))
+        metrics.append(end_epoch(run, epoch, seconds, images, val, metrics, left,
+                                 skipped=train_loader.epoch_skipped + val_loader.epoch_skipped))
         if epoch + 1 < config.epochs and run.asked_to_stop():  # end_epoch has just written last.pt
             raise Stopped(f"the end of epoch {epoch + 1}", files.last)
-    files.record(f"finished: {config.epochs} epoch{'s' * (config.epochs != 1)}")
+    skipped = sum(m.get("skipped_images", 0) for m in metrics)
+    files.record(f"finished: {config.epochs} epoch{'s' * (config.epochs != 1)}"
+                 + (f"; {skipped} damaged images skipped (counted per epoch in metrics.jsonl)" if skipped else ""))
     return metrics
 
 
@@ -201,6 +207,8 @@ def start(config: TrainConfig, store: Store, layout: DataParallel, files: RunDir
         notes = check_resume(saved, config, layout.info(config.batch_size_per_device), store_identity(store),
                              str(files.last))
     if saved is None:
+        if config.recipe == "small":
+            log(describe_small_data(config, len(store.split("train"))))
         for note in schedule_notes(config):
             log(note)
     torch.manual_seed(config.seed)  # the same initial weights on every rank
@@ -288,7 +296,7 @@ def train_one_epoch(run: Run, batches, epoch: int, steps: int) -> tuple[float, i
 
 class EpochProgress:
     """An epoch as a person sees it: the progress bar (when shown) with the loss and images/s,
-    lines written above it, and the ln(classes) stall watch on the mean loss of the read steps."""
+    lines written above it, and the loss watch (at chance, or diverging) on the mean loss of the read steps."""
 
     def __init__(self, run: Run, epoch: int, steps: int) -> None:
         self.run, self.steps = run, steps
@@ -303,7 +311,7 @@ class EpochProgress:
         if synced:
             self.losses.append(float(self.run.step.loss))
             if pos.step_in_epoch % 10 == 0 or pos.step_in_epoch == self.steps:
-                _watch_stall(self.run, sum(self.losses) / len(self.losses), self.bar)
+                _watch_loss(self.run, sum(self.losses) / len(self.losses), self.bar)
                 self.losses = []
         if self.bar is not None:
             self.bar.update(1)
@@ -343,26 +351,28 @@ def _time_left(epochs: int, seconds_per_epoch: float) -> str:
 
 
 def end_epoch(run: Run, epoch: int, seconds: float, images: int, val: dict, metrics: list[dict],
-              left: str = "") -> dict:
+              left: str = "", skipped: int = 0) -> dict:
     """Schedule, metrics line, checkpoints and curves at the end of an epoch (``left``: what the
-    line says of the time still to go); returns the metrics line."""
+    line says of the time still to go; ``skipped``: this rank's damaged images left out of the
+    epoch's batches); returns the metrics line."""
     config, state, pos = run.config, run.state, run.state.pos
-    totals = run.layout.reduce(torch.tensor([pos.loss_sum, pos.correct, pos.seen], dtype=torch.float64)).tolist()
+    totals = run.layout.reduce(torch.tensor([pos.loss_sum, pos.correct, pos.seen, skipped],
+                                            dtype=torch.float64)).tolist()
     train_loss, train_err = totals[0] / max(totals[2], 1), 1 - totals[1] / max(totals[2], 1)
     lr = state.optimizer.param_groups[0]["lr"]
     reduced = state.schedule.step(val["top1_error"])
     line = dict(epoch=epoch + 1, train_loss=train_loss, train_top1_error=train_err,
                 val_top1_error=val["top1_error"], val_top5_error=val["top5_error"], lr=lr,
                 images_per_s=images / max(seconds, 1e-9), epoch_seconds=seconds,
-                global_step=pos.global_step, skipped_steps=pos.skipped_steps)
+                global_step=pos.global_step, skipped_steps=pos.skipped_steps, skipped_images=int(totals[3]))
     run.files.append_metrics(line)
     top5_says = top5_is_informative(len(run.header["data"]["classes"]))
     top5 = f", top-5 {val['top5_error']:.2%}" if top5_says else ""
     run.log(f"epoch {epoch + 1}: train loss {train_loss:.4f}, train error {train_err:.2%}, "
             f"val top-1 error {val['top1_error']:.2%}{top5}, lr {lr:g}, "
             f"{line['images_per_s']:.0f} images/s" + (f"; lr divided by {1 / config.lr_factor:g}" if reduced else "")
-            + left)
-    _watch_stall(run, train_loss, None)
+            + (f"; {line['skipped_images']} damaged images skipped" if line["skipped_images"] else "") + left)
+    _watch_loss(run, train_loss, None)
     improved = val["top1_error"] < pos.best_val_top1_error
     state.pos = pos.next_epoch(val["top1_error"])
     run.save_last()
@@ -374,12 +384,16 @@ def end_epoch(run: Run, epoch: int, seconds: float, images: int, val: dict, metr
     return line
 
 
-def _watch_stall(run: Run, mean_loss: float, bar) -> None:
-    """Warn once per run when the loss has sat at ln(classes) for the watch's patience."""
+def _watch_loss(run: Run, mean_loss: float, bar) -> None:
+    """Warn once per run when the loss has sat at ln(classes) for the watch's patience, and once
+    when it climbs well above it."""
     pos = run.state.pos
-    if not pos.stall_warned and run.stall.observe(pos.global_step, mean_loss):
+    if not pos.stall_warned and run.watch.observe(pos.global_step, mean_loss):
         pos.stall_warned = True
-        _write(bar, run, run.stall.message(pos.global_step))
+        _write(bar, run, run.watch.message(pos.global_step))
+    if not pos.diverging_warned and run.watch.diverging(mean_loss):
+        pos.diverging_warned = True
+        _write(bar, run, run.watch.diverging_message(mean_loss))
 
 
 def _what_is_kept(run: Run) -> str:
@@ -393,7 +407,7 @@ def _silent(message: str) -> None:
 
 
 def _progress(run: Run, total: int, initial: int, desc: str):
-    if not (run.show_progress and run.layout.is_main):
+    if not (run.show_progress and run.layout.is_main and on_terminal()):
         return None
     from tqdm import tqdm
 

@@ -20,6 +20,7 @@ from alexnet import trained
 from alexnet.config import RUNTIME_KEYS, TrainConfig, from_dict
 from alexnet.errors import UserError
 from alexnet.training.layout import LayoutInfo
+from alexnet.training.recipe import epoch_settings
 from alexnet.training.state import Position
 
 # Keys a resume may change besides the runtime ones; each has its own rule below.
@@ -71,7 +72,7 @@ def check_resume(saved: dict, config: TrainConfig, layout: LayoutInfo, store_ide
                        f"({layout.replicas} replica(s) x {layout.batch_size_per_device}; {keep})")
     old_store = saved.get("data", {}).get("store_identity")
     if old_store is not None and old_store != store_identity:
-        refused.append("data: another store than the run was trained on (its manifest differs)")
+        refused.append("data: another store than the run was trained on (its images, labels or classes differ)")
     done = int(saved["progress"]["epoch"])
     if config.epochs < done:
         refused.append(f"epochs {old.epochs} -> {config.epochs} (the run has finished {done})")
@@ -81,4 +82,20 @@ def check_resume(saved: dict, config: TrainConfig, layout: LayoutInfo, store_ide
     notes = [f"{f.name} {getattr(old, f.name)!r} -> {getattr(config, f.name)!r}" for f in fields(TrainConfig)
              if f.name in RUNTIME_KEYS + ("epochs", "batch_size_per_device")
              and getattr(old, f.name) != getattr(config, f.name)]
-    return [f"resume: {n}" for n in notes]
+    return [f"resume: {n}" for n in notes + _settings_moved(old, config, done)]
+
+
+def _settings_moved(old: TrainConfig, new: TrainConfig, done: int) -> list[str]:
+    """A note when another ``epochs`` moves the recipe's last-epochs settings (they count back
+    from the end: colour noise off, conv1 frozen) off epochs the run has already trained with
+    another setting: a finished 3-epoch ``--recipe original`` run extended to 30 trained all its
+    first epochs as a run's last ones."""
+    moved = [e + 1 for e in range(done) if epoch_settings(old, e) != epoch_settings(new, e)]
+    if not moved:
+        return []
+    flags = [f"--{f.name.replace('_', '-')} {getattr(new, f.name)}" for f in fields(TrainConfig)
+             if f.name.endswith("_last_epochs") and getattr(new, f.name)]
+    span = f"{moved[0]}-{moved[-1]}" if len(moved) > 1 else f"{moved[0]}"
+    return [f"epochs {old.epochs} -> {new.epochs}: epoch{'s' * (len(moved) > 1)} {span} trained with the settings "
+            f"that {', '.join(flags)} give the last epochs of a {old.epochs}-epoch run, and this run gives them "
+            f"its own last epochs: it is not the run --epochs {new.epochs} trains from the start"]

@@ -33,11 +33,12 @@ class Position:
     skipped_steps: int = 0
     best_val_top1_error: float = math.inf
     stall_warned: bool = False
+    diverging_warned: bool = False
 
     def next_epoch(self, val_top1_error: float) -> "Position":
         return Position(epoch=self.epoch + 1, global_step=self.global_step, skipped_steps=self.skipped_steps,
                         best_val_top1_error=min(self.best_val_top1_error, val_top1_error),
-                        stall_warned=self.stall_warned)
+                        stall_warned=self.stall_warned, diverging_warned=self.diverging_warned)
 
 
 @dataclass

@@ -3,7 +3,7 @@
 The loop hands every batch to :class:`Step` and gets back whether the step was taken; the update
 (``optimizer.step()``) happens here and nowhere else in training. What the step watches lives here
 too: a non-finite loss or gradient (:class:`NonFiniteGuard`), the epoch's loss and hits summed on
-the device (:class:`EpochSums`), and a loss stuck at chance (:class:`StallWatch`).
+the device (:class:`EpochSums`), and a loss stuck at chance or climbing above it (:class:`LossWatch`).
 
 Values on a GPU are read by the host only every ``sync_every_steps`` steps (:func:`sync_interval`),
 since each read waits for the GPU; the flag of a non-finite step is kept on the device until then.
@@ -183,16 +183,19 @@ class EpochSums:
         self.seen = 0
 
 
-class StallWatch:
-    """Says when the training loss sits at ln(classes), the trap of the paper's init (PAPER.md)."""
+class LossWatch:
+    """Says when the training loss sits at ln(classes) (chance: the trap of the paper's init,
+    PAPER.md) for ``patience_steps``, or climbs well above it (a diverging run), with what to change
+    for ``config``'s recipe."""
 
-    def __init__(self, num_classes: int, patience_steps: int) -> None:
+    def __init__(self, num_classes: int, patience_steps: int, config=None) -> None:
         self.chance_loss = math.log(num_classes)
         self.patience_steps = max(1, patience_steps)
         self.since_step: int | None = None
+        self.config = config
 
     def observe(self, global_step: int, mean_loss: float) -> bool:
-        """Feed the mean loss of the steps up to ``global_step``; True when it is time to warn."""
+        """Feed the mean loss of the steps up to ``global_step``; True when it is time to warn of a stall."""
         if abs(mean_loss - self.chance_loss) > 0.05 * self.chance_loss:
             self.since_step = None
             return False
@@ -200,10 +203,23 @@ class StallWatch:
             self.since_step = global_step
         return global_step - self.since_step >= self.patience_steps
 
+    def diverging(self, mean_loss: float) -> bool:
+        """Whether ``mean_loss`` is well above chance: above ln(classes) + max(1, ln(classes))."""
+        return mean_loss > self.chance_loss + max(1.0, self.chance_loss)
+
     def message(self, global_step: int) -> str:
         steps = global_step - (self.since_step or global_step)
-        return (
-            f"warning: the training loss has stayed at ln(classes) = {self.chance_loss:.3f} (chance) for "
-            f"{steps} steps. The paper's init (weights N(0, 0.01), biases 1) is known to stall like this; "
-            "try --init he, --input-scale 0.0039 (pixels in 0-1), or a lower --lr."
-        )
+        return (f"warning: the training loss has stayed at ln(classes) = {self.chance_loss:.3f} (chance) for "
+                f"{steps} steps; {self._advice()}")
+
+    def diverging_message(self, mean_loss: float) -> str:
+        return (f"warning: the training loss has climbed to {mean_loss:.2f}, well above ln(classes) = "
+                f"{self.chance_loss:.3f} (chance): the run is diverging; {self._advice()}")
+
+    def _advice(self) -> str:
+        config = self.config
+        lower = f"a lower --lr (--lr {config.lr / 10:g})" if config is not None else "a lower --lr"
+        if config is None or config.init != "he" or config.input_scale == 1:
+            return ("the paper's init (weights N(0, 0.01), biases 1) on raw pixels is known to do this; try "
+                    f"--init he --input-scale 0.015625 (as the small-data recipe does), or {lower}")
+        return f"try {lower}"
