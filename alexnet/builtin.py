@@ -21,7 +21,7 @@ from typing import Callable
 from alexnet.config import TrainConfig
 from alexnet.data import Store, builtin_fashion_mnist, open_store
 from alexnet.errors import UserError
-from alexnet.small_data import small_data_recipe
+from alexnet.small_data import is_small, small_data_recipe
 
 BUILTIN_IMAGE_SIZE = 32
 # The small-data recipe that ``alexnet train`` fits to this data set (alexnet/small_data.py): conv1
@@ -30,9 +30,20 @@ BUILTIN_IMAGE_SIZE = 32
 BUILTIN_RECIPE = TrainConfig().replace(**small_data_recipe(12000, BUILTIN_IMAGE_SIZE), loader_workers=1)
 
 
-def base_recipe(builtin: bool) -> TrainConfig:
-    """The recipe a run starts from: :data:`BUILTIN_RECIPE` on the built-in data, the paper's otherwise."""
-    return BUILTIN_RECIPE if builtin else TrainConfig()
+def base_recipe(data: str | Path | None) -> TrainConfig:
+    """The recipe a run on ``data`` starts from, as ``alexnet train`` picks it: :data:`BUILTIN_RECIPE`
+    on the built-in data (None: prepared on first use), the small-data recipe fitted to a small data
+    set (:mod:`alexnet.small_data`), the paper's otherwise (and for a folder that is no store: the
+    command that opens it says what is wrong with it)."""
+    if data_is_builtin(data):
+        return BUILTIN_RECIPE
+    try:
+        store = open_store(data)
+    except UserError:
+        return TrainConfig()
+    images = len(store.split("train")) if "train" in store.splits else 0
+    return TrainConfig().replace(**small_data_recipe(images, store.image_size)) if is_small(images, store.image_size) \
+        else TrainConfig()
 
 
 def data_is_builtin(data: str | Path | None) -> bool:

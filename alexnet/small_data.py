@@ -69,9 +69,12 @@ def small_data_recipe(train_images: int, image_size: int, *, batch: int | None =
     )
 
 
-def describe(config, train_images: int) -> str:
+def describe(config, train_images: int, image_size: int) -> str:
     """One line at the start of a run of the small-data recipe: what it is, why, how to leave it."""
-    return (f"recipe: small data ({train_images:,} training images, the paper's recipe is made for 1.2 million): "
+    why = (f"{train_images:,} training images, the paper's recipe is made for 1.2 million"
+           if train_images < PAPER_SIZED_IMAGES else f"{image_size} px images, smaller than the paper's {PAPER_CROP} "
+                                                     "px crops")
+    return (f"recipe: small data ({why}): "
             f"{config.stem} stem, width {config.width:g}, {config.crop_size} px crops, fan-in init, pixels / "
             f"{1 / config.input_scale:g}, batch {config.batch_size_per_device} at lr {config.lr:g}, {config.epochs} "
             f"epoch{'s' * (config.epochs != 1)}, lr / 10 after epoch{'s' * (len(config.milestones_epochs) > 1)} "

@@ -41,7 +41,7 @@ from pillow_baseline import PillowAugmentFolder, write_jpegs
 
 class TrainStep:
     """The training loop's step (:class:`alexnet.training.step.Step`, with the run's speed levers), on
-    whatever batches it is given; the non-finite flag stays on the device (never read)."""
+    whatever batches it is given; the non-finite flag stays on the device until the end."""
 
     def __init__(self, config, store, device: torch.device) -> None:
         from alexnet.runtime import resolve_runtime
@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> dict:
                 metrics = train(config, store_dir, Path(run) / "run", show_progress=False, log=lambda s: None)
             rates["train()"].append(metrics[-1]["images_per_s"])
         print(f"run {r + 1}: " + "   ".join(f"{k} {v[-1]:,.0f}" for k, v in rates.items() if v) + " images/s", flush=True)
-    if not bool(step.finite):
+    if bool(step.step.guard.pending):  # the flag the step kept on the device, read once here
         print("warning: a non-finite loss or gradient occurred during the timed steps")
 
     print(f"synthetic, uint8 batch on the device        {spread(rates['synthetic'], ',.0f', 'images/s')}")

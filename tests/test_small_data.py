@@ -117,6 +117,8 @@ def test_prepare_ends_with_the_train_command_and_says_the_data_set_is_small(tmp_
     upscaled = [line for line in out if "were upscaled" in line]
     assert len(upscaled) == 1 and upscaled[0].startswith("note: 16 images were smaller than 48 px")
     assert any(line.startswith("note: 12 training images is a small data set") for line in out)
+    assert "note: 4 validation images: each is 25 points of the validation error; a val/ folder with more" \
+        in "\n".join(out)
     assert out[-1] == f"next: alexnet train {tmp_path / 'data'} --out runs/data"
 
 
@@ -153,3 +155,24 @@ def test_the_report_of_a_three_class_run_has_no_top5_no_second_kernel_figure_and
     assert "top-5" not in page and str(tmp_path) not in page
     assert page.count("<img") == 2 and "<h2>filters.png</h2>" not in page  # the curves and the kernels, once each
     assert page.index("Training curves") < page.index("Recipe")
+
+
+def test_recipe_small_fits_a_store_of_any_size_and_a_large_store_keeps_the_papers(store, tmp_path, capsys,
+                                                                                   monkeypatch):
+    monkeypatch.setattr("alexnet.small_data.PAPER_SIZED_IMAGES", 10)  # this store now counts as large
+    monkeypatch.setattr("alexnet.small_data.PAPER_CROP", 16)
+    assert main(["train", str(store), "--out", str(tmp_path / "paper"), *QUICK]) == 2  # the paper's 224 px crops
+    assert "--crop-size 224 is larger" in capsys.readouterr().err
+    assert main(["train", str(store), "--out", str(tmp_path / "small"), "--recipe", "small", "--quiet", *QUICK]) == 0
+    saved = json.loads((tmp_path / "small" / "config.json").read_text())
+    assert saved["recipe"] == "small" and saved["crop_size"] == 28 and saved["init"] == "he"
+
+
+def test_a_network_that_memorised_its_training_images_is_named_at_the_end():
+    watch = LossWatch(3, 100)
+    line = lambda train, val: dict(train_top1_error=train, val_top1_error=val)  # noqa: E731
+    said = watch.memorised([line(0.6, 0.7), line(0.1, 0.8), line(0.05, 0.67)], 6)
+    assert said.startswith("note: the network fits the training images (training error 5%) but did no better than "
+                           "chance (67%) on the 6 validation images")
+    assert watch.memorised([line(0.6, 0.7), line(0.05, 0.5)], 6) is None  # it learnt something once
+    assert watch.memorised([line(0.6, 0.7), line(0.5, 0.7)], 6) is None  # it fits nothing either: other lines say so

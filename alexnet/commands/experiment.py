@@ -75,7 +75,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _base(args: argparse.Namespace):
     """The base recipe: None (the default for the data) unless a file, --set or --epochs changes it."""
-    from alexnet.builtin import base_recipe, data_is_builtin
+    from alexnet.builtin import base_recipe
 
     changes = cfg.load_file(args.base_config) if args.base_config else {}
     for item in getattr(args, "set", []):
@@ -91,7 +91,7 @@ def _base(args: argparse.Namespace):
         changes["epochs"] = args.epochs
     if not changes:
         return None
-    return cfg.from_dict(changes, base_recipe(builtin=data_is_builtin(args.data)))
+    return cfg.from_dict(changes, base_recipe(args.data))
 
 
 def _apply_process_settings(base) -> None:
@@ -109,9 +109,9 @@ def run_relu_vs_tanh(args: argparse.Namespace) -> int:
         raise UserError("--batch-size must be at least 1")
     base = None
     if args.base_config:
-        from alexnet.builtin import base_recipe, data_is_builtin
+        from alexnet.builtin import base_recipe
 
-        base = cfg.from_dict(cfg.load_file(args.base_config), base_recipe(builtin=data_is_builtin(args.data)))
+        base = cfg.from_dict(cfg.load_file(args.base_config), base_recipe(args.data))
         if args.net == "four-layer":
             print("note: --base-config shapes only --net alexnet runs; the four-layer network has its own recipe "
                   "(no LRN, dropout, weight decay or augmentation); only its runtime keys (threads) apply")

@@ -80,8 +80,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def what_comes_next(store, out: str) -> list[str]:
-    """The lines that end a prepare: images that were upscaled, whether the data set is small, and
-    the ``alexnet train`` command to run next."""
+    """The lines that end a prepare: images that were upscaled, whether the data set is small, a
+    validation split too small to measure much, and the ``alexnet train`` command to run next."""
     import json
     import shlex
     from pathlib import Path
@@ -101,6 +101,10 @@ def what_comes_next(store, out: str) -> list[str]:
     if is_small(train, store.image_size):
         lines.append(f"note: {train:,} training images is a small data set (the paper's recipe is made for 1.2 "
                      "million): alexnet train fits its small-data recipe to it (--recipe paper for the paper's)")
+    val = len(store.split("val")) if "val" in store.splits else 0
+    if 0 < val < 30:
+        lines.append(f"note: {val} validation images: each is {100 / val:.0f} points of the validation error; a "
+                     "val/ folder with more, or a larger --val-fraction, measures the network better")
     name = Path(out).resolve().name or "run"
     lines.append(f"next: alexnet train {shlex.quote(str(out))} --out {shlex.quote(str(Path('runs') / name))}")
     return lines

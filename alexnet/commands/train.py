@@ -63,22 +63,25 @@ def add_recipe_flags(parser: argparse.ArgumentParser, groups: dict | None = None
 
 
 def _fitted_recipe(args: argparse.Namespace) -> dict | None:
-    """The keys of the small-data recipe (:mod:`alexnet.small_data`) when DATA is a small data set
-    and neither the flags nor the ``--config`` file name a recipe, a parent to fine-tune or an
-    architecture; None (the paper's recipe) otherwise. The flags and the file win over its keys."""
+    """The keys of the small-data recipe (:mod:`alexnet.small_data`) when ``--recipe small`` asks for
+    it, or when DATA is a small data set and neither the flags nor the ``--config`` file name a
+    recipe, a parent to fine-tune or an architecture; None (the paper's recipe) otherwise. The flags
+    and the file win over its keys."""
     from alexnet.data import open_store
     from alexnet.errors import UserError
     from alexnet.small_data import is_small, small_data_recipe
 
     named = cfg.load_file(args.config) if args.config else {}
-    if any(getattr(args, key, None) is not None or key in named for key in ("recipe", "init_from", "arch")):
-        return None
+    recipe = args.recipe if getattr(args, "recipe", None) is not None else named.get("recipe")
+    if recipe != "small" and (recipe is not None or any(getattr(args, key, None) is not None or key in named
+                                                        for key in ("init_from", "arch"))):
+        return None  # the paper's recipe, the authors', or a parent's network: nothing to fit
     try:
         store = open_store(args.data)
     except UserError:
         return None  # train() says what is wrong with DATA, after the flags are checked
     images = len(store.split("train")) if "train" in store.splits else 0
-    if not is_small(images, store.image_size):
+    if recipe != "small" and not is_small(images, store.image_size):
         return None
     fitted = dict(batch=getattr(args, "batch_size_per_device", None) or named.get("batch_size_per_device"),
                   epochs=getattr(args, "epochs", None) or named.get("epochs"))

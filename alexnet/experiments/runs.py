@@ -55,12 +55,12 @@ def experiment_inputs(data: str | Path | None, out: str | Path, base: TrainConfi
     """What an experiment starts from: its output folder (made), the store's path (``data``, or the
     built-in data prepared on first use into ``out/data``), whether that is the built-in data (also
     when named as ``data``), the opened store, and the base recipe (``base``, else
-    :func:`alexnet.builtin.base_recipe` for it)."""
+    :func:`alexnet.builtin.base_recipe` for it: the built-in data's, the small-data recipe, or the paper's)."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file, not a folder; give a folder for the experiment")
     builtin = data_is_builtin(data)
-    base = base or base_recipe(builtin)
+    base = base or base_recipe(data)
     pick_device(base.device)  # a device this machine lacks is refused before any data is prepared
     out.mkdir(parents=True, exist_ok=True)
     if data is None:

@@ -169,6 +169,9 @@ def _train(config: TrainConfig, store: Store, layout: DataParallel, files: RunDi
                                  skipped=train_loader.epoch_skipped + val_loader.epoch_skipped))
         if epoch + 1 < config.epochs and run.asked_to_stop():  # end_epoch has just written last.pt
             raise Stopped(f"the end of epoch {epoch + 1}", files.last)
+    memorised = run.watch.memorised(metrics, len(val_loader.split))
+    if memorised:
+        log(memorised)
     skipped = sum(m.get("skipped_images", 0) for m in metrics)
     files.record(f"finished: {config.epochs} epoch{'s' * (config.epochs != 1)}"
                  + (f"; {skipped} damaged images skipped (counted per epoch in metrics.jsonl)" if skipped else ""))
@@ -208,7 +211,7 @@ def start(config: TrainConfig, store: Store, layout: DataParallel, files: RunDir
                              str(files.last))
     if saved is None:
         if config.recipe == "small":
-            log(describe_small_data(config, len(store.split("train"))))
+            log(describe_small_data(config, len(store.split("train")), store.image_size))
         for note in schedule_notes(config):
             log(note)
     torch.manual_seed(config.seed)  # the same initial weights on every rank

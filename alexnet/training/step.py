@@ -207,6 +207,18 @@ class LossWatch:
         """Whether ``mean_loss`` is well above chance: above ln(classes) + max(1, ln(classes))."""
         return mean_loss > self.chance_loss + max(1.0, self.chance_loss)
 
+    def memorised(self, metrics: list[dict], val_images: int) -> str | None:
+        """At the end of a run (``metrics``: its epochs' lines), a line when the network fits the
+        training images but never did better than chance on the ``val_images`` validation images."""
+        chance = 1 - 1 / round(math.exp(self.chance_loss))
+        best = min(m["val_top1_error"] for m in metrics)
+        train = metrics[-1]["train_top1_error"]
+        if best < chance - 0.05 or train > chance / 2:
+            return None
+        return (f"note: the network fits the training images (training error {train:.0%}) but did no better than "
+                f"chance ({chance:.0%}) on the {val_images} validation images: it memorised them rather than learnt "
+                "the classes; more images per class help most (and more validation images measure it better)")
+
     def message(self, global_step: int) -> str:
         steps = global_step - (self.since_step or global_step)
         return (f"warning: the training loss has stayed at ln(classes) = {self.chance_loss:.3f} (chance) for "
