@@ -27,12 +27,6 @@ def _open(path: Path):
     return gzip.open(path, "rb") if gzipped else open(path, "rb")
 
 
-def read_idx_header(path: str | os.PathLike) -> tuple[int, ...]:
-    """The shape stored in an IDX file's header."""
-    with _open(Path(path)) as f:
-        return _header(f, path)
-
-
 def _header(f, path) -> tuple[int, ...]:
     magic = f.read(4)
     if len(magic) < 4 or magic[:2] != b"\0\0":

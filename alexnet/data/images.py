@@ -30,7 +30,6 @@ import os
 import struct
 import warnings
 import zlib
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -246,6 +245,3 @@ def center_square(img: Image.Image, size: int) -> Image.Image:
     box = (left * scale, top * scale, min(width, (left + size) * scale), min(height, (top + size) * scale))
     return img.resize((size, size), Image.Resampling.LANCZOS, box=box)
 
-
-def count_notes(notes_per_image: list[list[str]]) -> Counter:
-    return Counter(note for notes in notes_per_image for note in notes)

@@ -189,7 +189,7 @@ class LossWatch:
     for ``config``'s recipe."""
 
     def __init__(self, num_classes: int, patience_steps: int, config=None) -> None:
-        self.chance_loss = math.log(num_classes)
+        self.num_classes, self.chance_loss = num_classes, math.log(num_classes)
         self.patience_steps = max(1, patience_steps)
         self.since_step: int | None = None
         self.config = config
@@ -210,7 +210,7 @@ class LossWatch:
     def memorised(self, metrics: list[dict], val_images: int) -> str | None:
         """At the end of a run (``metrics``: its epochs' lines), a line when the network fits the
         training images but never did better than chance on the ``val_images`` validation images."""
-        chance = 1 - 1 / round(math.exp(self.chance_loss))
+        chance = 1 - 1 / self.num_classes
         best = min(m["val_top1_error"] for m in metrics)
         train = metrics[-1]["train_top1_error"]
         if best < chance - 0.05 or train > chance / 2:
